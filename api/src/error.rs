@@ -1,0 +1,168 @@
+//! The API's one error type and its mapping to HTTP: status, OCI error code, headers and body.
+//! Converting has no side effects; the request middleware logs errors.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::backend::{BlobError, MetaError};
+
+/// OCI distribution (and Docker registry) error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Blob unknown to registry.
+    BlobUnknown,
+    /// Blob upload invalid.
+    BlobUploadInvalid,
+    /// Blob upload unknown to registry.
+    BlobUploadUnknown,
+    /// Provided digest did not match uploaded content.
+    DigestInvalid,
+    /// Manifest references a blob unknown to the repository.
+    ManifestBlobUnknown,
+    /// Manifest invalid.
+    ManifestInvalid,
+    /// Manifest unknown.
+    ManifestUnknown,
+    /// Invalid repository name.
+    NameInvalid,
+    /// Repository name not known to registry.
+    NameUnknown,
+    /// Provided length did not match content length.
+    SizeInvalid,
+    /// Invalid tag.
+    TagInvalid,
+    /// Invalid pagination number.
+    PaginationNumberInvalid,
+    /// The operation is unsupported.
+    Unsupported,
+    /// Service unavailable.
+    Unavailable,
+    /// Unknown error.
+    Unknown,
+}
+
+impl Code {
+    /// The code's wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BlobUnknown => "BLOB_UNKNOWN",
+            Code::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            Code::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            Code::DigestInvalid => "DIGEST_INVALID",
+            Code::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            Code::ManifestInvalid => "MANIFEST_INVALID",
+            Code::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Code::NameInvalid => "NAME_INVALID",
+            Code::NameUnknown => "NAME_UNKNOWN",
+            Code::SizeInvalid => "SIZE_INVALID",
+            Code::TagInvalid => "TAG_INVALID",
+            Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            Code::Unsupported => "UNSUPPORTED",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::Unknown => "UNKNOWN",
+        }
+    }
+
+    fn default_status(self) -> StatusCode {
+        match self {
+            Code::BlobUnknown | Code::BlobUploadUnknown | Code::ManifestUnknown | Code::NameUnknown => {
+                StatusCode::NOT_FOUND
+            }
+            Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// OCI code.
+    pub code: Code,
+    /// Human-readable message.
+    pub message: String,
+    /// Structured detail.
+    pub detail: Value,
+    /// Extra headers (Range, Location, Retry-After, ...).
+    pub headers: Vec<(HeaderName, String)>,
+}
+
+/// Stashed in the response so the middleware can log what went wrong.
+#[derive(Debug, Clone)]
+pub struct ErrorNote(pub String);
+
+impl ApiError {
+    /// An error with the code's usual status.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError { status: code.default_status(), code, message: message.into(), detail: Value::Null, headers: vec![] }
+    }
+    /// Overrides the status.
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+    /// Adds structured detail.
+    pub fn detail(mut self, detail: Value) -> Self {
+        self.detail = detail;
+        self
+    }
+    /// Adds a header.
+    pub fn header(mut self, name: HeaderName, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"errors": [{"code": self.code.as_str(), "message": self.message, "detail": self.detail}]});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().append(name, v);
+            }
+        }
+        resp.extensions_mut().insert(ErrorNote(format!("{}: {}", self.code.as_str(), self.message)));
+        resp
+    }
+}
+
+impl From<MetaError> for ApiError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::Unavailable(m) => ApiError::new(Code::Unavailable, format!("registry metadata unavailable: {m}"))
+                .header(axum::http::header::RETRY_AFTER, "1"),
+            MetaError::Internal(m) => ApiError::new(Code::Unknown, m),
+        }
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::NotFound => ApiError::new(Code::BlobUnknown, "blob unknown to registry"),
+            BlobError::OffsetTaken(o) => ApiError::new(Code::BlobUploadInvalid, format!("upload offset {o} already written"))
+                .status(StatusCode::RANGE_NOT_SATISFIABLE),
+            BlobError::Body(m) => ApiError::new(Code::BlobUploadInvalid, format!("request body: {m}")),
+            BlobError::Storage(m) => ApiError::new(Code::Unknown, format!("storage: {m}")),
+        }
+    }
+}
+
+impl From<berth_proto::ValidationError> for ApiError {
+    fn from(e: berth_proto::ValidationError) -> Self {
+        use berth_proto::ValidationError as V;
+        let code = match &e {
+            V::Digest(_) => Code::DigestInvalid,
+            V::Name(_) => Code::NameInvalid,
+            V::Tag(_) => Code::TagInvalid,
+            V::HashState(_) => Code::BlobUploadInvalid,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,101 @@
+//! Manifests: `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use berth_proto::manifest::{parse_manifest, ManifestError, MAX_MANIFEST_BYTES};
+use berth_proto::{Command, Digest, ManifestRecord, Outcome, Reference};
+
+use super::{empty, finish, repo_name, ApiResult};
+use crate::error::{ApiError, Code};
+use crate::Api;
+
+fn reference(s: &str) -> Result<Reference, ApiError> {
+    Reference::parse(s).map_err(ApiError::from)
+}
+
+/// Dispatches by method.
+pub async fn handle(api: &Api, method: &Method, name: &str, reference_str: &str, headers: &HeaderMap, body: Body) -> ApiResult {
+    let repo = repo_name(name)?;
+    let reference = reference(reference_str)?;
+    match *method {
+        Method::GET | Method::HEAD => {
+            let (digest, m) = api.meta.manifest(&repo, &reference).await?.ok_or_else(|| {
+                ApiError::new(Code::ManifestUnknown, "manifest unknown").detail(serde_json::json!({"name": name, "reference": reference_str}))
+            })?;
+            let b = axum::http::Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, &m.media_type)
+                .header(header::CONTENT_LENGTH, m.body.len())
+                .header("Docker-Content-Digest", digest.to_string())
+                .header(header::ETAG, format!("\"{digest}\""));
+            let body = if *method == Method::HEAD { Body::empty() } else { Body::from(m.body.clone()) };
+            Ok(finish(b, body))
+        }
+        Method::PUT => put(api, repo, reference, headers, body).await,
+        Method::DELETE => {
+            if !api.config.delete_enabled {
+                return Err(ApiError::new(Code::Unsupported, "deletes are disabled (storage.delete.enabled is false)"));
+            }
+            let cmd = match reference {
+                Reference::Digest(digest) => Command::DeleteManifest { repo, digest },
+                Reference::Tag(tag) => Command::DeleteTag { repo, tag },
+            };
+            match api.meta.apply(cmd).await? {
+                Outcome::NotFound => Err(ApiError::new(Code::ManifestUnknown, "manifest unknown")),
+                _ => Ok(finish(empty(StatusCode::ACCEPTED), Body::empty())),
+            }
+        }
+        _ => Err(ApiError::new(Code::Unsupported, "method not allowed")),
+    }
+}
+
+async fn put(api: &Api, repo: berth_proto::RepoName, reference: Reference, headers: &HeaderMap, body: Body) -> ApiResult {
+    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_BYTES).await.map_err(|_| {
+        ApiError::new(Code::SizeInvalid, format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"))
+            .status(StatusCode::PAYLOAD_TOO_LARGE)
+    })?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let parsed = parse_manifest(content_type, &bytes).map_err(|e| match e {
+        ManifestError::Invalid(m) => ApiError::new(Code::ManifestInvalid, m),
+        ManifestError::Unsupported(m) => ApiError::new(Code::ManifestInvalid, m).detail(serde_json::json!({"mediaType": content_type})),
+    })?;
+    let (digest, tag) = match reference {
+        Reference::Digest(d) => {
+            let actual = d.same_algorithm_of(&bytes);
+            if actual != d {
+                return Err(ApiError::new(Code::DigestInvalid, "manifest digest does not match the reference")
+                    .detail(serde_json::json!({"expected": d.to_string(), "actual": actual.to_string()})));
+            }
+            (d, None)
+        }
+        Reference::Tag(t) => (Digest::sha256_of(&bytes), Some(t)),
+    };
+    let subject = parsed.subject.clone();
+    let record = ManifestRecord {
+        media_type: parsed.media_type,
+        body: bytes.to_vec(),
+        blobs: parsed.blobs,
+        manifests: parsed.manifests,
+        subject: parsed.subject,
+        artifact_type: parsed.artifact_type,
+        annotations: parsed.annotations,
+        created_ms: berth_proto::now_ms(),
+    };
+    let cmd = Command::PutManifest { repo: repo.clone(), digest: digest.clone(), manifest: record, tag };
+    match api.meta.apply(cmd).await? {
+        Outcome::MissingReferences { blobs, manifests } => {
+            let missing: Vec<String> = blobs.iter().chain(manifests.iter()).map(|d| d.to_string()).collect();
+            Err(ApiError::new(Code::ManifestBlobUnknown, "manifest references content unknown to the repository")
+                .detail(serde_json::json!({"missing": missing})))
+        }
+        _ => {
+            let mut b = empty(StatusCode::CREATED)
+                .header(header::LOCATION, format!("/v2/{repo}/manifests/{digest}"))
+                .header("Docker-Content-Digest", digest.to_string());
+            if let Some(s) = subject {
+                b = b.header("OCI-Subject", s.to_string());
+            }
+            Ok(finish(b, Body::empty()))
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Berth's HTTP API: the OCI distribution-spec v1.1 router and its error mapping. It works on
+//! metadata and blobs only through the traits in [`backend`], which the node implements.
+
+pub mod backend;
+pub mod endpoint;
+pub mod error;
+pub mod handlers;
+pub mod metrics;
+pub mod upload_state;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+pub use backend::{BlobError, BlobStore, ByteStream, MetaError, Metadata};
+use endpoint::Endpoint;
+pub use error::{ApiError, Code};
+use error::ErrorNote;
+use handlers::ApiResult;
+pub use metrics::HttpMetrics;
+
+/// Behaviour switches taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Whether blob, manifest and tag deletes are allowed (`storage.delete.enabled`).
+    pub delete_enabled: bool,
+}
+
+/// Everything a request handler needs.
+pub struct Api {
+    /// Registry metadata (consensus-backed).
+    pub meta: Arc<dyn Metadata>,
+    /// Blob bytes.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Behaviour switches.
+    pub config: ApiConfig,
+    /// HTTP metrics.
+    pub metrics: HttpMetrics,
+}
+
+/// The distribution API router. Every path goes through one dispatcher, which parses the
+/// endpoint first (repository names contain slashes).
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new().fallback(dispatch).with_state(api)
+}
+
+async fn dispatch(State(api): State<Arc<Api>>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let endpoint = Endpoint::parse(req.uri().path());
+    let label = endpoint.as_ref().map_or("unknown", |e| e.label(&method));
+    let _in_flight = api.metrics.start(label);
+    let path = req.uri().path().to_string();
+    let mut resp = match endpoint {
+        Some(ep) => route(&api, ep, req).await.unwrap_or_else(IntoResponse::into_response),
+        None => ApiError::new(Code::Unsupported, "no such endpoint").status(StatusCode::NOT_FOUND).into_response(),
+    };
+    resp.headers_mut().insert("Docker-Distribution-API-Version", HeaderValue::from_static("registry/2.0"));
+    let status = resp.status();
+    api.metrics.finish(method.as_str(), label, status.as_u16(), started.elapsed().as_secs_f64());
+    if let Some(ErrorNote(note)) = resp.extensions().get::<ErrorNote>() {
+        if status.is_server_error() {
+            tracing::warn!(%method, %path, status = status.as_u16(), "{note}");
+        } else {
+            tracing::info!(%method, %path, status = status.as_u16(), "{note}");
+        }
+    } else {
+        tracing::debug!(%method, %path, status = status.as_u16(), "request");
+    }
+    resp
+}
+
+fn not_allowed() -> ApiResult {
+    Err(ApiError::new(Code::Unsupported, "method not allowed for this endpoint"))
+}
+
+async fn route(api: &Api, ep: Endpoint, req: Request) -> ApiResult {
+    let (parts, body) = req.into_parts();
+    let m = &parts.method;
+    match ep {
+        Endpoint::Base => match *m {
+            Method::GET | Method::HEAD => Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()),
+            _ => not_allowed(),
+        },
+        Endpoint::Catalog if *m == Method::GET => handlers::listing::catalog(api, &parts.uri).await,
+        Endpoint::Tags { name } if *m == Method::GET => handlers::listing::tags(api, &name, &parts.uri).await,
+        Endpoint::Referrers { name, digest } if *m == Method::GET => {
+            handlers::listing::referrers(api, &name, &digest, &parts.uri).await
+        }
+        Endpoint::Manifest { name, reference }
+            if matches!(*m, Method::GET | Method::HEAD | Method::PUT | Method::DELETE) =>
+        {
+            handlers::manifests::handle(api, m, &name, &reference, &parts.headers, body).await
+        }
+        Endpoint::Blob { name, digest } if matches!(*m, Method::GET | Method::HEAD | Method::DELETE) => {
+            handlers::blobs::handle(api, m, &name, &digest, &parts.headers).await
+        }
+        Endpoint::UploadStart { name } if *m == Method::POST => {
+            handlers::uploads::start(api, &name, &parts.uri, body).await
+        }
+        Endpoint::Upload { name, id }
+            if matches!(*m, Method::GET | Method::PATCH | Method::PUT | Method::DELETE) =>
+        {
+            handlers::uploads::handle(api, m, &name, &id, &parts.uri, &parts.headers, body).await
+        }
+        _ => not_allowed(),
+    }
+}

@@ -1,0 +1,631 @@
+//! Configuration: Docker Distribution's `config.yml` keys that apply to Berth, `REGISTRY_*`
+//! environment overrides (applied in lexical order, values parsed as YAML, as Distribution
+//! does), plus Berth's own `berth:` section. Unknown keys are warned about; an invalid value
+//! stops the start with an error naming the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde::Deserialize;
+use serde_norway::Value;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Config format version (`0.1`).
+    pub version: Option<Value>,
+    /// Logging.
+    pub log: LogConfig,
+    /// HTTP listener.
+    pub http: HttpConfig,
+    /// Blob storage.
+    pub storage: StorageConfig,
+    /// Berth's own settings.
+    pub berth: BerthConfig,
+    /// Accepted for compatibility; Berth has no Redis dependency.
+    pub redis: Option<Value>,
+    /// Accepted for compatibility; health checks are built in.
+    pub health: Option<Value>,
+    /// Accepted for compatibility; notifications are not implemented yet.
+    pub notifications: Option<Value>,
+    /// Accepted for compatibility.
+    pub validation: Option<Value>,
+}
+
+/// `log.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// error, warn, info or debug.
+    pub level: Option<LogLevel>,
+    /// text, json or logstash.
+    pub formatter: Option<LogFormat>,
+    /// Static fields added to every line.
+    pub fields: BTreeMap<String, Value>,
+    /// `log.accesslog.disabled`.
+    pub accesslog: Option<Value>,
+}
+
+/// Log levels Distribution accepts.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings.
+    Warn,
+    /// Info.
+    Info,
+    /// Debug.
+    Debug,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// Treated as JSON.
+    Logstash,
+}
+
+/// `http.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `HOST:PORT` (`:5000` means every address).
+    pub addr: Option<String>,
+    /// Only `tcp` is supported.
+    pub net: Option<String>,
+    /// Accepted for compatibility.
+    pub prefix: Option<String>,
+    /// Accepted for compatibility (Location headers are relative).
+    pub host: Option<String>,
+    /// Seeds the cluster HTTP secret on first start.
+    pub secret: Option<String>,
+    /// Accepted (Berth's Location headers are always relative).
+    pub relativeurls: Option<bool>,
+    /// How long to wait for requests to finish at shutdown.
+    pub draintimeout: Option<String>,
+    /// Extra response headers.
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// TLS.
+    pub tls: Option<TlsConfig>,
+    /// Debug listener.
+    pub debug: Option<DebugConfig>,
+    /// Accepted for compatibility.
+    pub http2: Option<Value>,
+}
+
+/// `http.tls.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// CA bundles for client certificates.
+    pub clientcas: Vec<PathBuf>,
+    /// tls1.2 or tls1.3.
+    pub minimumtls: Option<String>,
+    /// Accepted; rustls picks safe suites.
+    pub ciphersuites: Option<Value>,
+    /// Not supported (no outside network).
+    pub letsencrypt: Option<Value>,
+    /// Accepted for compatibility.
+    pub clientauth: Option<String>,
+}
+
+/// `http.debug.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Listener address for `/debug/health` and metrics.
+    pub addr: Option<String>,
+    /// `prometheus.enabled` / `prometheus.path`.
+    pub prometheus: Option<PrometheusConfig>,
+}
+
+/// `http.debug.prometheus.*`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Whether metrics are served (Berth serves them on the debug listener either way).
+    pub enabled: Option<bool>,
+    /// Metrics path, `/metrics` by default.
+    pub path: Option<String>,
+}
+
+/// `storage.*`: exactly one driver plus shared options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Filesystem driver.
+    pub filesystem: Option<FilesystemConfig>,
+    /// S3 driver.
+    pub s3: Option<S3Config>,
+    /// GCS driver.
+    pub gcs: Option<GcsConfig>,
+    /// Azure driver.
+    pub azure: Option<AzureConfig>,
+    /// Refused: Berth keeps acknowledged data durable.
+    pub inmemory: Option<Value>,
+    /// `delete.enabled`.
+    pub delete: Option<Enabled>,
+    /// `redirect.disable`.
+    pub redirect: Option<RedirectConfig>,
+    /// Accepted for compatibility (Berth caches in the state machine).
+    pub cache: Option<Value>,
+    /// `maintenance.uploadpurging`, `maintenance.readonly`.
+    pub maintenance: MaintenanceConfig,
+}
+
+/// A block with an `enabled` flag.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Enabled {
+    /// The flag.
+    pub enabled: Option<bool>,
+}
+
+/// `storage.redirect`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// Berth never redirects; accepted for compatibility.
+    pub disable: Option<bool>,
+}
+
+/// `storage.filesystem`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesystemConfig {
+    /// Root directory of blob storage.
+    pub rootdirectory: Option<PathBuf>,
+    /// Accepted for compatibility.
+    pub maxthreads: Option<Value>,
+}
+
+/// `storage.s3`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Region (required).
+    pub region: Option<String>,
+    /// Bucket (required).
+    pub bucket: Option<String>,
+    /// Access key.
+    pub accesskey: Option<String>,
+    /// Secret key.
+    pub secretkey: Option<String>,
+    /// Endpoint of an S3-compatible service.
+    pub regionendpoint: Option<String>,
+    /// Key prefix.
+    pub rootdirectory: Option<String>,
+    /// Path-style addressing.
+    pub forcepathstyle: Option<bool>,
+    /// Server-side encryption.
+    pub encrypt: Option<bool>,
+    /// https (true) or http.
+    pub secure: Option<bool>,
+    /// Accepted (always v4).
+    pub v4auth: Option<bool>,
+    /// Accepted for compatibility.
+    pub chunksize: Option<Value>,
+    /// Accepted for compatibility.
+    pub multipartcopychunksize: Option<Value>,
+    /// Accepted for compatibility.
+    pub multipartcopymaxconcurrency: Option<Value>,
+    /// Accepted for compatibility.
+    pub multipartcopythresholdsize: Option<Value>,
+    /// Accepted for compatibility.
+    pub storageclass: Option<Value>,
+    /// Skip TLS verification (refused).
+    pub skipverify: Option<bool>,
+    /// Accepted for compatibility.
+    pub keyid: Option<Value>,
+    /// Accepted for compatibility.
+    pub loglevel: Option<Value>,
+}
+
+/// `storage.gcs`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcsConfig {
+    /// Bucket.
+    pub bucket: Option<String>,
+    /// Service account key file.
+    pub keyfile: Option<String>,
+    /// Inline credentials (not supported; use keyfile).
+    pub credentials: Option<Value>,
+    /// Key prefix.
+    pub rootdirectory: Option<String>,
+    /// Accepted for compatibility.
+    pub chunksize: Option<Value>,
+}
+
+/// `storage.azure`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AzureConfig {
+    /// Account name.
+    pub accountname: Option<String>,
+    /// Account key.
+    pub accountkey: Option<String>,
+    /// Container.
+    pub container: Option<String>,
+    /// Accepted for compatibility.
+    pub realm: Option<String>,
+    /// Key prefix.
+    pub rootdirectory: Option<String>,
+}
+
+/// `storage.maintenance`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Upload purging.
+    pub uploadpurging: UploadPurging,
+    /// Read-only mode.
+    pub readonly: Option<Enabled>,
+}
+
+/// `storage.maintenance.uploadpurging`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadPurging {
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// Default 168h.
+    pub age: Option<String>,
+    /// Default 24h.
+    pub interval: Option<String>,
+    /// Default false.
+    pub dryrun: Option<bool>,
+}
+
+/// `berth.*`: settings Distribution does not have.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BerthConfig {
+    /// Where Raft data (and, by default, blobs) live.
+    pub datadir: Option<PathBuf>,
+    /// This node's Raft id (default 1); never reused.
+    pub nodeid: Option<u64>,
+}
+
+/// Parses a Go duration such as `168h`, `1h30m`, `10s`, `500ms`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        bail!("empty duration");
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(|| anyhow!("{s:?}: missing unit"))?;
+        let (num, tail) = rest.split_at(num_end);
+        let value: f64 = num.parse().map_err(|_| anyhow!("{s:?} is not a duration"))?;
+        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let secs = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => bail!("{s:?}: unknown unit {unit:?} (use ns, us, ms, s, m, h)"),
+        };
+        total += value * secs;
+        rest = tail;
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// Applies one `REGISTRY_A_B_C=value` override to the tree, matching keys case-insensitively.
+fn apply_override(root: &mut Value, path: &[String], raw: &str) {
+    let value: Value = serde_norway::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let mut node = root;
+    for (i, seg) in path.iter().enumerate() {
+        if !node.is_mapping() {
+            *node = Value::Mapping(Default::default());
+        }
+        let map = node.as_mapping_mut().expect("mapping");
+        let key = map
+            .keys()
+            .find(|k| k.as_str().is_some_and(|k| k.eq_ignore_ascii_case(seg)))
+            .cloned()
+            .unwrap_or_else(|| Value::String(seg.to_lowercase()));
+        if i == path.len() - 1 {
+            map.insert(key, value);
+            return;
+        }
+        node = map.entry(key).or_insert(Value::Null);
+    }
+}
+
+impl Config {
+    /// Loads `file` (if any), applies `REGISTRY_*` variables from `env`, and validates.
+    /// Returns the config and the unknown keys that were ignored.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<(Config, Vec<String>)> {
+        let mut tree: Value = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                serde_norway::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+            }
+            None => Value::Mapping(Default::default()),
+        };
+        if tree.is_null() {
+            tree = Value::Mapping(Default::default());
+        }
+        let mut vars: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with("REGISTRY_") && k.len() > 9).collect();
+        vars.sort();
+        for (k, v) in vars {
+            let path: Vec<String> = k["REGISTRY_".len()..].split('_').map(str::to_string).collect();
+            apply_override(&mut tree, &path, &v);
+        }
+        Self::from_tree(tree)
+    }
+
+    fn from_tree(tree: Value) -> anyhow::Result<(Config, Vec<String>)> {
+        // Unknown keys: strip them with a warning rather than failing, as Distribution does.
+        let mut unknown = Vec::new();
+        let tree = strip_unknown(tree, &mut unknown)?;
+        let cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow!("invalid configuration value at {path}: {}", e.into_inner())
+        })?;
+        cfg.validate()?;
+        Ok((cfg, unknown))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let s = &self.storage;
+        let drivers = [s.filesystem.is_some(), s.s3.is_some(), s.gcs.is_some(), s.azure.is_some(), s.inmemory.is_some()];
+        if drivers.iter().filter(|d| **d).count() > 1 {
+            bail!("invalid configuration value at storage: more than one storage driver is configured");
+        }
+        if s.inmemory.is_some() {
+            bail!("invalid configuration value at storage.inmemory: Berth does not keep blobs only in memory; use filesystem");
+        }
+        if let Some(s3) = &s.s3 {
+            if s3.bucket.as_deref().unwrap_or("").is_empty() {
+                bail!("invalid configuration value at storage.s3.bucket: required");
+            }
+            if s3.region.as_deref().unwrap_or("").is_empty() {
+                bail!("invalid configuration value at storage.s3.region: required");
+            }
+            if s3.skipverify == Some(true) {
+                bail!("invalid configuration value at storage.s3.skipverify: TLS verification cannot be turned off");
+            }
+        }
+        if let Some(g) = &s.gcs {
+            if g.bucket.as_deref().unwrap_or("").is_empty() {
+                bail!("invalid configuration value at storage.gcs.bucket: required");
+            }
+        }
+        if let Some(a) = &s.azure {
+            if a.accountname.is_none() || a.container.is_none() {
+                bail!("invalid configuration value at storage.azure: accountname and container are required");
+            }
+        }
+        let p = &s.maintenance.uploadpurging;
+        if let Some(a) = &p.age {
+            parse_duration(a).map_err(|e| anyhow!("invalid configuration value at storage.maintenance.uploadpurging.age: {e}"))?;
+        }
+        if let Some(i) = &p.interval {
+            let d = parse_duration(i)
+                .map_err(|e| anyhow!("invalid configuration value at storage.maintenance.uploadpurging.interval: {e}"))?;
+            if d.is_zero() {
+                bail!("invalid configuration value at storage.maintenance.uploadpurging.interval: must be positive");
+            }
+        }
+        if let Some(d) = &self.http.draintimeout {
+            parse_duration(d).map_err(|e| anyhow!("invalid configuration value at http.draintimeout: {e}"))?;
+        }
+        if let Some(addr) = &self.http.addr {
+            normalize_addr(addr).map_err(|e| anyhow!("invalid configuration value at http.addr: {e}"))?;
+        }
+        if let Some(net) = &self.http.net {
+            if net != "tcp" {
+                bail!("invalid configuration value at http.net: only tcp is supported");
+            }
+        }
+        if let Some(tls) = &self.http.tls {
+            if tls.certificate.is_some() != tls.key.is_some() {
+                bail!("invalid configuration value at http.tls: certificate and key go together");
+            }
+            if tls.letsencrypt.is_some() {
+                bail!("invalid configuration value at http.tls.letsencrypt: not supported; give certificate and key");
+            }
+            if let Some(m) = &tls.minimumtls {
+                if !matches!(m.as_str(), "tls1.2" | "tls1.3") {
+                    bail!("invalid configuration value at http.tls.minimumtls: {m:?} (use tls1.2 or tls1.3)");
+                }
+            }
+        }
+        if let Some(d) = self.http.debug.as_ref().and_then(|d| d.addr.as_ref()) {
+            normalize_addr(d).map_err(|e| anyhow!("invalid configuration value at http.debug.addr: {e}"))?;
+        }
+        if self.berth.nodeid == Some(0) {
+            bail!("invalid configuration value at berth.nodeid: node ids start at 1");
+        }
+        Ok(())
+    }
+
+    /// Whether deletes are allowed. Berth allows them unless `storage.delete.enabled: false`
+    /// (Distribution's default is off; Berth's garbage collection makes deletes safe).
+    pub fn delete_enabled(&self) -> bool {
+        self.storage.delete.as_ref().and_then(|d| d.enabled).unwrap_or(true)
+    }
+
+    /// Whether the registry refuses writes (`storage.maintenance.readonly.enabled`).
+    pub fn read_only(&self) -> bool {
+        self.storage.maintenance.readonly.as_ref().and_then(|r| r.enabled).unwrap_or(false)
+    }
+}
+
+/// `:5000` -> `0.0.0.0:5000`; checks the result parses as a socket address.
+pub fn normalize_addr(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let full = if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_string() };
+    use std::net::ToSocketAddrs;
+    full.to_socket_addrs()
+        .map_err(|e| anyhow!("{addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))
+}
+
+/// Removes keys that `Config` does not know, recording their dotted paths. Uses
+/// `serde_ignored` against a permissive pass so the known structure decides.
+fn strip_unknown(tree: Value, unknown: &mut Vec<String>) -> anyhow::Result<Value> {
+    let mut paths = Vec::new();
+    let _ = serde_ignored::deserialize::<_, _, Lenient>(tree.clone(), |p| paths.push(p.to_string()));
+    let mut tree = tree;
+    for p in &paths {
+        remove_path(&mut tree, &p.split('.').collect::<Vec<_>>());
+    }
+    unknown.extend(paths);
+    Ok(tree)
+}
+
+fn remove_path(node: &mut Value, path: &[&str]) {
+    let Some(map) = node.as_mapping_mut() else { return };
+    let Some(key) = map.keys().find(|k| k.as_str() == Some(path[0])).cloned() else { return };
+    if path.len() == 1 {
+        map.remove(&key);
+    } else if let Some(child) = map.get_mut(&key) {
+        remove_path(child, &path[1..]);
+    }
+}
+
+/// `Config` without `deny_unknown_fields`, generated by mirroring its shape: serde_ignored
+/// reports every field the real structs do not declare.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Lenient {
+    #[serde(default)]
+    version: Option<Value>,
+    #[serde(default)]
+    log: Option<lenient::Log>,
+    #[serde(default)]
+    http: Option<lenient::Http>,
+    #[serde(default)]
+    storage: Option<lenient::Storage>,
+    #[serde(default)]
+    berth: Option<lenient::Berth>,
+    #[serde(default)]
+    redis: Option<Value>,
+    #[serde(default)]
+    health: Option<Value>,
+    #[serde(default)]
+    notifications: Option<Value>,
+    #[serde(default)]
+    validation: Option<Value>,
+}
+
+#[allow(dead_code)]
+mod lenient {
+    use serde::Deserialize;
+    use serde_norway::Value;
+    use std::collections::BTreeMap;
+
+    #[derive(Deserialize)]
+    pub struct Log { pub level: Option<Value>, pub formatter: Option<Value>, pub fields: Option<Value>, pub accesslog: Option<Value> }
+    #[derive(Deserialize)]
+    pub struct Http {
+        pub addr: Option<Value>, pub net: Option<Value>, pub prefix: Option<Value>, pub host: Option<Value>,
+        pub secret: Option<Value>, pub relativeurls: Option<Value>, pub draintimeout: Option<Value>,
+        pub headers: Option<Value>, pub tls: Option<Tls>, pub debug: Option<Debug>, pub http2: Option<Value>,
+    }
+    #[derive(Deserialize)]
+    pub struct Tls {
+        pub certificate: Option<Value>, pub key: Option<Value>, pub clientcas: Option<Value>, pub minimumtls: Option<Value>,
+        pub ciphersuites: Option<Value>, pub letsencrypt: Option<Value>, pub clientauth: Option<Value>,
+    }
+    #[derive(Deserialize)]
+    pub struct Debug { pub addr: Option<Value>, pub prometheus: Option<Prom> }
+    #[derive(Deserialize)]
+    pub struct Prom { pub enabled: Option<Value>, pub path: Option<Value> }
+    #[derive(Deserialize)]
+    pub struct Storage {
+        pub filesystem: Option<Fs>, pub s3: Option<BTreeMap<String, Value>>, pub gcs: Option<BTreeMap<String, Value>>,
+        pub azure: Option<BTreeMap<String, Value>>, pub inmemory: Option<Value>, pub delete: Option<Flag>,
+        pub redirect: Option<Redirect>, pub cache: Option<Value>, pub maintenance: Option<Maintenance>,
+    }
+    #[derive(Deserialize)]
+    pub struct Fs { pub rootdirectory: Option<Value>, pub maxthreads: Option<Value> }
+    #[derive(Deserialize)]
+    pub struct Flag { pub enabled: Option<Value> }
+    #[derive(Deserialize)]
+    pub struct Redirect { pub disable: Option<Value> }
+    #[derive(Deserialize)]
+    pub struct Maintenance { pub uploadpurging: Option<Purge>, pub readonly: Option<Flag> }
+    #[derive(Deserialize)]
+    pub struct Purge { pub enabled: Option<Value>, pub age: Option<Value>, pub interval: Option<Value>, pub dryrun: Option<Value> }
+    #[derive(Deserialize)]
+    pub struct Berth { pub datadir: Option<Value>, pub nodeid: Option<Value> }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str, env: &[(&str, &str)]) -> anyhow::Result<(Config, Vec<String>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.yml");
+        std::fs::write(&p, yaml).unwrap();
+        Config::load(Some(&p), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn distribution_config_and_env_overrides() {
+        let yaml = "version: 0.1\nlog:\n  level: debug\nhttp:\n  addr: :5000\n  secret: s3cr3t\n  debug:\n    addr: 127.0.0.1:5001\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n  delete:\n    enabled: false\n  maintenance:\n    uploadpurging:\n      enabled: true\n      age: 168h\n      interval: 24h\n";
+        let (c, unknown) = load(
+            yaml,
+            &[("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/somewhere"), ("REGISTRY_HTTP_ADDR", "127.0.0.1:6000"), ("PATH", "/bin")],
+        )
+        .unwrap();
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert_eq!(c.storage.filesystem.unwrap().rootdirectory.unwrap(), PathBuf::from("/somewhere"));
+        assert_eq!(c.http.addr.as_deref(), Some("127.0.0.1:6000"));
+        assert_eq!(c.log.level, Some(LogLevel::Debug));
+        assert!(!Config::load(None, []).unwrap().0.read_only());
+    }
+
+    #[test]
+    fn unknown_keys_warn_invalid_values_fail_with_key() {
+        let (_, unknown) = load("http:\n  addr: :5000\n  bogus: 1\nstorage:\n  filesystem:\n    rootdirectory: /x\n    extra: y\n", &[]).unwrap();
+        assert_eq!(unknown, vec!["http.bogus".to_string(), "storage.filesystem.extra".to_string()]);
+        let e = load("log:\n  level: loud\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("log.level"), "{e}");
+        let e = load("storage:\n  delete:\n    enabled: perhaps\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("storage.delete.enabled"), "{e}");
+        let e = load("storage:\n  maintenance:\n    uploadpurging:\n      age: soon\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("uploadpurging.age"), "{e}");
+        let e = load("http:\n  addr: not-an-address\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("http.addr"), "{e}");
+        let e = load("storage:\n  s3:\n    region: us-east-1\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("storage.s3.bucket"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("168h").unwrap(), Duration::from_secs(168 * 3600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("3 days").is_err());
+    }
+}

@@ -1,0 +1,138 @@
+//! Blob storage backends and the metrics wrapper around them.
+
+pub mod fs;
+pub mod object;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use berth_api::{BlobError, BlobStore, ByteStream};
+use berth_proto::Digest;
+use prometheus::{HistogramOpts, HistogramVec, Registry};
+
+/// A site's blob store: one of the backends.
+#[derive(Clone)]
+pub enum SiteStore {
+    /// Local or shared filesystem.
+    Fs(fs::FsBlobStore),
+    /// S3, GCS or Azure through `object_store`.
+    Object(object::ObjectBlobStore),
+}
+
+impl SiteStore {
+    /// The driver name used in metrics (`filesystem`, `s3`, ...).
+    pub fn inner(&self) -> &dyn BlobStore {
+        match self {
+            SiteStore::Fs(s) => s,
+            SiteStore::Object(s) => s,
+        }
+    }
+
+    /// Removes uploads older than `age`.
+    pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<usize, BlobError> {
+        match self {
+            SiteStore::Fs(s) => s.purge_uploads(age, dry_run).await,
+            SiteStore::Object(s) => s.purge_uploads(age, dry_run).await,
+        }
+    }
+}
+
+/// Storage metrics under Distribution's names.
+#[derive(Clone)]
+pub struct StorageMetrics {
+    action_seconds: HistogramVec,
+    upload_bytes: HistogramVec,
+}
+
+impl StorageMetrics {
+    /// Creates and registers the metrics.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let action_seconds = HistogramVec::new(
+            HistogramOpts::new("registry_storage_action_seconds", "The number of seconds that the storage action takes")
+                .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            &["driver", "action"],
+        )?;
+        let upload_bytes = HistogramVec::new(
+            HistogramOpts::new("registry_storage_blob_upload_bytes", "The size in bytes of blobs whose upload completed")
+                .buckets(prometheus::exponential_buckets(1024.0, 4.0, 12)?),
+            &["driver"],
+        )?;
+        registry.register(Box::new(action_seconds.clone()))?;
+        registry.register(Box::new(upload_bytes.clone()))?;
+        Ok(StorageMetrics { action_seconds, upload_bytes })
+    }
+}
+
+/// Wraps a store and times every action.
+pub struct MeteredStore {
+    inner: SiteStore,
+    driver: &'static str,
+    metrics: StorageMetrics,
+}
+
+impl MeteredStore {
+    /// Wraps `inner`, labelling metrics with `driver`.
+    pub fn new(inner: SiteStore, driver: &'static str, metrics: StorageMetrics) -> Arc<Self> {
+        Arc::new(MeteredStore { inner, driver, metrics })
+    }
+
+    fn observe(&self, action: &str, started: Instant) {
+        self.metrics.action_seconds.with_label_values(&[self.driver, action]).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+#[async_trait]
+impl BlobStore for MeteredStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
+        let t = Instant::now();
+        let r = self.inner.inner().stat(digest).await;
+        self.observe("Stat", t);
+        r
+    }
+    async fn read(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream, BlobError> {
+        let t = Instant::now();
+        let r = self.inner.inner().read(digest, range).await;
+        self.observe("Reader", t);
+        r
+    }
+    async fn create_upload(&self, id: &str) -> Result<(), BlobError> {
+        let t = Instant::now();
+        let r = self.inner.inner().create_upload(id).await;
+        self.observe("PutContent", t);
+        r
+    }
+    async fn upload_exists(&self, id: &str) -> Result<bool, BlobError> {
+        let t = Instant::now();
+        let r = self.inner.inner().upload_exists(id).await;
+        self.observe("Stat", t);
+        r
+    }
+    async fn write_upload(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, BlobError> {
+        let t = Instant::now();
+        let r = self.inner.inner().write_upload(id, offset, body).await;
+        self.observe("Writer", t);
+        r
+    }
+    async fn read_upload(&self, id: &str, size: u64) -> Result<ByteStream, BlobError> {
+        let t = Instant::now();
+        let r = self.inner.inner().read_upload(id, size).await;
+        self.observe("Reader", t);
+        r
+    }
+    async fn finish_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<(), BlobError> {
+        let t = Instant::now();
+        let r = self.inner.inner().finish_upload(id, size, digest).await;
+        self.observe("Move", t);
+        if r.is_ok() {
+            self.metrics.upload_bytes.with_label_values(&[self.driver]).observe(size as f64);
+        }
+        r
+    }
+    async fn cancel_upload(&self, id: &str) -> Result<(), BlobError> {
+        let t = Instant::now();
+        let r = self.inner.inner().cancel_upload(id).await;
+        self.observe("Delete", t);
+        r
+    }
+}

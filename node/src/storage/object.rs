@@ -1,0 +1,244 @@
+//! Blob storage on any `object_store` backend (S3, GCS, Azure).
+//!
+//! Layout under the configured prefix: `blobs/<alg>/<2 hex>/<hex>` for content, and for an
+//! upload `uploads/<id>/startedat` plus one object per chunk, `uploads/<id>/parts/<offset>`.
+//! Finishing concatenates the parts in offset order while hashing them again, so what lands
+//! at a content address always matches its digest, even if a chunk was replayed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_api::{BlobError, BlobStore, ByteStream};
+use berth_proto::{Algorithm, Digest, ResumableSha256};
+use futures::{StreamExt, TryStreamExt};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
+use sha2::Digest as _;
+use tokio::io::AsyncWriteExt;
+
+/// Blob storage on an object store.
+#[derive(Clone)]
+pub struct ObjectBlobStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+fn os_err(e: object_store::Error) -> BlobError {
+    match e {
+        object_store::Error::NotFound { .. } => BlobError::NotFound,
+        e => BlobError::Storage(e.to_string()),
+    }
+}
+
+fn valid_id(id: &str) -> Result<(), BlobError> {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(BlobError::NotFound)
+    }
+}
+
+impl ObjectBlobStore {
+    /// A store over `store`, keeping everything under `prefix` (may be empty).
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        ObjectBlobStore { store, prefix: prefix.trim_matches('/').to_string() }
+    }
+
+    fn path(&self, rel: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    fn blob_path(&self, d: &Digest) -> Path {
+        self.path(&format!("blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex()))
+    }
+
+    fn part_path(&self, id: &str, offset: u64) -> Path {
+        self.path(&format!("uploads/{id}/parts/{offset:020}"))
+    }
+
+    /// Parts of an upload as (offset, size), sorted by offset.
+    async fn parts(&self, id: &str) -> Result<Vec<(u64, u64, Path)>, BlobError> {
+        let prefix = self.path(&format!("uploads/{id}/parts"));
+        let mut parts: Vec<(u64, u64, Path)> = self
+            .store
+            .list(Some(&prefix))
+            .map_ok(|m| {
+                let off = m.location.filename().and_then(|f| f.parse::<u64>().ok()).unwrap_or(u64::MAX);
+                (off, m.size, m.location)
+            })
+            .try_collect()
+            .await
+            .map_err(os_err)?;
+        parts.sort_by_key(|p| p.0);
+        Ok(parts)
+    }
+
+    /// Streams the chain of parts from offset 0 up to `size`.
+    async fn chain(&self, id: &str, size: u64) -> Result<ByteStream, BlobError> {
+        let parts = self.parts(id).await?;
+        let mut chain = Vec::new();
+        let mut at = 0u64;
+        for (off, len, path) in parts {
+            if at >= size {
+                break;
+            }
+            if off == at {
+                chain.push(path);
+                at += len;
+            }
+        }
+        if at < size {
+            return Err(BlobError::Storage(format!("upload {id} has {at} contiguous bytes, expected {size}")));
+        }
+        let store = self.store.clone();
+        let stream = futures::stream::iter(chain)
+            .then(move |p| {
+                let store = store.clone();
+                async move { store.get(&p).await.map(|r| r.into_stream()) }
+            })
+            .try_flatten()
+            .map_err(std::io::Error::other);
+        // Trim to exactly `size` bytes.
+        let mut remaining = size;
+        Ok(Box::pin(stream.try_filter_map(move |mut b| {
+            let keep = (b.len() as u64).min(remaining);
+            remaining -= keep;
+            b.truncate(keep as usize);
+            futures::future::ready(Ok((!b.is_empty()).then_some(b)))
+        })))
+    }
+
+    /// Removes uploads started longer than `age` ago; returns how many.
+    pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<usize, BlobError> {
+        let cutoff = berth_proto::now_ms().saturating_sub(age.as_millis() as u64);
+        let metas: Vec<_> = self.store.list(Some(&self.path("uploads"))).try_collect().await.map_err(os_err)?;
+        let mut n = 0;
+        for m in metas.iter().filter(|m| m.location.filename() == Some("startedat")) {
+            if (m.last_modified.timestamp_millis() as u64) < cutoff {
+                n += 1;
+                if !dry_run {
+                    let dir = m.location.as_ref().trim_end_matches("/startedat").to_string();
+                    for o in metas.iter().filter(|o| o.location.as_ref().starts_with(&dir)) {
+                        let _ = self.store.delete(&o.location).await;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[async_trait]
+impl BlobStore for ObjectBlobStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
+        match self.store.head(&self.blob_path(digest)).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
+    async fn read(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream, BlobError> {
+        let opts = GetOptions { range: range.map(|(a, b)| GetRange::Bounded(a..b + 1)), ..Default::default() };
+        let r = self.store.get_opts(&self.blob_path(digest), opts).await.map_err(os_err)?;
+        Ok(Box::pin(r.into_stream().map_err(std::io::Error::other)))
+    }
+
+    async fn create_upload(&self, id: &str) -> Result<(), BlobError> {
+        valid_id(id)?;
+        let p = self.path(&format!("uploads/{id}/startedat"));
+        self.store.put(&p, PutPayload::from(berth_proto::now_ms().to_string())).await.map_err(os_err)?;
+        Ok(())
+    }
+
+    async fn upload_exists(&self, id: &str) -> Result<bool, BlobError> {
+        valid_id(id)?;
+        match self.store.head(&self.path(&format!("uploads/{id}/startedat"))).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
+    async fn write_upload(&self, id: &str, offset: u64, mut body: ByteStream) -> Result<u64, BlobError> {
+        valid_id(id)?;
+        let path = self.part_path(id, offset);
+        if self.store.head(&path).await.is_ok() {
+            return Err(BlobError::OffsetTaken(offset));
+        }
+        let mut w = BufWriter::with_capacity(self.store.clone(), path, 16 * 1024 * 1024);
+        let mut n = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = w.abort().await;
+                    return Err(BlobError::Body(e.to_string()));
+                }
+            };
+            n += chunk.len() as u64;
+            if let Err(e) = w.write_all(&chunk).await {
+                let _ = w.abort().await;
+                return Err(BlobError::Storage(e.to_string()));
+            }
+        }
+        w.shutdown().await.map_err(|e| BlobError::Storage(e.to_string()))?;
+        Ok(n)
+    }
+
+    async fn read_upload(&self, id: &str, size: u64) -> Result<ByteStream, BlobError> {
+        valid_id(id)?;
+        self.chain(id, size).await
+    }
+
+    async fn finish_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<(), BlobError> {
+        valid_id(id)?;
+        let target = self.blob_path(digest);
+        if self.store.head(&target).await.is_err() {
+            let mut sha256 = ResumableSha256::new();
+            let mut sha512 = sha2::Sha512::new();
+            let mut w = BufWriter::with_capacity(self.store.clone(), target.clone(), 16 * 1024 * 1024);
+            let mut s = self.chain(id, size).await?;
+            while let Some(chunk) = s.next().await {
+                let chunk = chunk.map_err(|e| BlobError::Storage(e.to_string()))?;
+                match digest.algorithm() {
+                    Algorithm::Sha256 => sha256.update(&chunk),
+                    Algorithm::Sha512 => sha512.update(&chunk),
+                }
+                if let Err(e) = w.write_all(&chunk).await {
+                    let _ = w.abort().await;
+                    return Err(BlobError::Storage(e.to_string()));
+                }
+            }
+            let actual = match digest.algorithm() {
+                Algorithm::Sha256 => sha256.digest(),
+                Algorithm::Sha512 => Digest::from_raw(Algorithm::Sha512, &sha512.finalize()),
+            };
+            if &actual != digest {
+                let _ = w.abort().await;
+                return Err(BlobError::Storage(format!("staged bytes hash to {actual}, not {digest}")));
+            }
+            w.shutdown().await.map_err(|e| BlobError::Storage(e.to_string()))?;
+        }
+        self.cancel_upload(id).await
+    }
+
+    async fn cancel_upload(&self, id: &str) -> Result<(), BlobError> {
+        valid_id(id)?;
+        let prefix = self.path(&format!("uploads/{id}"));
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(os_err)?;
+        if metas.is_empty() {
+            return Err(BlobError::NotFound);
+        }
+        for m in metas {
+            self.store.delete(&m.location).await.map_err(os_err)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,123 @@
+//! Commands replicated through the Raft log, the records they create, and their outcomes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Digest, RepoName, Tag};
+
+/// A metadata change, proposed by any node and applied by every state machine in log order.
+/// Apply is deterministic: time comes from the proposer (`at_ms`), never from the applier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// What to change.
+    pub command: Command,
+    /// Milliseconds since the Unix epoch when the proposer created the request.
+    pub at_ms: u64,
+}
+
+/// The metadata changes Berth knows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the cluster HTTP secret (signs upload state) unless one is already set.
+    InitHttpSecret {
+        /// Raw secret bytes.
+        #[serde(with = "serde_bytes")]
+        secret: Vec<u8>,
+    },
+    /// Makes a stored blob readable from a repository.
+    LinkBlob {
+        /// Target repository.
+        repo: RepoName,
+        /// The blob.
+        digest: Digest,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// Removes a blob link (blob DELETE). The bytes are left for garbage collection.
+    UnlinkBlob {
+        /// Repository.
+        repo: RepoName,
+        /// The blob.
+        digest: Digest,
+    },
+    /// Stores a manifest, its references, its referrers entry and optionally a tag, at once.
+    PutManifest {
+        /// Repository.
+        repo: RepoName,
+        /// Digest of `manifest.body`.
+        digest: Digest,
+        /// The manifest and what it references.
+        manifest: ManifestRecord,
+        /// Tag to point at it, if pushed by tag.
+        tag: Option<Tag>,
+    },
+    /// Deletes a manifest by digest, with every tag that points at it.
+    DeleteManifest {
+        /// Repository.
+        repo: RepoName,
+        /// The manifest.
+        digest: Digest,
+    },
+    /// Deletes one tag; the manifest stays.
+    DeleteTag {
+        /// Repository.
+        repo: RepoName,
+        /// The tag.
+        tag: Tag,
+    },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::InitHttpSecret { .. } => "init_http_secret",
+            Command::LinkBlob { .. } => "link_blob",
+            Command::UnlinkBlob { .. } => "unlink_blob",
+            Command::PutManifest { .. } => "put_manifest",
+            Command::DeleteManifest { .. } => "delete_manifest",
+            Command::DeleteTag { .. } => "delete_tag",
+        }
+    }
+}
+
+/// A stored manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    /// Media type it is served with.
+    pub media_type: String,
+    /// The exact bytes pushed.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// Blobs it references (config and layers), sorted.
+    pub blobs: Vec<Digest>,
+    /// Child manifests it references (index), sorted.
+    pub manifests: Vec<Digest>,
+    /// The manifest it refers to (`subject`).
+    pub subject: Option<Digest>,
+    /// Artifact type shown by the referrers API.
+    pub artifact_type: Option<String>,
+    /// Top-level annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// When it was first pushed (ms since epoch).
+    pub created_ms: u64,
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Applied.
+    Done,
+    /// Nothing changed because it already held (e.g. the secret was set).
+    Unchanged,
+    /// The manifest references blobs or manifests missing from the repository.
+    MissingReferences {
+        /// Missing blobs.
+        blobs: Vec<Digest>,
+        /// Missing child manifests.
+        manifests: Vec<Digest>,
+    },
+    /// The target of a delete does not exist.
+    NotFound,
+}

@@ -1,0 +1,39 @@
+//! Berth's vocabulary: the validated types that cross process boundaries or reach the disk
+//! (digests, repository names, tags), the commands replicated through Raft, manifest parsing,
+//! and the resumable hash used by uploads.
+
+pub mod command;
+pub mod digest;
+pub mod hashing;
+pub mod manifest;
+pub mod names;
+
+pub use command::{Command, ManifestRecord, Outcome, Request};
+pub use digest::{Algorithm, Digest};
+pub use hashing::ResumableSha256;
+pub use names::{Reference, RepoName, Tag};
+
+/// A value that does not satisfy its type's grammar.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// Bad digest.
+    #[error("invalid digest: {0}")]
+    Digest(String),
+    /// Bad repository name.
+    #[error("{0}")]
+    Name(String),
+    /// Bad tag.
+    #[error("{0}")]
+    Tag(String),
+    /// Bad resumable hash state.
+    #[error("{0}")]
+    HashState(String),
+}
+
+/// Milliseconds since the Unix epoch, for stamping requests.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,292 @@
+//! The registry state that Raft replicates: repositories, blob links, manifests, tags, the
+//! referrers index and cluster secrets. `apply` is the only way it changes; everything else
+//! here is a read-only query.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use berth_proto::{Command, Digest, ManifestRecord, Outcome, Reference, RepoName, Request, Tag};
+use serde::{Deserialize, Serialize};
+
+use crate::types::typ::{LogId, StoredMembership};
+
+/// A tag's target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// The manifest it points at.
+    pub digest: Digest,
+    /// When it was last moved (ms since epoch).
+    pub updated_ms: u64,
+}
+
+/// One repository's metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repo {
+    /// Blobs readable from this repository, with their sizes.
+    pub blobs: BTreeMap<Digest, u64>,
+    /// Manifests by digest.
+    pub manifests: BTreeMap<Digest, Arc<ManifestRecord>>,
+    /// Tags, in lexical order.
+    pub tags: BTreeMap<Tag, TagRecord>,
+    /// subject digest -> digests of manifests whose `subject` it is.
+    pub referrers: BTreeMap<Digest, BTreeSet<Digest>>,
+}
+
+impl Repo {
+    fn is_empty(&self) -> bool {
+        self.blobs.is_empty() && self.manifests.is_empty() && self.tags.is_empty()
+    }
+}
+
+/// Everything the state machine holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistryState {
+    /// Last log entry applied.
+    pub last_applied: Option<LogId>,
+    /// Last membership applied.
+    pub last_membership: StoredMembership,
+    /// Secret that signs upload state; identical on every node.
+    pub http_secret: Option<Vec<u8>>,
+    /// Repositories by name, in lexical order (the catalog's order).
+    pub repos: BTreeMap<RepoName, Repo>,
+}
+
+impl RegistryState {
+    /// Applies one command. Deterministic: depends only on the state and the request.
+    pub fn apply(&mut self, req: &Request) -> Outcome {
+        match &req.command {
+            Command::InitHttpSecret { secret } => {
+                if self.http_secret.is_some() {
+                    Outcome::Unchanged
+                } else {
+                    self.http_secret = Some(secret.clone());
+                    Outcome::Done
+                }
+            }
+            Command::LinkBlob { repo, digest, size } => {
+                self.repos.entry(repo.clone()).or_default().blobs.insert(digest.clone(), *size);
+                Outcome::Done
+            }
+            Command::UnlinkBlob { repo, digest } => {
+                let Some(r) = self.repos.get_mut(repo) else { return Outcome::NotFound };
+                let found = r.blobs.remove(digest).is_some();
+                self.drop_if_empty(repo);
+                if found {
+                    Outcome::Done
+                } else {
+                    Outcome::NotFound
+                }
+            }
+            Command::PutManifest { repo, digest, manifest, tag } => {
+                let empty = Repo::default();
+                let r = self.repos.get(repo).unwrap_or(&empty);
+                let blobs: Vec<Digest> =
+                    manifest.blobs.iter().filter(|b| !r.blobs.contains_key(*b)).cloned().collect();
+                let manifests: Vec<Digest> = manifest
+                    .manifests
+                    .iter()
+                    .filter(|m| !r.manifests.contains_key(*m) && *m != digest)
+                    .cloned()
+                    .collect();
+                if !blobs.is_empty() || !manifests.is_empty() {
+                    return Outcome::MissingReferences { blobs, manifests };
+                }
+                let r = self.repos.entry(repo.clone()).or_default();
+                let record = match r.manifests.get(digest) {
+                    // Same digest, same bytes: keep the original creation time.
+                    Some(existing) => existing.clone(),
+                    None => Arc::new(manifest.clone()),
+                };
+                if let Some(subject) = &record.subject {
+                    r.referrers.entry(subject.clone()).or_default().insert(digest.clone());
+                }
+                r.manifests.insert(digest.clone(), record);
+                if let Some(tag) = tag {
+                    r.tags.insert(tag.clone(), TagRecord { digest: digest.clone(), updated_ms: req.at_ms });
+                }
+                Outcome::Done
+            }
+            Command::DeleteManifest { repo, digest } => {
+                let Some(r) = self.repos.get_mut(repo) else { return Outcome::NotFound };
+                let Some(record) = r.manifests.remove(digest) else { return Outcome::NotFound };
+                r.tags.retain(|_, t| &t.digest != digest);
+                if let Some(subject) = &record.subject {
+                    if let Some(set) = r.referrers.get_mut(subject) {
+                        set.remove(digest);
+                        if set.is_empty() {
+                            r.referrers.remove(subject);
+                        }
+                    }
+                }
+                self.drop_if_empty(repo);
+                Outcome::Done
+            }
+            Command::DeleteTag { repo, tag } => {
+                let Some(r) = self.repos.get_mut(repo) else { return Outcome::NotFound };
+                let found = r.tags.remove(tag).is_some();
+                self.drop_if_empty(repo);
+                if found {
+                    Outcome::Done
+                } else {
+                    Outcome::NotFound
+                }
+            }
+        }
+    }
+
+    fn drop_if_empty(&mut self, repo: &RepoName) {
+        if self.repos.get(repo).is_some_and(Repo::is_empty) {
+            self.repos.remove(repo);
+        }
+    }
+
+    /// Size of a blob if it is linked into `repo`.
+    pub fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Option<u64> {
+        self.repos.get(repo)?.blobs.get(digest).copied()
+    }
+
+    /// A manifest by tag or digest, with its digest.
+    pub fn manifest(&self, repo: &RepoName, reference: &Reference) -> Option<(Digest, Arc<ManifestRecord>)> {
+        let r = self.repos.get(repo)?;
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => r.tags.get(t)?.digest.clone(),
+        };
+        let m = r.manifests.get(&digest)?.clone();
+        Some((digest, m))
+    }
+
+    /// Up to `n` tags after `last`, in lexical order; `None` if the repository does not exist.
+    pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Option<Vec<String>> {
+        let r = self.repos.get(repo)?;
+        let iter: Box<dyn Iterator<Item = &Tag>> = match last.and_then(|l| Tag::parse(l).ok()) {
+            Some(l) => Box::new(r.tags.range((Bound::Excluded(l), Bound::Unbounded)).map(|(t, _)| t)),
+            None if last.is_some() => Box::new(r.tags.keys().filter(move |t| t.as_str() > last.unwrap())),
+            None => Box::new(r.tags.keys()),
+        };
+        Some(iter.take(n).map(|t| t.to_string()).collect())
+    }
+
+    /// Up to `n` repository names after `last`, in lexical order.
+    pub fn catalog(&self, last: Option<&str>, n: usize) -> Vec<String> {
+        self.repos
+            .keys()
+            .filter(|name| last.is_none_or(|l| name.as_str() > l))
+            .take(n)
+            .map(|r| r.to_string())
+            .collect()
+    }
+
+    /// Manifests in `repo` whose subject is `subject`.
+    pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> Vec<(Digest, Arc<ManifestRecord>)> {
+        let Some(r) = self.repos.get(repo) else { return Vec::new() };
+        r.referrers
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| r.manifests.get(d).map(|m| (d.clone(), m.clone())))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn digest(i: u8) -> Digest {
+        Digest::sha256_of(&[i])
+    }
+    fn repo(i: u8) -> RepoName {
+        RepoName::parse(&format!("r{}", i % 3)).unwrap()
+    }
+
+    fn arb_command() -> impl Strategy<Value = Command> {
+        let blob_ids = proptest::collection::vec(0u8..6, 0..3);
+        prop_oneof![
+            (0u8..3, 0u8..6).prop_map(|(r, d)| Command::LinkBlob { repo: repo(r), digest: digest(d), size: d as u64 }),
+            (0u8..3, 0u8..6).prop_map(|(r, d)| Command::UnlinkBlob { repo: repo(r), digest: digest(d) }),
+            (0u8..3, 10u8..14, blob_ids, proptest::option::of(10u8..14), proptest::option::of(0u8..2)).prop_map(
+                |(r, m, blobs, subject, tag)| Command::PutManifest {
+                    repo: repo(r),
+                    digest: digest(m),
+                    manifest: ManifestRecord {
+                        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                        body: vec![m],
+                        blobs: blobs.into_iter().map(digest).collect(),
+                        manifests: vec![],
+                        subject: subject.map(digest),
+                        artifact_type: None,
+                        annotations: Default::default(),
+                        created_ms: 0,
+                    },
+                    tag: tag.map(|t| Tag::parse(&format!("t{t}")).unwrap()),
+                }
+            ),
+            (0u8..3, 10u8..14).prop_map(|(r, d)| Command::DeleteManifest { repo: repo(r), digest: digest(d) }),
+            (0u8..3, 0u8..2).prop_map(|(r, t)| Command::DeleteTag { repo: repo(r), tag: Tag::parse(&format!("t{t}")).unwrap() }),
+        ]
+    }
+
+    proptest! {
+        /// Random command sequences keep the invariants: every stored manifest's blobs are
+        /// linked when it was stored, every tag points at a stored manifest, every referrers
+        /// entry names a stored manifest whose subject matches, and no empty repository lingers.
+        /// A postcard round trip (what a snapshot does) gives the same state.
+        #[test]
+        fn invariants_hold(cmds in proptest::collection::vec(arb_command(), 0..60)) {
+            let mut s = RegistryState::default();
+            for (i, c) in cmds.into_iter().enumerate() {
+                let before = s.clone();
+                let out = s.apply(&Request { command: c.clone(), at_ms: i as u64 });
+                if let (Command::PutManifest { repo, manifest, .. }, Outcome::Done) = (&c, &out) {
+                    for b in &manifest.blobs {
+                        prop_assert!(before.blob_size(repo, b).is_some());
+                    }
+                }
+                if matches!(out, Outcome::MissingReferences { .. } | Outcome::NotFound) {
+                    prop_assert_eq!(&before, &s);
+                }
+                for r in s.repos.values() {
+                    prop_assert!(!r.is_empty());
+                    for t in r.tags.values() {
+                        prop_assert!(r.manifests.contains_key(&t.digest));
+                    }
+                    for (subject, set) in &r.referrers {
+                        for d in set {
+                            prop_assert_eq!(r.manifests[d].subject.as_ref(), Some(subject));
+                        }
+                    }
+                }
+            }
+            let bytes = postcard::to_stdvec(&s).unwrap();
+            let back: RegistryState = postcard::from_bytes(&bytes).unwrap();
+            prop_assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn pagination() {
+        let mut s = RegistryState::default();
+        let r = RepoName::parse("a/b").unwrap();
+        s.apply(&Request { command: Command::LinkBlob { repo: r.clone(), digest: digest(1), size: 1 }, at_ms: 0 });
+        for t in ["c", "a", "b"] {
+            let cmd = Command::PutManifest {
+                repo: r.clone(),
+                digest: digest(9),
+                manifest: ManifestRecord {
+                    media_type: "x".into(), body: vec![], blobs: vec![digest(1)], manifests: vec![],
+                    subject: None, artifact_type: None, annotations: Default::default(), created_ms: 0,
+                },
+                tag: Some(Tag::parse(t).unwrap()),
+            };
+            assert_eq!(s.apply(&Request { command: cmd, at_ms: 0 }), Outcome::Done);
+        }
+        assert_eq!(s.tags(&r, None, 2).unwrap(), vec!["a", "b"]);
+        assert_eq!(s.tags(&r, Some("b"), 10).unwrap(), vec!["c"]);
+        assert!(s.tags(&RepoName::parse("zz").unwrap(), None, 10).is_none());
+        assert_eq!(s.catalog(None, 10), vec!["a/b"]);
+        assert!(s.catalog(Some("a/b"), 10).is_empty());
+    }
+}
