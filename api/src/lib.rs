@@ -28,6 +28,8 @@ pub use metrics::HttpMetrics;
 pub struct ApiConfig {
     /// Whether blob, manifest and tag deletes are allowed (`storage.delete.enabled`).
     pub delete_enabled: bool,
+    /// Refuse every write (`storage.maintenance.readonly.enabled`).
+    pub read_only: bool,
 }
 
 /// Everything a request handler needs.
@@ -81,6 +83,9 @@ fn not_allowed() -> ApiResult {
 async fn route(api: &Api, ep: Endpoint, req: Request) -> ApiResult {
     let (parts, body) = req.into_parts();
     let m = &parts.method;
+    if api.config.read_only && matches!(*m, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        return Err(ApiError::new(Code::Unsupported, "the registry is in read-only mode"));
+    }
     match ep {
         Endpoint::Base => match *m {
             Method::GET | Method::HEAD => Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()),

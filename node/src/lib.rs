@@ -1,1 +1,201 @@
+//! The `berth` node: configuration, storage and Raft wiring, HTTP and debug listeners,
+//! background workers. This crate only wires; behaviour lives in `api` and `raft-store`.
 
+pub mod config;
+pub mod metadata;
+pub mod raft;
+pub mod server;
+pub mod storage;
+pub mod workers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::{HeaderName, HeaderValue};
+use berth_api::{Api, ApiConfig, HttpMetrics};
+use object_store::ObjectStore;
+
+use config::{parse_duration, Config};
+use storage::{MeteredStore, SiteStore, StorageMetrics};
+
+/// Where data goes when nothing says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "berth-data";
+/// The default listener (Distribution's `:5000`).
+pub const DEFAULT_ADDR: &str = "0.0.0.0:5000";
+
+/// Everything `berth serve` needs after the command line is read.
+pub struct ServeOptions {
+    /// Parsed configuration.
+    pub config: Config,
+    /// Data directory from the command line or `BERTH_DATA_DIR` (wins over `berth.datadir`).
+    pub data_dir: Option<PathBuf>,
+}
+
+fn build_store(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<(SiteStore, &'static str)> {
+    let s = &cfg.storage;
+    if let Some(s3) = &s.s3 {
+        let endpoint = s3.regionendpoint.clone();
+        let mut b = object_store::aws::AmazonS3Builder::new()
+            .with_region(s3.region.clone().unwrap_or_default())
+            .with_bucket_name(s3.bucket.clone().unwrap_or_default());
+        if let Some(k) = &s3.accesskey {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(k) = &s3.secretkey {
+            b = b.with_secret_access_key(k);
+        }
+        let virtual_hosted = match s3.forcepathstyle {
+            Some(f) => !f,
+            None => endpoint.is_none(),
+        };
+        b = b.with_virtual_hosted_style_request(virtual_hosted);
+        if let Some(ep) = &endpoint {
+            b = b.with_endpoint(ep);
+            if ep.starts_with("http://") || s3.secure == Some(false) {
+                b = b.with_allow_http(true);
+            }
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(b.build().context("storage.s3")?);
+        let prefix = s3.rootdirectory.clone().unwrap_or_default();
+        return Ok((SiteStore::Object(storage::object::ObjectBlobStore::new(store, &prefix)), "s3"));
+    }
+    if let Some(g) = &s.gcs {
+        let mut b = object_store::gcp::GoogleCloudStorageBuilder::new().with_bucket_name(g.bucket.clone().unwrap_or_default());
+        if let Some(k) = &g.keyfile {
+            b = b.with_service_account_path(k);
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(b.build().context("storage.gcs")?);
+        let prefix = g.rootdirectory.clone().unwrap_or_default();
+        return Ok((SiteStore::Object(storage::object::ObjectBlobStore::new(store, &prefix)), "gcs"));
+    }
+    if let Some(a) = &s.azure {
+        let mut b = object_store::azure::MicrosoftAzureBuilder::new()
+            .with_account(a.accountname.clone().unwrap_or_default())
+            .with_container_name(a.container.clone().unwrap_or_default());
+        if let Some(k) = &a.accountkey {
+            b = b.with_access_key(k);
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(b.build().context("storage.azure")?);
+        let prefix = a.rootdirectory.clone().unwrap_or_default();
+        return Ok((SiteStore::Object(storage::object::ObjectBlobStore::new(store, &prefix)), "azure"));
+    }
+    let root = s
+        .filesystem
+        .as_ref()
+        .and_then(|f| f.rootdirectory.clone())
+        .unwrap_or_else(|| data_dir.join("storage"));
+    let fs = storage::fs::FsBlobStore::new(&root).with_context(|| format!("storage.filesystem.rootdirectory {}", root.display()))?;
+    tracing::info!(root = %root.display(), "blob storage on the filesystem");
+    Ok((SiteStore::Fs(fs), "filesystem"))
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Runs a node until SIGTERM or Ctrl-C.
+pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let cfg = opts.config;
+    let data_dir = opts
+        .data_dir
+        .or_else(|| cfg.berth.datadir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let addr = config::normalize_addr(cfg.http.addr.as_deref().unwrap_or(DEFAULT_ADDR))?;
+    tracing::info!(data_dir = %data_dir.display(), "starting berth");
+
+    let registry = prometheus::Registry::new();
+    let (site, driver) = build_store(&cfg, &data_dir)?;
+    let blobs = MeteredStore::new(site.clone(), driver, StorageMetrics::new(&registry)?);
+
+    let (listener, local) = server::bind(addr, "http.addr").await?;
+    let node_id = cfg.berth.nodeid.unwrap_or(1);
+    let raft_node = raft::start(&data_dir.join("raft"), node_id, &local.to_string()).await?;
+    let meta = Arc::new(metadata::RaftMetadata::new(raft_node.raft.clone(), raft_node.state.clone()));
+    metadata::ensure_http_secret(&meta, cfg.http.secret.as_deref()).await?;
+
+    let api = Arc::new(Api {
+        meta: meta.clone(),
+        blobs,
+        config: ApiConfig { delete_enabled: cfg.delete_enabled(), read_only: cfg.read_only() },
+        metrics: HttpMetrics::new(&registry)?,
+    });
+    let mut app = berth_api::router(api);
+    let extra: Vec<(HeaderName, HeaderValue)> = cfg
+        .http
+        .headers
+        .iter()
+        .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
+        .filter_map(|(k, v)| Some((HeaderName::try_from(k).ok()?, HeaderValue::try_from(v).ok()?)))
+        .collect();
+    if !extra.is_empty() {
+        app = app.layer(axum::middleware::map_response(move |mut r: axum::response::Response| {
+            let extra = extra.clone();
+            async move {
+                for (k, v) in extra {
+                    r.headers_mut().append(k, v);
+                }
+                r
+            }
+        }));
+    }
+    let tls = match &cfg.http.tls {
+        Some(t) => server::tls_acceptor(t)?,
+        None => None,
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(debug) = &cfg.http.debug {
+        if let Some(daddr) = &debug.addr {
+            let path = debug.prometheus.as_ref().and_then(|p| p.path.clone()).unwrap_or_else(|| "/metrics".into());
+            let raft = raft_node.raft.clone();
+            let site = site.clone();
+            let health: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> =
+                Arc::new(move || {
+                    let raft = raft.clone();
+                    let site = site.clone();
+                    Box::pin(async move {
+                        let m = raft.metrics().borrow().clone();
+                        if let Err(e) = &m.running_state {
+                            return Err(format!("raft stopped: {e}"));
+                        }
+                        if m.current_leader.is_none() {
+                            return Err("no raft leader".into());
+                        }
+                        let probe = berth_proto::Digest::sha256_of(b"berth health probe");
+                        site.inner().stat(&probe).await.map_err(|e| format!("storage: {e}"))?;
+                        Ok(())
+                    })
+                });
+            let (dl, dlocal) = server::bind(config::normalize_addr(daddr)?, "http.debug.addr").await?;
+            eprintln!("berth: debug listening on http://{dlocal}");
+            let router = server::debug_router(registry.clone(), path, health);
+            let mut rx = stop_rx.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(dl, router).with_graceful_shutdown(async move { let _ = rx.changed().await; }).await;
+            });
+        }
+    }
+    let purge = &cfg.storage.maintenance.uploadpurging;
+    if purge.enabled.unwrap_or(true) {
+        let age = purge.age.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(168 * 3600));
+        let interval = purge.interval.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(24 * 3600));
+        workers::spawn_upload_purger(site.clone(), age, interval, purge.dryrun.unwrap_or(false), stop_rx.clone());
+    }
+
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    // Tests and scripts read this line to learn the port when http.addr uses port 0.
+    eprintln!("berth: listening on {scheme}://{local}");
+    tracing::info!(%local, node_id, "listening");
+    server::serve(listener, app, tls, shutdown_signal()).await?;
+    let _ = stop_tx.send(true);
+    raft_node.raft.shutdown().await.ok();
+    Ok(())
+}
