@@ -1,1 +1,326 @@
+//! Harness for Berth's integration tests: starts real `berth` processes on ports chosen at
+//! run time, a minimal registry client for the raw protocol, image fixtures, and checks for
+//! the external tools (skopeo, docker, podman) the real-client tests drive.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub mod suite;
+
+use berth_proto::Digest;
+use reqwest::StatusCode;
+
+/// Path of the `berth` binary built alongside the tests (`BERTH_BIN` overrides).
+pub fn berth_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("BERTH_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("berth");
+    assert!(bin.exists(), "{} not built; run `cargo test --workspace`", bin.display());
+    bin
+}
+
+/// Sets up tracing for a test (once).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
+}
+
+/// True if `tool` is on PATH. In CI (`CI=true`) a missing tool fails the test instead of
+/// skipping it, so a green CI never hides a test that did not run.
+pub fn require_tool(tool: &str) -> bool {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{tool} is required in CI but is not installed");
+        }
+        eprintln!("SKIP: {tool} is not installed");
+    }
+    found
+}
+
+/// A running `berth serve` process.
+pub struct Berth {
+    child: Option<Child>,
+    /// Data directory (kept across restarts).
+    pub data_dir: PathBuf,
+    /// Config file, if any.
+    pub config: Option<PathBuf>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Debug listener URL if configured.
+    pub debug_url: Option<String>,
+    /// Where the process's stderr goes.
+    pub log: PathBuf,
+}
+
+impl Berth {
+    /// Starts a node with its data in `data_dir`, on a free loopback port.
+    pub fn start(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Berth {
+        let mut b = Berth {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            url: String::new(),
+            addr: String::new(),
+            debug_url: None,
+            log: data_dir.with_extension("log"),
+        };
+        b.spawn(None);
+        b
+    }
+
+    /// Starts the process; `addr` pins the port (used for restarts so URLs stay valid).
+    fn spawn(&mut self, addr: Option<&str>) {
+        let mut cmd = Command::new(berth_bin());
+        cmd.arg("serve").arg("--data-dir").arg(&self.data_dir);
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env("REGISTRY_HTTP_ADDR", addr.unwrap_or("127.0.0.1:0"));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn berth");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log_path = self.log.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).unwrap();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
+                if let Some(u) = line.strip_prefix("berth: listening on ") {
+                    let _ = tx.send(("http", u.to_string()));
+                }
+                if let Some(u) = line.strip_prefix("berth: debug listening on ") {
+                    let _ = tx.send(("debug", u.to_string()));
+                }
+            }
+        });
+        let want_debug = self.env.iter().any(|(k, _)| k == "REGISTRY_HTTP_DEBUG_ADDR");
+        let mut url = None;
+        while url.is_none() || (want_debug && self.debug_url.is_none()) {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(("http", u)) => url = Some(u),
+                Ok((_, u)) => self.debug_url = Some(u),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("berth did not start; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                }
+            }
+        }
+        let url = url.unwrap();
+        self.addr = url.trim_start_matches("http://").trim_start_matches("https://").to_string();
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts on the same data directory and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let addr = self.addr.clone();
+        for attempt in 0..50 {
+            // The port may linger briefly after the kill.
+            if std::net::TcpListener::bind(&addr).is_ok() || attempt == 49 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.spawn(Some(&addr));
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Peak resident memory in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Berth {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal client for the raw distribution protocol.
+#[derive(Clone)]
+pub struct Registry {
+    /// Base URL.
+    pub url: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+/// Shorthand for test results.
+pub type R<T> = anyhow::Result<T>;
+
+impl Registry {
+    /// A client for `url`.
+    pub fn new(url: &str) -> Self {
+        Registry { url: url.to_string(), http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap() }
+    }
+
+    /// Absolute URL for a path or a Location header.
+    pub fn abs(&self, path: &str) -> String {
+        if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.url)
+        }
+    }
+
+    /// Monolithic upload; returns the digest. Fails unless the registry answered 201.
+    pub async fn push_blob(&self, repo: &str, bytes: &[u8]) -> R<Digest> {
+        let d = Digest::sha256_of(bytes);
+        let r = self
+            .http
+            .post(self.abs(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+            .header("Content-Type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == StatusCode::CREATED, "push_blob: {} {}", r.status(), r.text().await?);
+        Ok(d)
+    }
+
+    /// Pushes an image manifest referencing `config` and `layers`; returns its digest.
+    pub async fn push_manifest(&self, repo: &str, reference: &str, body: &[u8], media_type: &str) -> R<Digest> {
+        let r = self
+            .http
+            .put(self.abs(&format!("/v2/{repo}/manifests/{reference}")))
+            .header("Content-Type", media_type)
+            .body(body.to_vec())
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == StatusCode::CREATED, "push_manifest: {} {}", r.status(), r.text().await?);
+        Ok(Digest::parse(r.headers()["docker-content-digest"].to_str()?)?)
+    }
+
+    /// Fetches a blob's bytes.
+    pub async fn get_blob(&self, repo: &str, d: &Digest) -> R<Vec<u8>> {
+        let r = self.http.get(self.abs(&format!("/v2/{repo}/blobs/{d}"))).send().await?;
+        anyhow::ensure!(r.status() == StatusCode::OK, "get_blob {d}: {}", r.status());
+        Ok(r.bytes().await?.to_vec())
+    }
+
+    /// Fetches a manifest's bytes.
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> R<(StatusCode, Vec<u8>)> {
+        let r = self
+            .http
+            .get(self.abs(&format!("/v2/{repo}/manifests/{reference}")))
+            .header("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json")
+            .send()
+            .await?;
+        Ok((r.status(), r.bytes().await?.to_vec()))
+    }
+}
+
+/// OCI media types used by fixtures.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// An OCI image manifest body for the given config and layers.
+pub fn image_manifest(config: (&Digest, usize), layers: &[(&Digest, usize)]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.0.to_string(), "size": config.1},
+        "layers": layers.iter().map(|(d, s)| serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d.to_string(), "size": s})).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// A tar archive holding one file, usable as an uncompressed layer or a `docker import` rootfs.
+pub fn tar_with_file(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut header = [0u8; 512];
+    header[..name.len()].copy_from_slice(name.as_bytes());
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[108..116].copy_from_slice(b"0000000\0");
+    header[116..124].copy_from_slice(b"0000000\0");
+    header[124..136].copy_from_slice(format!("{:011o}\0", content.len()).as_bytes());
+    header[136..148].copy_from_slice(b"00000000000\0");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|b| *b as u32).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = header.to_vec();
+    out.extend_from_slice(content);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+/// Writes an OCI image layout at `dir` with one image tagged `tag`; returns the manifest digest.
+pub fn write_oci_layout(dir: &Path, tag: &str, layer_contents: &[Vec<u8>]) -> Digest {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |b: &[u8]| {
+        let d = Digest::sha256_of(b);
+        std::fs::write(blobs.join(d.hex()), b).unwrap();
+        (d, b.len())
+    };
+    let layers: Vec<(Digest, usize)> =
+        layer_contents.iter().enumerate().map(|(i, c)| put(&tar_with_file(&format!("file{i}.bin"), c))).collect();
+    let diff_ids: Vec<String> = layers.iter().map(|(d, _)| d.to_string()).collect();
+    let cfg = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let (cd, cs) = put(&cfg);
+    let man = image_manifest((&cd, cs), &layers.iter().map(|(d, s)| (d, *s)).collect::<Vec<_>>());
+    let (md, ms) = put(&man);
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": OCI_MANIFEST, "digest": md.to_string(), "size": ms,
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    md
+}
+
+/// Runs a command, failing with its output if it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!("{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).to_string()
+}

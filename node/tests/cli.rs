@@ -1,0 +1,31 @@
+//! The `berth` binary refuses bad configuration before it starts, naming the key.
+
+use std::process::Command;
+
+fn berth() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_berth"))
+}
+
+#[test]
+fn invalid_config_value_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, "version: 0.1\nstorage:\n  delete:\n    enabled: sometimes\n").unwrap();
+    let out = berth().args(["serve", "--config"]).arg(&cfg).arg("--data-dir").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage.delete.enabled"), "{err}");
+}
+
+#[test]
+fn invalid_env_override_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = berth()
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .env("REGISTRY_HTTP_ADDR", "nowhere")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.addr"));
+}

@@ -1,0 +1,66 @@
+//! The distribution API against a real `berth` process on the filesystem backend, plus the
+//! behaviours that need a process: restarts, config switches, the debug listener.
+
+use berth_tests::{init_tracing, random_bytes, suite, Berth, Registry};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_api_on_filesystem() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Berth::start(&dir.path().join("data"), None, &[]);
+    let reg = Registry::new(&node.url);
+    suite::all(&reg).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_continues_after_restart() {
+    init_tracing();
+    tracing::info!("an upload started before a restart finishes after it");
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Berth::start(&dir.path().join("data"), None, &[]);
+    let reg = Registry::new(&node.url);
+    let data = random_bytes(7, 50_000);
+    let r = reg.http.post(reg.abs("/v2/restart/blobs/uploads/")).send().await.unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = reg.http.patch(reg.abs(&loc)).body(data[..20_000].to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    node.restart();
+    let d = berth_proto::Digest::sha256_of(&data);
+    let r = reg.http.put(reg.abs(&format!("{loc}&digest={d}"))).body(data[20_000..].to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert_eq!(reg.get_blob("restart", &d).await.unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_can_be_disabled_and_metrics_are_served() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, "version: 0.1\nstorage:\n  delete:\n    enabled: false\nhttp:\n  headers:\n    X-Content-Type-Options: [nosniff]\n").unwrap();
+    let node = Berth::start(&dir.path().join("data"), Some(&cfg), &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
+    let reg = Registry::new(&node.url);
+    tracing::info!("deletes refused with 405 UNSUPPORTED");
+    let d = reg.push_blob("nodelete", b"keep me").await.unwrap();
+    let r = reg.http.delete(reg.abs(&format!("/v2/nodelete/blobs/{d}"))).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNSUPPORTED");
+    assert_eq!(reg.get_blob("nodelete", &d).await.unwrap(), b"keep me");
+
+    tracing::info!("debug listener: health and metrics");
+    let debug = node.debug_url.clone().unwrap();
+    let r = reqwest::get(format!("{debug}/debug/health")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = reqwest::get(format!("{debug}/metrics")).await.unwrap().text().await.unwrap();
+    for m in [
+        "registry_http_requests_total",
+        "registry_http_in_flight_requests",
+        "registry_storage_action_seconds",
+        "registry_storage_blob_upload_bytes",
+    ] {
+        assert!(text.contains(m), "{m} missing from metrics:\n{text}");
+    }
+    assert!(text.contains("handler=\"blob_upload\""));
+}

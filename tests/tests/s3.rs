@@ -1,0 +1,70 @@
+//! The same push/pull suite on S3, against a local S3-compatible server (moto) that the test
+//! starts itself.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use berth_tests::{init_tracing, require_tool, suite, Berth, Registry};
+
+struct Moto(Child);
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_api_on_s3() {
+    init_tracing();
+    if !require_tool("moto_server") {
+        return;
+    }
+    let port = free_port();
+    let _moto = Moto(
+        Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if http.put(format!("{endpoint}/berth-test")).send().await.is_ok_and(|r| r.status().is_success()) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(up, "moto did not start");
+
+    tracing::info!("berth on S3");
+    let dir = tempfile::tempdir().unwrap();
+    let node = Berth::start(
+        &dir.path().join("data"),
+        None,
+        &[
+            ("REGISTRY_STORAGE_S3_REGION", "us-east-1"),
+            ("REGISTRY_STORAGE_S3_BUCKET", "berth-test"),
+            ("REGISTRY_STORAGE_S3_ACCESSKEY", "test"),
+            ("REGISTRY_STORAGE_S3_SECRETKEY", "test"),
+            ("REGISTRY_STORAGE_S3_REGIONENDPOINT", &endpoint),
+            ("REGISTRY_STORAGE_S3_FORCEPATHSTYLE", "true"),
+            ("REGISTRY_STORAGE_S3_ROOTDIRECTORY", "/registry"),
+        ],
+    );
+    let reg = Registry::new(&node.url);
+    suite::all(&reg).await.unwrap();
+
+    tracing::info!("blobs really are in the bucket");
+    let listing = http.get(format!("{endpoint}/berth-test?list-type=2&prefix=registry/blobs/")).send().await.unwrap().text().await.unwrap();
+    assert!(listing.contains("registry/blobs/sha256/"), "{listing}");
+    assert!(!dir.path().join("data/storage").exists(), "filesystem store used instead of S3");
+}
