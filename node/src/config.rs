@@ -299,6 +299,8 @@ pub struct BerthConfig {
     pub datadir: Option<PathBuf>,
     /// This node's Raft id (default 1); never reused.
     pub nodeid: Option<u64>,
+    /// Log entries between snapshots (default 10000); the log is purged behind each.
+    pub snapshotlogs: Option<u64>,
 }
 
 /// Parses a Go duration such as `168h`, `1h30m`, `10s`, `500ms`.
@@ -459,6 +461,9 @@ impl Config {
         if let Some(d) = self.http.debug.as_ref().and_then(|d| d.addr.as_ref()) {
             normalize_addr(d).map_err(|e| anyhow!("invalid configuration value at http.debug.addr: {e}"))?;
         }
+        if self.berth.snapshotlogs == Some(0) {
+            bail!("invalid configuration value at berth.snapshotlogs: must be positive");
+        }
         if self.berth.nodeid == Some(0) {
             bail!("invalid configuration value at berth.nodeid: node ids start at 1");
         }
@@ -575,7 +580,7 @@ mod lenient {
     #[derive(Deserialize)]
     pub struct Purge { pub enabled: Option<Value>, pub age: Option<Value>, pub interval: Option<Value>, pub dryrun: Option<Value> }
     #[derive(Deserialize)]
-    pub struct Berth { pub datadir: Option<Value>, pub nodeid: Option<Value> }
+    pub struct Berth { pub datadir: Option<Value>, pub nodeid: Option<Value>, pub snapshotlogs: Option<Value> }
 }
 
 #[cfg(test)]

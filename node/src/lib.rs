@@ -117,7 +117,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     let (listener, local) = server::bind(addr, "http.addr").await?;
     let node_id = cfg.berth.nodeid.unwrap_or(1);
-    let raft_node = raft::start(&data_dir.join("raft"), node_id, &local.to_string()).await?;
+    let snapshot_every = cfg.berth.snapshotlogs.unwrap_or(raft::SNAPSHOT_EVERY);
+    let raft_node = raft::start(&data_dir.join("raft"), node_id, &local.to_string(), snapshot_every).await?;
     let meta = Arc::new(metadata::RaftMetadata::new(raft_node.raft.clone(), raft_node.state.clone()));
     metadata::ensure_http_secret(&meta, cfg.http.secret.as_deref()).await?;
 
@@ -152,6 +153,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    workers::spawn_raft_metrics(raft_node.raft.clone(), &registry, stop_rx.clone())?;
     if let Some(debug) = &cfg.http.debug {
         if let Some(daddr) = &debug.addr {
             let path = debug.prometheus.as_ref().and_then(|p| p.path.clone()).unwrap_or_else(|| "/metrics".into());

@@ -67,20 +67,21 @@ pub struct RaftNode {
     pub state: SharedState,
 }
 
-/// Log entries between snapshots; the log is purged behind each snapshot.
+/// Default log entries between snapshots; the log is purged behind each snapshot.
 pub const SNAPSHOT_EVERY: u64 = 10_000;
 
 /// Opens storage under `dir`, starts Raft, and initializes a one-voter cluster if this node
 /// has never been part of one. Waits until this node leads.
-pub async fn start(dir: &Path, node_id: u64, advertise: &str) -> anyhow::Result<RaftNode> {
+pub async fn start(dir: &Path, node_id: u64, advertise: &str, snapshot_every: u64) -> anyhow::Result<RaftNode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let config = openraft::Config {
         cluster_name: "berth".into(),
         heartbeat_interval: 250,
         election_timeout_min: 1000,
         election_timeout_max: 2000,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-        max_in_snapshot_log_to_keep: 1000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: (snapshot_every / 10).min(1000),
+        purge_batch_size: (snapshot_every / 10).clamp(1, 256),
         ..Default::default()
     }
     .validate()?;

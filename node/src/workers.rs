@@ -23,3 +23,45 @@ pub fn spawn_upload_purger(store: SiteStore, age: Duration, interval: Duration, 
         }
     });
 }
+
+/// Mirrors openraft's metrics into Prometheus gauges whenever they change.
+pub fn spawn_raft_metrics(raft: berth_raft_store::Raft, registry: &prometheus::Registry, mut stop: watch::Receiver<bool>) -> prometheus::Result<()> {
+    use prometheus::{IntGauge, Opts};
+    let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+        let g = IntGauge::with_opts(Opts::new(name, help))?;
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let term = gauge("berth_raft_term", "Current Raft term.")?;
+    let leader = gauge("berth_raft_leader_id", "Node id of the current leader (0 when unknown).")?;
+    let is_leader = gauge("berth_raft_is_leader", "1 when this node is the leader.")?;
+    let last_log = gauge("berth_raft_last_log_index", "Index of the last log entry.")?;
+    let applied = gauge("berth_raft_applied_index", "Index of the last applied entry.")?;
+    let apply_lag = gauge("berth_raft_apply_lag", "Log entries appended but not yet applied.")?;
+    let snapshot = gauge("berth_raft_snapshot_index", "Last index included in the latest snapshot.")?;
+    let purged = gauge("berth_raft_purged_index", "Last log index purged behind a snapshot.")?;
+    let members = gauge("berth_raft_members", "Number of voters and learners in the membership.")?;
+    let mut rx = raft.metrics();
+    tokio::spawn(async move {
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                let idx = |l: Option<openraft::LogId<u64>>| l.map_or(0, |l| l.index as i64);
+                term.set(m.current_term as i64);
+                leader.set(m.current_leader.unwrap_or(0) as i64);
+                is_leader.set((m.current_leader == Some(m.id)) as i64);
+                last_log.set(m.last_log_index.unwrap_or(0) as i64);
+                applied.set(idx(m.last_applied));
+                apply_lag.set(m.last_log_index.unwrap_or(0) as i64 - idx(m.last_applied));
+                snapshot.set(idx(m.snapshot));
+                purged.set(idx(m.purged));
+                members.set(m.membership_config.nodes().count() as i64);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    });
+    Ok(())
+}

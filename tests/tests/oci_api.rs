@@ -64,3 +64,41 @@ async fn deletes_can_be_disabled_and_metrics_are_served() {
     }
     assert!(text.contains("handler=\"blob_upload\""));
 }
+
+fn gauge(metrics: &str, name: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+        .unwrap_or_else(|| panic!("{name} missing")) as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_purge_the_log_and_restarts_restore_from_them() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Berth::start(
+        &dir.path().join("data"),
+        None,
+        &[("REGISTRY_BERTH_SNAPSHOTLOGS", "50"), ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")],
+    );
+    let reg = Registry::new(&node.url);
+    tracing::info!("300 writes with a snapshot every 50 entries");
+    let mut digests = Vec::new();
+    for i in 0..300u64 {
+        digests.push(reg.push_blob("snap/repo", &random_bytes(i, 64)).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let debug = node.debug_url.clone().unwrap();
+    let m = reqwest::get(format!("{debug}/metrics")).await.unwrap().text().await.unwrap();
+    let (last, snap, purged) = (gauge(&m, "berth_raft_last_log_index"), gauge(&m, "berth_raft_snapshot_index"), gauge(&m, "berth_raft_purged_index"));
+    println!("last log {last}, snapshot {snap}, purged {purged}");
+    assert!(snap >= 250 && purged >= 200, "snapshot {snap}, purged {purged}, last {last}");
+    assert!(dir.path().join("data/raft/state/snapshot.bin").exists());
+
+    tracing::info!("restart restores snapshot + log tail");
+    node.restart();
+    let reg = Registry::new(&node.url);
+    for (i, d) in digests.iter().enumerate() {
+        assert_eq!(reg.get_blob("snap/repo", d).await.unwrap(), random_bytes(i as u64, 64));
+    }
+}
