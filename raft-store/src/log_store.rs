@@ -47,7 +47,8 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> SResult<T> {
 impl LogStore {
     /// Opens (or creates) the log database at `path`.
     pub fn open(path: &Path) -> Result<Self, redb::Error> {
-        let db = Database::create(path)?;
+        // The log is written far more than read back; a small page cache keeps memory flat.
+        let db = Database::builder().set_cache_size(16 * 1024 * 1024).create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(LOGS)?;
         txn.open_table(META)?;

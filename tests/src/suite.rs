@@ -273,6 +273,14 @@ pub async fn manifests(reg: &Registry) -> R<()> {
     let ib = idx(&[(&md, body.len())]);
     reg.push_manifest(repo, "idx", &ib, "application/vnd.oci.image.index.v1+json").await?;
 
+    tracing::info!("content negotiation");
+    let r = reg.http.get(reg.abs(&format!("/v2/{repo}/manifests/idx"))).header("Accept", OCI_MANIFEST).send().await?;
+    ensure!(r.status() == 200 && r.headers()["docker-content-digest"] == md.to_string().as_str(), "index fallback: {}", r.status());
+    let r = reg.http.get(reg.abs(&format!("/v2/{repo}/manifests/v1"))).header("Accept", "application/vnd.docker.distribution.manifest.v2+json").send().await?;
+    ensure!(r.status() == 404, "unacceptable type served: {}", r.status());
+    let r = reg.http.get(reg.abs(&format!("/v2/{repo}/manifests/v1"))).header("Accept", "*/*").send().await?;
+    ensure!(r.status() == 200);
+
     tracing::info!("Docker schema 2 manifest");
     let docker = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
         "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": c.to_string(), "size": cs},

@@ -22,6 +22,7 @@ pub async fn handle(api: &Api, method: &Method, name: &str, reference_str: &str,
             let (digest, m) = api.meta.manifest(&repo, &reference).await?.ok_or_else(|| {
                 ApiError::new(Code::ManifestUnknown, "manifest unknown").detail(serde_json::json!({"name": name, "reference": reference_str}))
             })?;
+            let (digest, m) = negotiate(api, &repo, headers, digest, m).await?;
             let b = axum::http::Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, &m.media_type)
@@ -47,6 +48,52 @@ pub async fn handle(api: &Api, method: &Method, name: &str, reference_str: &str,
         }
         _ => Err(ApiError::new(Code::Unsupported, "method not allowed")),
     }
+}
+
+/// Media types listed in `Accept` (parameters dropped); empty means anything.
+fn accepted(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Content negotiation, as Docker Distribution does it: the stored manifest when the client
+/// accepts its type (or gives no preference); for an index or manifest list the client
+/// cannot read, its linux/amd64 image; otherwise 404, never a body the client cannot parse.
+async fn negotiate(
+    api: &Api,
+    repo: &berth_proto::RepoName,
+    headers: &HeaderMap,
+    digest: Digest,
+    m: std::sync::Arc<ManifestRecord>,
+) -> Result<(Digest, std::sync::Arc<ManifestRecord>), ApiError> {
+    let accept = accepted(headers);
+    if accept.is_empty() || accept.iter().any(|a| a == "*/*" || *a == m.media_type) {
+        return Ok((digest, m));
+    }
+    let not_acceptable = || {
+        ApiError::new(Code::ManifestUnknown, format!("manifest is {} but the Accept header does not allow it", m.media_type))
+    };
+    if !m.manifests.is_empty() {
+        let index: serde_json::Value = serde_json::from_slice(&m.body).map_err(|_| not_acceptable())?;
+        let children = index["manifests"].as_array().cloned().unwrap_or_default();
+        let default = children.iter().find(|c| {
+            c["platform"]["os"] == "linux"
+                && c["platform"]["architecture"] == "amd64"
+                && c["mediaType"].as_str().is_some_and(|t| accept.iter().any(|a| a == t))
+        });
+        if let Some(d) = default.and_then(|c| c["digest"].as_str()).and_then(|d| Digest::parse(d).ok()) {
+            if let Some(found) = api.meta.manifest(repo, &Reference::Digest(d)).await? {
+                return Ok(found);
+            }
+        }
+    }
+    Err(not_acceptable())
 }
 
 async fn put(api: &Api, repo: berth_proto::RepoName, reference: Reference, headers: &HeaderMap, body: Body) -> ApiResult {
