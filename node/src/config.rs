@@ -496,7 +496,10 @@ pub fn normalize_addr(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
 /// `serde_ignored` against a permissive pass so the known structure decides.
 fn strip_unknown(tree: Value, unknown: &mut Vec<String>) -> anyhow::Result<Value> {
     let mut paths = Vec::new();
-    let _ = serde_ignored::deserialize::<_, _, Lenient>(tree.clone(), |p| paths.push(p.to_string()));
+    let _ = serde_ignored::deserialize::<_, _, Lenient>(tree.clone(), |p| {
+        // `Option` layers show up as `?` segments; they are not keys.
+        paths.push(p.to_string().split('.').filter(|s| *s != "?").collect::<Vec<_>>().join("."))
+    });
     let mut tree = tree;
     for p in &paths {
         remove_path(&mut tree, &p.split('.').collect::<Vec<_>>());

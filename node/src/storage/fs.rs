@@ -295,9 +295,9 @@ mod tests {
         let store = FsBlobStore::new(dir.path()).unwrap();
         store.create_upload("01").await.unwrap();
         assert_eq!(store.purge_uploads(Duration::from_secs(3600), false).await.unwrap(), 0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(store.purge_uploads(Duration::ZERO, true).await.unwrap(), 1);
         assert!(store.upload_exists("01").await.unwrap());
-        tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(store.purge_uploads(Duration::ZERO, false).await.unwrap(), 1);
         assert!(!store.upload_exists("01").await.unwrap());
     }
