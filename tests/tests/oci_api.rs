@@ -102,3 +102,39 @@ async fn snapshots_purge_the_log_and_restarts_restore_from_them() {
         assert_eq!(reg.get_blob("snap/repo", d).await.unwrap(), random_bytes(i as u64, 64));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_tls_from_distribution_config() {
+    init_tracing();
+    if !berth_tests::require_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (ca, ca_key, csr, ext) =
+        (dir.path().join("ca.pem"), dir.path().join("ca.key"), dir.path().join("leaf.csr"), dir.path().join("leaf.ext"));
+    let openssl = |args: String| berth_tests::run(std::process::Command::new("openssl").args(args.split_whitespace()));
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    tracing::info!("a test CA and a server certificate for 127.0.0.1");
+    openssl(format!("req -x509 -days 1 -subj /CN=berth-test-ca {ec} -keyout {} -out {}", ca_key.display(), ca.display()));
+    openssl(format!("req -subj /CN=127.0.0.1 {ec} -keyout {} -out {}", key.display(), csr.display()));
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl(format!(
+        "x509 -req -days 1 -in {} -CA {} -CAkey {} -CAcreateserial -extfile {} -out {}",
+        csr.display(), ca.display(), ca_key.display(), ext.display(), cert.display()
+    ));
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, format!("version: 0.1\nhttp:\n  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())).unwrap();
+    let node = Berth::start(&dir.path().join("data"), Some(&cfg), &[]);
+    assert!(node.url.starts_with("https://"), "{}", node.url);
+
+    tracing::info!("a client that trusts the certificate pushes and pulls over TLS");
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let http = reqwest::Client::builder().add_root_certificate(root).build().unwrap();
+    let reg = Registry { url: node.url.clone(), http };
+    let d = reg.push_blob("tls/repo", b"over tls").await.unwrap();
+    assert_eq!(reg.get_blob("tls/repo", &d).await.unwrap(), b"over tls");
+
+    tracing::info!("a client that does not trust it is refused");
+    assert!(reqwest::get(format!("{}/v2/", node.url)).await.is_err());
+}

@@ -13,17 +13,25 @@ use crate::Api;
 pub const DEFAULT_PAGE: usize = 1000;
 
 /// Reads `n` and `last`. `n` absent means "everything" for tags and `DEFAULT_PAGE` for the catalog.
-fn page(uri: &Uri, default: usize) -> Result<(usize, Option<String>, bool), ApiError> {
+fn page(uri: &Uri, default: usize) -> Result<(usize, Option<String>), ApiError> {
     let q = query(uri);
     let n = match q.get("n") {
-        None => (default, false),
-        Some(v) => (
-            v.parse::<usize>()
-                .map_err(|_| ApiError::new(Code::PaginationNumberInvalid, format!("invalid page size n={v:?}")))?,
-            true,
-        ),
+        None => default,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| ApiError::new(Code::PaginationNumberInvalid, format!("invalid page size n={v:?}")))?,
     };
-    Ok((n.0, q.get("last").cloned(), n.1))
+    Ok((n, q.get("last").cloned()))
+}
+
+/// Given up to `n + 1` items, keeps `n` and returns the `Link` to the next page if there is one.
+fn next_page(items: &mut Vec<String>, n: usize, path: &str) -> Option<String> {
+    if items.len() <= n {
+        return None;
+    }
+    items.truncate(n);
+    let last = items.last().cloned().unwrap_or_default();
+    Some(format!("<{path}?last={last}&n={n}>; rel=\"next\""))
 }
 
 fn json_response(value: serde_json::Value, link: Option<String>, content_type: &str) -> axum::response::Response {
@@ -41,34 +49,21 @@ fn json_response(value: serde_json::Value, link: Option<String>, content_type: &
 /// `GET /v2/<name>/tags/list`.
 pub async fn tags(api: &Api, name: &str, uri: &Uri) -> ApiResult {
     let repo = repo_name(name)?;
-    let (n, last, explicit) = page(uri, usize::MAX)?;
+    let (n, last) = page(uri, usize::MAX)?;
     let mut tags = api
         .meta
         .tags(&repo, last.as_deref(), n.saturating_add(1))
         .await?
         .ok_or_else(|| ApiError::new(Code::NameUnknown, "repository name not known to registry").detail(json!({"name": name})))?;
-    let link = if tags.len() > n {
-        tags.truncate(n);
-        let last = tags.last().cloned().unwrap_or_default();
-        Some(format!("</v2/{repo}/tags/list?last={last}&n={n}>; rel=\"next\""))
-    } else {
-        None
-    };
-    let _ = explicit;
+    let link = next_page(&mut tags, n, &format!("/v2/{repo}/tags/list"));
     Ok(json_response(json!({"name": repo.as_str(), "tags": tags}), link, "application/json"))
 }
 
 /// `GET /v2/_catalog`.
 pub async fn catalog(api: &Api, uri: &Uri) -> ApiResult {
-    let (n, last, _) = page(uri, DEFAULT_PAGE)?;
+    let (n, last) = page(uri, DEFAULT_PAGE)?;
     let mut repos = api.meta.catalog(last.as_deref(), n.saturating_add(1)).await?;
-    let link = if repos.len() > n {
-        repos.truncate(n);
-        let last = repos.last().cloned().unwrap_or_default();
-        Some(format!("</v2/_catalog?last={last}&n={n}>; rel=\"next\""))
-    } else {
-        None
-    };
+    let link = next_page(&mut repos, n, "/v2/_catalog");
     Ok(json_response(json!({"repositories": repos}), link, "application/json"))
 }
 

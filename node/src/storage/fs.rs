@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_api::{BlobError, BlobStore, ByteStream};
+
+use super::valid_id;
 use berth_proto::Digest;
 use bytes::BytesMut;
 use futures::StreamExt;
@@ -38,14 +40,6 @@ fn io_err(e: std::io::Error) -> BlobError {
         BlobError::NotFound
     } else {
         BlobError::Storage(e.to_string())
-    }
-}
-
-fn valid_id(id: &str) -> Result<(), BlobError> {
-    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(BlobError::NotFound)
     }
 }
 

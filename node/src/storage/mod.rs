@@ -11,6 +11,15 @@ use berth_api::{BlobError, BlobStore, ByteStream};
 use berth_proto::Digest;
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 
+/// Upload ids are hex (they name staging paths): anything else is an unknown upload.
+pub(crate) fn valid_id(id: &str) -> Result<(), BlobError> {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(BlobError::NotFound)
+    }
+}
+
 /// A site's blob store: one of the backends.
 #[derive(Clone)]
 pub enum SiteStore {
@@ -21,7 +30,7 @@ pub enum SiteStore {
 }
 
 impl SiteStore {
-    /// The driver name used in metrics (`filesystem`, `s3`, ...).
+    /// The backend as the API's trait object.
     pub fn inner(&self) -> &dyn BlobStore {
         match self {
             SiteStore::Fs(s) => s,

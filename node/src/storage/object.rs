@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_api::{BlobError, BlobStore, ByteStream};
+
+use super::valid_id;
 use berth_proto::{Algorithm, Digest, ResumableSha256};
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
@@ -29,14 +31,6 @@ fn os_err(e: object_store::Error) -> BlobError {
     match e {
         object_store::Error::NotFound { .. } => BlobError::NotFound,
         e => BlobError::Storage(e.to_string()),
-    }
-}
-
-fn valid_id(id: &str) -> Result<(), BlobError> {
-    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(BlobError::NotFound)
     }
 }
 
