@@ -147,6 +147,10 @@ pub async fn chunked_uploads(reg: &Registry) -> R<()> {
     let r = reg.http.patch(reg.abs(&loc0)).header("Content-Range", "0-99999").body(vec![0u8; 100_000]).send().await?;
     ensure!(r.status() == 416, "replay: {}", r.status());
 
+    tracing::info!("an empty PATCH changes nothing");
+    let r = reg.http.patch(reg.abs(&loc1)).body(Vec::<u8>::new()).send().await?;
+    ensure!(r.status() == 202 && r.headers()["range"] == "0-99999", "empty PATCH: {}", r.status());
+
     tracing::info!("streamed PATCH without Content-Range, then PUT");
     let r = reg.http.patch(reg.abs(&loc1)).body(data[100_000..250_000].to_vec()).send().await?;
     ensure!(r.status() == 202);

@@ -182,6 +182,11 @@ impl BlobStore for FsBlobStore {
         }
         .await;
         match result {
+            Ok(()) if pos == offset => {
+                // Nothing written: the offset stays free for the next chunk.
+                let _ = tokio::fs::remove_file(&claim).await;
+                Ok(0)
+            }
             Ok(()) => Ok(pos - offset),
             Err(e) => {
                 // Free the offset so the client may retry this chunk.

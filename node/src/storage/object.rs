@@ -166,7 +166,7 @@ impl BlobStore for ObjectBlobStore {
         if self.store.head(&path).await.is_ok() {
             return Err(BlobError::OffsetTaken(offset));
         }
-        let mut w = BufWriter::with_capacity(self.store.clone(), path, 16 * 1024 * 1024);
+        let mut w = BufWriter::with_capacity(self.store.clone(), path.clone(), 16 * 1024 * 1024);
         let mut n = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -183,6 +183,10 @@ impl BlobStore for ObjectBlobStore {
             }
         }
         w.shutdown().await.map_err(|e| BlobError::Storage(e.to_string()))?;
+        if n == 0 {
+            // Nothing written: the offset stays free for the next chunk.
+            self.store.delete(&path).await.map_err(os_err)?;
+        }
         Ok(n)
     }
 
