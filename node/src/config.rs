@@ -301,6 +301,11 @@ pub struct BerthConfig {
     pub nodeid: Option<u64>,
     /// Log entries between snapshots (default 10000); the log is purged behind each.
     pub snapshotlogs: Option<u64>,
+    /// Listener for node-to-node gRPC (default 127.0.0.1:5050); peers reach the node here.
+    pub grpcaddr: Option<String>,
+    /// Initialize a new one-voter cluster on first start (default true). A node that will
+    /// join an existing cluster sets false and waits to be added.
+    pub bootstrap: Option<bool>,
 }
 
 /// Parses a Go duration such as `168h`, `1h30m`, `10s`, `500ms`.
@@ -461,6 +466,9 @@ impl Config {
         if let Some(d) = self.http.debug.as_ref().and_then(|d| d.addr.as_ref()) {
             normalize_addr(d).map_err(|e| anyhow!("invalid configuration value at http.debug.addr: {e}"))?;
         }
+        if let Some(g) = &self.berth.grpcaddr {
+            normalize_addr(g).map_err(|e| anyhow!("invalid configuration value at berth.grpcaddr: {e}"))?;
+        }
         if self.berth.snapshotlogs == Some(0) {
             bail!("invalid configuration value at berth.snapshotlogs: must be positive");
         }
@@ -583,7 +591,7 @@ mod lenient {
     #[derive(Deserialize)]
     pub struct Purge { pub enabled: Option<Value>, pub age: Option<Value>, pub interval: Option<Value>, pub dryrun: Option<Value> }
     #[derive(Deserialize)]
-    pub struct Berth { pub datadir: Option<Value>, pub nodeid: Option<Value>, pub snapshotlogs: Option<Value> }
+    pub struct Berth { pub datadir: Option<Value>, pub nodeid: Option<Value>, pub snapshotlogs: Option<Value>, pub grpcaddr: Option<Value>, pub bootstrap: Option<Value> }
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
 //! The `berth` node: configuration, storage and Raft wiring, HTTP and debug listeners,
 //! background workers. This crate only wires; behaviour lives in `api` and `raft-store`.
 
+pub mod cluster_cli;
 pub mod config;
 pub mod metadata;
 pub mod raft;
+pub mod raft_network;
+pub mod rpc_server;
 pub mod server;
 pub mod storage;
 pub mod workers;
@@ -24,6 +27,8 @@ use storage::{MeteredStore, SiteStore, StorageMetrics};
 pub const DEFAULT_DATA_DIR: &str = "berth-data";
 /// The default listener (Distribution's `:5000`).
 pub const DEFAULT_ADDR: &str = "0.0.0.0:5000";
+/// The default node-to-node gRPC listener (loopback: a single node needs no peers).
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:5050";
 
 /// Everything `berth serve` needs after the command line is read.
 pub struct ServeOptions {
@@ -118,9 +123,27 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (listener, local) = server::bind(addr, "http.addr").await?;
     let node_id = cfg.berth.nodeid.unwrap_or(1);
     let snapshot_every = cfg.berth.snapshotlogs.unwrap_or(raft::SNAPSHOT_EVERY);
-    let raft_node = raft::start(&data_dir.join("raft"), node_id, &local.to_string(), snapshot_every).await?;
+    let grpc_addr = config::normalize_addr(cfg.berth.grpcaddr.as_deref().unwrap_or(DEFAULT_GRPC_ADDR))?;
+    let (grpc_listener, grpc_local) = server::bind(grpc_addr, "berth.grpcaddr").await?;
+    let bootstrap = cfg.berth.bootstrap.unwrap_or(true);
+    let raft_node = raft::start(&data_dir.join("raft"), node_id, &grpc_local.to_string(), snapshot_every, bootstrap).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    {
+        let mut rx = stop_rx.clone();
+        let raft = raft_node.raft.clone();
+        tokio::spawn(async move {
+            if let Err(e) = rpc_server::serve(raft, grpc_listener, async move { let _ = rx.changed().await; }).await {
+                tracing::error!("gRPC server failed: {e:#}");
+            }
+        });
+    }
+    eprintln!("berth: grpc listening on {grpc_local}");
     let meta = Arc::new(metadata::RaftMetadata::new(raft_node.raft.clone(), raft_node.state.clone()));
-    metadata::ensure_http_secret(&meta, cfg.http.secret.as_deref()).await?;
+    // The secret is seeded by the node that bootstraps the cluster; members that join later
+    // receive it through the log.
+    if raft_node.sole_voter {
+        metadata::ensure_http_secret(&meta, cfg.http.secret.as_deref()).await?;
+    }
 
     let api = Arc::new(Api {
         meta: meta.clone(),
@@ -152,7 +175,6 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     workers::spawn_raft_metrics(raft_node.raft.clone(), &registry, stop_rx.clone())?;
     if let Some(debug) = &cfg.http.debug {
         if let Some(daddr) = &debug.addr {

@@ -27,6 +27,60 @@ enum Command {
         #[arg(long, env = "BERTH_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Administer a cluster through any member's gRPC address.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Print the leader, the term, and every member's log, commit and applied index.
+    Status {
+        /// gRPC address of any member.
+        #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
+        node: String,
+    },
+    /// Add a node as a learner (it replicates but does not vote) and wait for it to catch up.
+    AddLearner {
+        /// gRPC address of any member.
+        #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
+        node: String,
+        /// The new node's id (never reused).
+        #[arg(long)]
+        id: u64,
+        /// The new node's gRPC address.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Set the voters (learners become voters; voters left out become learners).
+    ChangeMembership {
+        /// gRPC address of any member.
+        #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
+        node: String,
+        /// Comma-separated node ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        voters: Vec<u64>,
+    },
+}
+
+fn cluster(action: ClusterAction) -> std::process::ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async {
+        match action {
+            ClusterAction::Status { node } => berth_node::cluster_cli::status(&node).await,
+            ClusterAction::AddLearner { node, id, addr } => berth_node::cluster_cli::add_learner(&node, id, &addr).await,
+            ClusterAction::ChangeMembership { node, voters } => berth_node::cluster_cli::change_membership(&node, &voters).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(cfg: &Config) {
@@ -47,7 +101,10 @@ fn init_logging(cfg: &Config) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let Command::Serve { config, config_file, data_dir } = cli.command;
+    let (config, config_file, data_dir) = match cli.command {
+        Command::Serve { config, config_file, data_dir } => (config, config_file, data_dir),
+        Command::Cluster { action } => return cluster(action),
+    };
     let file = config.or(config_file);
     let (cfg, unknown) = match Config::load(file.as_deref(), std::env::vars()) {
         Ok(c) => c,

@@ -8,6 +8,12 @@ pub mod hashing;
 pub mod manifest;
 pub mod names;
 
+/// gRPC services and messages between nodes (`proto/raft.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod rpc {
+    tonic::include_proto!("berth.raft.v1");
+}
+
 pub use command::{Command, ManifestRecord, Outcome, Request};
 pub use digest::{Algorithm, Digest};
 pub use hashing::ResumableSha256;

@@ -58,6 +58,8 @@ pub struct Berth {
     pub addr: String,
     /// Debug listener URL if configured.
     pub debug_url: Option<String>,
+    /// Node-to-node gRPC address.
+    pub grpc_addr: String,
     /// Where the process's stderr goes.
     pub log: PathBuf,
 }
@@ -73,6 +75,7 @@ impl Berth {
             url: String::new(),
             addr: String::new(),
             debug_url: None,
+            grpc_addr: String::new(),
             log: data_dir.with_extension("log"),
         };
         b.spawn(None);
@@ -87,6 +90,9 @@ impl Berth {
             cmd.arg("--config").arg(c);
         }
         cmd.env("REGISTRY_HTTP_ADDR", addr.unwrap_or("127.0.0.1:0"));
+        // Every node gets its own gRPC port; a restart keeps it, since peers know it.
+        let grpc = if self.grpc_addr.is_empty() { "127.0.0.1:0".to_string() } else { self.grpc_addr.clone() };
+        cmd.env("REGISTRY_BERTH_GRPCADDR", grpc);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -106,6 +112,9 @@ impl Berth {
                 if let Some(u) = line.strip_prefix("berth: debug listening on ") {
                     let _ = tx.send(("debug", u.to_string()));
                 }
+                if let Some(u) = line.strip_prefix("berth: grpc listening on ") {
+                    let _ = tx.send(("grpc", u.to_string()));
+                }
             }
         });
         let want_debug = self.env.iter().any(|(k, _)| k == "REGISTRY_HTTP_DEBUG_ADDR");
@@ -113,6 +122,7 @@ impl Berth {
         while url.is_none() || (want_debug && self.debug_url.is_none()) {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(("http", u)) => url = Some(u),
+                Ok(("grpc", u)) => self.grpc_addr = u,
                 Ok((_, u)) => self.debug_url = Some(u),
                 Err(_) => {
                     let _ = child.kill();
@@ -139,8 +149,9 @@ impl Berth {
         self.kill9();
         let addr = self.addr.clone();
         for attempt in 0..50 {
-            // The port may linger briefly after the kill.
-            if std::net::TcpListener::bind(&addr).is_ok() || attempt == 49 {
+            // The ports may linger briefly after the kill.
+            let free = |a: &str| std::net::TcpListener::bind(a).is_ok();
+            if (free(&addr) && free(&self.grpc_addr)) || attempt == 49 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -168,6 +179,11 @@ impl Drop for Berth {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Runs `berth cluster ARGS...` and returns its standard output.
+pub fn berth_cluster(args: &[&str]) -> String {
+    run(Command::new(berth_bin()).arg("cluster").args(args))
 }
 
 /// A minimal client for the raw distribution protocol.

@@ -1,0 +1,135 @@
+//! Raft transport over tonic gRPC. One channel per peer is created lazily and reused; every
+//! call carries the deadline openraft gives it; a peer that cannot be reached is reported as
+//! `Unreachable`, which makes openraft back off before retrying.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_proto::rpc::raft_service_client::RaftServiceClient;
+use berth_proto::rpc::Payload;
+use berth_raft_store::TypeConfig;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+/// Creates connections to peers, reusing one gRPC channel per (node id, address).
+#[derive(Clone, Default)]
+pub struct GrpcNetwork {
+    channels: Arc<Mutex<HashMap<(u64, String), Channel>>>,
+}
+
+impl GrpcNetwork {
+    /// The channel to `addr`, created on first use (connections are made lazily and
+    /// re-established by tonic after failures).
+    pub fn channel(&self, target: u64, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap();
+        if let Some(c) = channels.get(&(target, addr.to_string())) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy();
+        channels.insert((target, addr.to_string()), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// A connection to one peer.
+pub struct GrpcConnection {
+    target: u64,
+    node: BasicNode,
+    channel: Result<Channel, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = GrpcConnection;
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcConnection {
+        GrpcConnection { target, node: node.clone(), channel: self.channel(target, &node.addr) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RpcFailure(String);
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+
+fn network_error<E: std::error::Error>(msg: impl ToString) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+    RPCError::Network(NetworkError::new(&RpcFailure(msg.to_string())))
+}
+
+impl GrpcConnection {
+    async fn call<Req, Resp, E>(&self, rpc: Rpc, req: &Req, ttl: Duration) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let channel = self
+            .channel
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&RpcFailure(e))))?;
+        let data = postcard::to_stdvec(req).map_err(network_error)?;
+        let mut client = RaftServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let mut request = tonic::Request::new(Payload { data });
+        request.set_timeout(ttl);
+        let reply = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let bytes = match reply {
+            Ok(r) => r.into_inner().data,
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&RpcFailure(format!(
+                    "node {} at {}: {}",
+                    self.target,
+                    self.node.addr,
+                    s.message()
+                )))))
+            }
+            Err(s) => return Err(network_error(format!("node {}: {}: {}", self.target, s.code(), s.message()))),
+        };
+        let result: Result<Resp, RaftError<u64, E>> = postcard::from_bytes(&bytes).map_err(network_error)?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GrpcConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
+        self.call(Rpc::Append, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        self.call(Rpc::Snapshot, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+}
