@@ -57,12 +57,23 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request) -> Response {
     let label = endpoint.as_ref().map_or("unknown", |e| e.label(&method));
     let _in_flight = api.metrics.start(label);
     let path = req.uri().path().to_string();
+    let has_body = req.headers().contains_key(axum::http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0");
     let mut resp = match endpoint {
         Some(ep) => route(&api, ep, req).await.unwrap_or_else(IntoResponse::into_response),
         None => ApiError::new(Code::Unsupported, "no such endpoint").status(StatusCode::NOT_FOUND).into_response(),
     };
     resp.headers_mut().insert("Docker-Distribution-API-Version", HeaderValue::from_static("registry/2.0"));
     let status = resp.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        // The error may have been answered before the body was read; the connection cannot be
+        // reused safely, so say so instead of letting a client send its next request into it.
+        resp.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     api.metrics.finish(method.as_str(), label, status.as_u16(), started.elapsed().as_secs_f64());
     if let Some(ErrorNote(note)) = resp.extensions().get::<ErrorNote>() {
         if status.is_server_error() {

@@ -126,7 +126,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let grpc_addr = config::normalize_addr(cfg.berth.grpcaddr.as_deref().unwrap_or(DEFAULT_GRPC_ADDR))?;
     let (grpc_listener, grpc_local) = server::bind(grpc_addr, "berth.grpcaddr").await?;
     let bootstrap = cfg.berth.bootstrap.unwrap_or(true);
-    let raft_node = raft::start(&data_dir.join("raft"), node_id, &grpc_local.to_string(), snapshot_every, bootstrap).await?;
+    let network = raft_network::GrpcNetwork::default();
+    let raft_node =
+        raft::start(&data_dir.join("raft"), node_id, &grpc_local.to_string(), snapshot_every, bootstrap, network.clone()).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     {
         let mut rx = stop_rx.clone();
@@ -138,7 +140,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         });
     }
     eprintln!("berth: grpc listening on {grpc_local}");
-    let meta = Arc::new(metadata::RaftMetadata::new(raft_node.raft.clone(), raft_node.state.clone()));
+    let meta = Arc::new(metadata::RaftMetadata::new(raft_node.raft.clone(), raft_node.state.clone(), network, &registry)?);
     // The secret is seeded by the node that bootstraps the cluster; members that join later
     // receive it through the log.
     if raft_node.sole_voter {

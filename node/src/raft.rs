@@ -29,7 +29,14 @@ pub const SNAPSHOT_EVERY: u64 = 10_000;
 /// part of a cluster initializes a one-voter cluster of itself (the embedded default); without
 /// it, the node waits to be added by a leader. A node that is the only voter waits until it
 /// leads, so the first request after start does not fail.
-pub async fn start(dir: &Path, node_id: u64, advertise: &str, snapshot_every: u64, bootstrap: bool) -> anyhow::Result<RaftNode> {
+pub async fn start(
+    dir: &Path,
+    node_id: u64,
+    advertise: &str,
+    snapshot_every: u64,
+    bootstrap: bool,
+    network: GrpcNetwork,
+) -> anyhow::Result<RaftNode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let config = openraft::Config {
         cluster_name: "berth".into(),
@@ -45,7 +52,7 @@ pub async fn start(dir: &Path, node_id: u64, advertise: &str, snapshot_every: u6
     let log = LogStore::open(&dir.join("log.redb")).with_context(|| format!("opening {}", dir.join("log.redb").display()))?;
     let sm = StateMachineStore::open(&dir.join("state")).context("opening the state machine")?;
     let state = sm.shared();
-    let raft = Raft::new(node_id, Arc::new(config), GrpcNetwork::default(), log, sm).await?;
+    let raft = Raft::new(node_id, Arc::new(config), network, log, sm).await?;
     if bootstrap && !raft.is_initialized().await? {
         tracing::info!(node_id, "initializing a new single-voter cluster");
         let members = BTreeMap::from([(node_id, BasicNode::new(advertise))]);

@@ -3,12 +3,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use berth_proto::rpc::cluster_service_server::{ClusterService, ClusterServiceServer};
+use berth_proto::rpc::metadata_service_server::{MetadataService, MetadataServiceServer};
 use berth_proto::rpc::raft_service_server::{RaftService, RaftServiceServer};
 use berth_proto::rpc::{
-    AddLearnerRequest, AdminReply, ChangeMembershipRequest, Member, Payload, StatusReply, StatusRequest,
+    AddLearnerRequest, AdminReply, ApplyReply, ChangeMembershipRequest, Member, Payload, ReadIndexReply, ReadIndexRequest,
+    StatusReply, StatusRequest,
 };
 use berth_raft_store::Raft;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -106,7 +108,47 @@ impl ClusterService for ClusterRpc {
     }
 }
 
-/// Serves both services on `listener` until `shutdown` resolves.
+/// Writes forwarded by other nodes, and read indexes for their linearizable reads.
+pub struct MetadataRpc {
+    raft: Raft,
+}
+
+#[tonic::async_trait]
+impl MetadataService for MetadataRpc {
+    async fn apply(&self, req: Request<Payload>) -> Result<Response<ApplyReply>, Status> {
+        let request: berth_proto::Request = decode(req)?;
+        let reply = match self.raft.client_write(request).await {
+            Ok(r) => {
+                let outcome: Result<berth_proto::Outcome, String> = Ok(r.data);
+                ApplyReply { outcome: postcard::to_stdvec(&outcome).map_err(|e| Status::internal(e.to_string()))?, ..Default::default() }
+            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => ApplyReply {
+                error: "not the leader".into(),
+                leader_id: f.leader_id.unwrap_or(0),
+                leader_addr: f.leader_node.map(|n| n.addr).unwrap_or_default(),
+                ..Default::default()
+            },
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+        let reply = match self.raft.ensure_linearizable().await {
+            Ok(index) => ReadIndexReply { index: index.map_or(0, |l| l.index), ..Default::default() },
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => ReadIndexReply {
+                error: "not the leader".into(),
+                leader_id: f.leader_id.unwrap_or(0),
+                leader_addr: f.leader_node.map(|n| n.addr).unwrap_or_default(),
+                ..Default::default()
+            },
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        Ok(Response::new(reply))
+    }
+}
+
+/// Serves every node-to-node service on `listener` until `shutdown` resolves.
 pub async fn serve(
     raft: Raft,
     listener: tokio::net::TcpListener,
@@ -116,6 +158,11 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(
             RaftServiceServer::new(RaftRpc { raft: raft.clone() })
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .add_service(
+            MetadataServiceServer::new(MetadataRpc { raft: raft.clone() })
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )

@@ -62,6 +62,25 @@ async fn three_voters_replicate_and_survive_the_leader() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("never reused"));
 
+    tracing::info!("a push through a follower is forwarded, and visible at once on another follower");
+    let via_follower = random_bytes(500, 3000);
+    let d = Registry::new(&nodes[1].url).push_blob("cluster/app", &via_follower).await.unwrap();
+    assert_eq!(Registry::new(&nodes[2].url).get_blob("cluster/app", &d).await.unwrap(), via_follower);
+
+    tracing::info!("one upload: POST on node 1, PATCH on node 2, PUT on node 3");
+    let data = random_bytes(501, 200_000);
+    let (r1, r2, r3) = (Registry::new(&nodes[0].url), Registry::new(&nodes[1].url), Registry::new(&nodes[2].url));
+    let r = r1.http.post(r1.abs("/v2/cluster/spread/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = r2.http.patch(r2.abs(&loc)).body(data[..120_000].to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let digest = berth_proto::Digest::sha256_of(&data);
+    let r = r3.http.put(r3.abs(&format!("{loc}&digest={digest}"))).body(data[120_000..].to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert_eq!(r1.get_blob("cluster/spread", &digest).await.unwrap(), data);
+
     tracing::info!("pushes on the leader replicate");
     let reg = Registry::new(&nodes[0].url);
     let mut pushed = Vec::new();
