@@ -10,7 +10,7 @@ use berth_proto::rpc::{
     StatusReply, StatusRequest,
 };
 use berth_raft_store::Raft;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -48,14 +48,21 @@ pub struct ClusterRpc {
     raft: Raft,
 }
 
+/// The error text of a reply that points the caller at the leader.
+const NOT_LEADER: &str = "not the leader";
+
+/// openraft's leader hint as (id, gRPC address); 0 and "" when the leader is unknown.
+fn leader_hint(f: ForwardToLeader<u64, BasicNode>) -> (u64, String) {
+    (f.leader_id.unwrap_or(0), f.leader_node.map(|n| n.addr).unwrap_or_default())
+}
+
 fn admin_reply<T>(res: Result<T, RaftError<u64, ClientWriteError<u64, BasicNode>>>) -> AdminReply {
     match res {
         Ok(_) => AdminReply::default(),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => AdminReply {
-            error: "not the leader".into(),
-            leader_id: f.leader_id.unwrap_or(0),
-            leader_addr: f.leader_node.map(|n| n.addr).unwrap_or_default(),
-        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            let (leader_id, leader_addr) = leader_hint(f);
+            AdminReply { error: NOT_LEADER.into(), leader_id, leader_addr }
+        }
         Err(e) => AdminReply { error: e.to_string(), ..Default::default() },
     }
 }
@@ -122,12 +129,10 @@ impl MetadataService for MetadataRpc {
                 let outcome: Result<berth_proto::Outcome, String> = Ok(r.data);
                 ApplyReply { outcome: postcard::to_stdvec(&outcome).map_err(|e| Status::internal(e.to_string()))?, ..Default::default() }
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => ApplyReply {
-                error: "not the leader".into(),
-                leader_id: f.leader_id.unwrap_or(0),
-                leader_addr: f.leader_node.map(|n| n.addr).unwrap_or_default(),
-                ..Default::default()
-            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let (leader_id, leader_addr) = leader_hint(f);
+                ApplyReply { error: NOT_LEADER.into(), leader_id, leader_addr, ..Default::default() }
+            }
             Err(e) => return Err(Status::unavailable(e.to_string())),
         };
         Ok(Response::new(reply))
@@ -136,12 +141,10 @@ impl MetadataService for MetadataRpc {
     async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
         let reply = match self.raft.ensure_linearizable().await {
             Ok(index) => ReadIndexReply { index: index.map_or(0, |l| l.index), ..Default::default() },
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => ReadIndexReply {
-                error: "not the leader".into(),
-                leader_id: f.leader_id.unwrap_or(0),
-                leader_addr: f.leader_node.map(|n| n.addr).unwrap_or_default(),
-                ..Default::default()
-            },
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                let (leader_id, leader_addr) = leader_hint(f);
+                ReadIndexReply { error: NOT_LEADER.into(), leader_id, leader_addr, ..Default::default() }
+            }
             Err(e) => return Err(Status::unavailable(e.to_string())),
         };
         Ok(Response::new(reply))
