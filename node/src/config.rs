@@ -306,6 +306,62 @@ pub struct BerthConfig {
     /// Initialize a new one-voter cluster on first start (default true). A node that will
     /// join an existing cluster sets false and waits to be added.
     pub bootstrap: Option<bool>,
+    /// `voter` (default: holds the Raft log and state) or `frontend` (stateless; sends every
+    /// metadata read and write to the voters in `peers`).
+    pub role: Option<Role>,
+    /// A frontend's voters: their gRPC addresses, as a list or comma-separated.
+    pub peers: Option<AddrList>,
+    /// Mutual TLS between nodes: every node presents a certificate signed by the cluster CA
+    /// and accepts only peers that do.
+    pub tls: Option<ClusterTls>,
+    /// Allow plaintext gRPC on addresses other than loopback (default false). Without `tls`,
+    /// a node whose gRPC traffic would leave the machine refuses to start unless this is set.
+    pub insecureplaintext: Option<bool>,
+}
+
+/// What a node does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Raft member with the full state.
+    #[default]
+    Voter,
+    /// Stateless HTTP front end.
+    Frontend,
+}
+
+/// Addresses given as a YAML list or one comma-separated string (handy in `REGISTRY_*`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(from = "ListOrString")]
+pub struct AddrList(pub Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListOrString {
+    List(Vec<String>),
+    One(String),
+}
+
+impl From<ListOrString> for AddrList {
+    fn from(v: ListOrString) -> Self {
+        let items = match v {
+            ListOrString::List(l) => l,
+            ListOrString::One(s) => s.split(',').map(str::to_string).collect(),
+        };
+        AddrList(items.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+    }
+}
+
+/// `berth.tls`: PEM files for inter-node mutual TLS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterTls {
+    /// The cluster CA that signs every node's certificate.
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (chain).
+    pub certificate: Option<PathBuf>,
+    /// This node's private key.
+    pub key: Option<PathBuf>,
 }
 
 /// Parses a Go duration such as `168h`, `1h30m`, `10s`, `500ms`.
@@ -475,6 +531,30 @@ impl Config {
         if self.berth.nodeid == Some(0) {
             bail!("invalid configuration value at berth.nodeid: node ids start at 1");
         }
+        let b = &self.berth;
+        let peers = b.peers.as_ref().map(|p| p.0.as_slice()).unwrap_or_default();
+        for p in peers {
+            if !p.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok()) {
+                bail!("invalid configuration value at berth.peers: {p:?} is not host:port");
+            }
+        }
+        if b.role == Some(Role::Frontend) && peers.is_empty() {
+            bail!("invalid configuration value at berth.peers: a frontend needs the gRPC addresses of the voters");
+        }
+        if let Some(t) = &b.tls {
+            if t.ca.is_none() || t.certificate.is_none() || t.key.is_none() {
+                bail!("invalid configuration value at berth.tls: ca, certificate and key are all required");
+            }
+        } else if b.insecureplaintext != Some(true) {
+            let leaves = |a: &str| !is_loopback(a);
+            let grpc_leaves = b.role != Some(Role::Frontend) && b.grpcaddr.as_deref().is_some_and(leaves);
+            if grpc_leaves || peers.iter().any(|p| leaves(p)) {
+                bail!(
+                    "invalid configuration value at berth.tls: node-to-node traffic leaves this machine, so it needs \
+                     berth.tls (a cluster CA, certificate and key), or berth.insecureplaintext: true to send it in the clear"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -498,6 +578,13 @@ pub fn normalize_addr(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
         .map_err(|e| anyhow!("{addr:?}: {e}"))?
         .next()
         .ok_or_else(|| anyhow!("{addr:?} resolves to no address"))
+}
+
+/// True when `addr` (`host:port`) names this machine's loopback interface; names are not
+/// resolved, only `localhost` counts.
+pub fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Removes keys that `Config` does not know, recording their dotted paths. Uses
@@ -591,7 +678,13 @@ mod lenient {
     #[derive(Deserialize)]
     pub struct Purge { pub enabled: Option<Value>, pub age: Option<Value>, pub interval: Option<Value>, pub dryrun: Option<Value> }
     #[derive(Deserialize)]
-    pub struct Berth { pub datadir: Option<Value>, pub nodeid: Option<Value>, pub snapshotlogs: Option<Value>, pub grpcaddr: Option<Value>, pub bootstrap: Option<Value> }
+    pub struct Berth {
+        pub datadir: Option<Value>, pub nodeid: Option<Value>, pub snapshotlogs: Option<Value>, pub grpcaddr: Option<Value>,
+        pub bootstrap: Option<Value>, pub role: Option<Value>, pub peers: Option<Value>, pub tls: Option<ClusterTls>,
+        pub insecureplaintext: Option<Value>,
+    }
+    #[derive(Deserialize)]
+    pub struct ClusterTls { pub ca: Option<Value>, pub certificate: Option<Value>, pub key: Option<Value> }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod cluster_cli;
 pub mod config;
 pub mod metadata;
+pub mod peers;
 pub mod raft;
 pub mod raft_network;
 pub mod rpc_server;
@@ -17,10 +18,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::{HeaderName, HeaderValue};
-use berth_api::{Api, ApiConfig, HttpMetrics};
+use berth_api::{Api, ApiConfig, HttpMetrics, Metadata};
 use object_store::ObjectStore;
 
-use config::{parse_duration, Config};
+use config::{parse_duration, Config, Role};
+use metadata::ClusterMetadata;
+use peers::{MutualTls, Peers};
 use storage::{MeteredStore, SiteStore, StorageMetrics};
 
 /// Where data goes when nothing says otherwise.
@@ -121,31 +124,22 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let blobs = MeteredStore::new(site.clone(), driver, StorageMetrics::new(&registry)?);
 
     let (listener, local) = server::bind(addr, "http.addr").await?;
-    let node_id = cfg.berth.nodeid.unwrap_or(1);
-    let snapshot_every = cfg.berth.snapshotlogs.unwrap_or(raft::SNAPSHOT_EVERY);
-    let grpc_addr = config::normalize_addr(cfg.berth.grpcaddr.as_deref().unwrap_or(DEFAULT_GRPC_ADDR))?;
-    let (grpc_listener, grpc_local) = server::bind(grpc_addr, "berth.grpcaddr").await?;
-    let bootstrap = cfg.berth.bootstrap.unwrap_or(true);
-    let network = raft_network::GrpcNetwork::default();
-    let raft_node =
-        raft::start(&data_dir.join("raft"), node_id, &grpc_local.to_string(), snapshot_every, bootstrap, network.clone()).await?;
+    let tls = cfg.berth.tls.as_ref().map(MutualTls::load).transpose()?;
+    let peers = Peers::new(tls.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    {
-        let mut rx = stop_rx.clone();
-        let raft = raft_node.raft.clone();
-        tokio::spawn(async move {
-            if let Err(e) = rpc_server::serve(raft, grpc_listener, async move { let _ = rx.changed().await; }).await {
-                tracing::error!("gRPC server failed: {e:#}");
-            }
-        });
-    }
-    eprintln!("berth: grpc listening on {grpc_local}");
-    let meta = Arc::new(metadata::RaftMetadata::new(raft_node.raft.clone(), raft_node.state.clone(), network, &registry)?);
-    // The secret is seeded by the node that bootstraps the cluster; members that join later
-    // receive it through the log.
-    if raft_node.sole_voter {
-        metadata::ensure_http_secret(&meta, cfg.http.secret.as_deref()).await?;
-    }
+    let role = cfg.berth.role.unwrap_or_default();
+    let (meta, raft): (Arc<dyn Metadata>, Option<berth_raft_store::Raft>) = match role {
+        Role::Voter => {
+            let (meta, raft) = start_voter(&cfg, &data_dir, peers, tls.as_ref(), &registry, stop_rx.clone()).await?;
+            (meta, Some(raft))
+        }
+        Role::Frontend => {
+            let voters = cfg.berth.peers.clone().unwrap_or_default().0;
+            tracing::info!(?voters, "frontend: metadata is served by the voters");
+            let remote = metadata::frontend::RemoteMetadata::new(peers, voters, &registry)?;
+            (Arc::new(ClusterMetadata::new(Arc::new(remote))), None)
+        }
+    };
 
     let api = Arc::new(Api {
         meta: meta.clone(),
@@ -172,28 +166,40 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             }
         }));
     }
-    let tls = match &cfg.http.tls {
+    let http_tls = match &cfg.http.tls {
         Some(t) => server::tls_acceptor(t)?,
         None => None,
     };
 
-    workers::spawn_raft_metrics(raft_node.raft.clone(), &registry, stop_rx.clone())?;
+    if let Some(raft) = &raft {
+        workers::spawn_raft_metrics(raft.clone(), &registry, stop_rx.clone())?;
+    }
     if let Some(debug) = &cfg.http.debug {
         if let Some(daddr) = &debug.addr {
             let path = debug.prometheus.as_ref().and_then(|p| p.path.clone()).unwrap_or_else(|| "/metrics".into());
-            let raft = raft_node.raft.clone();
+            let raft = raft.clone();
+            let meta = meta.clone();
             let site = site.clone();
             let health: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> =
                 Arc::new(move || {
                     let raft = raft.clone();
+                    let meta = meta.clone();
                     let site = site.clone();
                     Box::pin(async move {
-                        let m = raft.metrics().borrow().clone();
-                        if let Err(e) = &m.running_state {
-                            return Err(format!("raft stopped: {e}"));
-                        }
-                        if m.current_leader.is_none() {
-                            return Err("no raft leader".into());
+                        match raft {
+                            Some(raft) => {
+                                let m = raft.metrics().borrow().clone();
+                                if let Err(e) = &m.running_state {
+                                    return Err(format!("raft stopped: {e}"));
+                                }
+                                if m.current_leader.is_none() {
+                                    return Err("no raft leader".into());
+                                }
+                            }
+                            // A frontend is healthy when the voters answer it.
+                            None => {
+                                meta.catalog(None, 1).await.map_err(|e| e.to_string())?;
+                            }
                         }
                         let probe = berth_proto::Digest::sha256_of(b"berth health probe");
                         site.inner().stat(&probe).await.map_err(|e| format!("storage: {e}"))?;
@@ -216,12 +222,52 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         workers::spawn_upload_purger(site.clone(), age, interval, purge.dryrun.unwrap_or(false), stop_rx.clone());
     }
 
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
     // Tests and scripts read this line to learn the port when http.addr uses port 0.
     eprintln!("berth: listening on {scheme}://{local}");
-    tracing::info!(%local, node_id, "listening");
-    server::serve(listener, app, tls, shutdown_signal()).await?;
+    tracing::info!(%local, ?role, "listening");
+    server::serve(listener, app, http_tls, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
-    raft_node.raft.shutdown().await.ok();
+    if let Some(raft) = raft {
+        raft.shutdown().await.ok();
+    }
     Ok(())
+}
+
+/// Starts Raft and the gRPC server of a voter; returns its metadata and its Raft handle.
+async fn start_voter(
+    cfg: &Config,
+    data_dir: &std::path::Path,
+    peers: Peers,
+    tls: Option<&MutualTls>,
+    registry: &prometheus::Registry,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(Arc<dyn Metadata>, berth_raft_store::Raft)> {
+    let node_id = cfg.berth.nodeid.unwrap_or(1);
+    let snapshot_every = cfg.berth.snapshotlogs.unwrap_or(raft::SNAPSHOT_EVERY);
+    let grpc_addr = config::normalize_addr(cfg.berth.grpcaddr.as_deref().unwrap_or(DEFAULT_GRPC_ADDR))?;
+    let (grpc_listener, grpc_local) = server::bind(grpc_addr, "berth.grpcaddr").await?;
+    let bootstrap = cfg.berth.bootstrap.unwrap_or(true);
+    let network = raft_network::GrpcNetwork::new(peers.clone());
+    let node = raft::start(&data_dir.join("raft"), node_id, &grpc_local.to_string(), snapshot_every, bootstrap, network).await?;
+    let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers, registry)?);
+    {
+        let (raft, state, voter, tls, mut stop) = (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), stop);
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(e) = rpc_server::serve(raft, state, voter, tls.as_ref(), grpc_listener, shutdown).await {
+                tracing::error!("gRPC server failed: {e:#}");
+            }
+        });
+    }
+    eprintln!("berth: grpc listening on {grpc_local}");
+    let meta: Arc<dyn Metadata> = Arc::new(ClusterMetadata::new(voter));
+    // The secret is seeded by the node that bootstraps the cluster; members that join later
+    // receive it through the log.
+    if node.sole_voter {
+        metadata::ensure_http_secret(meta.as_ref(), cfg.http.secret.as_deref()).await?;
+    }
+    Ok((meta, node.raft))
 }

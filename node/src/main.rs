@@ -29,6 +29,9 @@ enum Command {
     },
     /// Administer a cluster through any member's gRPC address.
     Cluster {
+        /// Config file whose `berth.tls` (cluster CA, certificate, key) secures the calls.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
         #[command(subcommand)]
         action: ClusterAction,
     },
@@ -63,15 +66,28 @@ enum ClusterAction {
         #[arg(long, value_delimiter = ',', required = true)]
         voters: Vec<u64>,
     },
+    /// Remove a node (a voter is first taken out of the voters). Its id is never reused.
+    Remove {
+        /// gRPC address of any member.
+        #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
+        node: String,
+        /// The id of the node to remove.
+        #[arg(long)]
+        id: u64,
+    },
 }
 
-fn cluster(action: ClusterAction) -> std::process::ExitCode {
+fn cluster(config: Option<PathBuf>, action: ClusterAction) -> std::process::ExitCode {
+    use berth_node::cluster_cli::Admin;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let result = rt.block_on(async {
+        let cfg = Config::load(config.as_deref(), std::env::vars())?.0;
+        let admin = Admin::new(&cfg)?;
         match action {
-            ClusterAction::Status { node } => berth_node::cluster_cli::status(&node).await,
-            ClusterAction::AddLearner { node, id, addr } => berth_node::cluster_cli::add_learner(&node, id, &addr).await,
-            ClusterAction::ChangeMembership { node, voters } => berth_node::cluster_cli::change_membership(&node, &voters).await,
+            ClusterAction::Status { node } => admin.status(&node).await,
+            ClusterAction::AddLearner { node, id, addr } => admin.add_learner(&node, id, &addr).await,
+            ClusterAction::ChangeMembership { node, voters } => admin.change_membership(&node, &voters).await,
+            ClusterAction::Remove { node, id } => admin.remove(&node, id).await,
         }
     });
     match result {
@@ -103,7 +119,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let (config, config_file, data_dir) = match cli.command {
         Command::Serve { config, config_file, data_dir } => (config, config_file, data_dir),
-        Command::Cluster { action } => return cluster(action),
+        Command::Cluster { config, action } => return cluster(config, action),
     };
     let file = config.or(config_file);
     let (cfg, unknown) = match Config::load(file.as_deref(), std::env::vars()) {

@@ -77,3 +77,26 @@ pub async fn start(
     }
     Ok(RaftNode { raft, state, sole_voter })
 }
+
+/// The highest log index a majority of voters holds, as far as this node knows: exact on the
+/// leader (from its replication progress); elsewhere the applied index, which trails it.
+pub fn committed_index(m: &openraft::RaftMetrics<u64, BasicNode>) -> u64 {
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let Some(progress) = &m.replication else { return applied };
+    let mut matched: Vec<u64> = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .map(|id| match progress.get(&id) {
+            Some(l) => l.map_or(0, |l| l.index),
+            // The leader tracks itself by its own log.
+            None if id == m.id => m.last_log_index.unwrap_or(0),
+            None => 0,
+        })
+        .collect();
+    if matched.is_empty() {
+        return applied;
+    }
+    matched.sort_unstable_by(|a, b| b.cmp(a));
+    matched[matched.len() / 2].max(applied)
+}

@@ -2,8 +2,6 @@
 //! call carries the deadline openraft gives it; a peer that cannot be reached is reported as
 //! `Unreachable`, which makes openraft back off before retrying.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_proto::rpc::raft_service_client::RaftServiceClient;
@@ -17,30 +15,20 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-/// Creates connections to peers, reusing one gRPC channel per (node id, address).
-#[derive(Clone, Default)]
+use crate::peers::Peers;
+
+/// Creates openraft's connections to peers over the shared [`Peers`] channels.
+#[derive(Clone)]
 pub struct GrpcNetwork {
-    channels: Arc<Mutex<HashMap<(u64, String), Channel>>>,
+    peers: Peers,
 }
 
 impl GrpcNetwork {
-    /// The channel to `addr`, created on first use (connections are made lazily and
-    /// re-established by tonic after failures).
-    pub fn channel(&self, target: u64, addr: &str) -> Result<Channel, String> {
-        let mut channels = self.channels.lock().unwrap();
-        if let Some(c) = channels.get(&(target, addr.to_string())) {
-            return Ok(c.clone());
-        }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .connect_lazy();
-        channels.insert((target, addr.to_string()), channel.clone());
-        Ok(channel)
+    /// Raft traffic over `peers`' channels.
+    pub fn new(peers: Peers) -> Self {
+        GrpcNetwork { peers }
     }
 }
 
@@ -54,7 +42,7 @@ pub struct GrpcConnection {
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcConnection;
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcConnection {
-        GrpcConnection { target, node: node.clone(), channel: self.channel(target, &node.addr) }
+        GrpcConnection { target, node: node.clone(), channel: self.peers.channel(&node.addr) }
     }
 }
 

@@ -1,17 +1,25 @@
-//! The gRPC server a node offers its peers: Raft messages and cluster administration.
+//! The gRPC server a voter offers its peers and frontends: Raft messages, metadata
+//! forwarding and reads, and cluster administration.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use berth_proto::rpc::cluster_service_server::{ClusterService, ClusterServiceServer};
 use berth_proto::rpc::metadata_service_server::{MetadataService, MetadataServiceServer};
 use berth_proto::rpc::raft_service_server::{RaftService, RaftServiceServer};
+use berth_api::MetaError;
 use berth_proto::rpc::{
     AddLearnerRequest, AdminReply, ApplyReply, ChangeMembershipRequest, Member, Payload, ReadIndexReply, ReadIndexRequest,
-    StatusReply, StatusRequest,
+    RemoveNodeRequest, StatusReply, StatusRequest,
 };
-use berth_raft_store::Raft;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::BasicNode;
+use berth_raft_store::{Raft, SharedState};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
+
+use crate::metadata::remote::{not_leader, Reply};
+use crate::metadata::voter::RaftMetadata;
+use crate::metadata::MetadataBackend;
+use crate::peers::MutualTls;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -46,25 +54,22 @@ impl RaftService for RaftRpc {
 /// Membership changes and status.
 pub struct ClusterRpc {
     raft: Raft,
-}
-
-/// The error text of a reply that points the caller at the leader.
-const NOT_LEADER: &str = "not the leader";
-
-/// openraft's leader hint as (id, gRPC address); 0 and "" when the leader is unknown.
-fn leader_hint(f: ForwardToLeader<u64, BasicNode>) -> (u64, String) {
-    (f.leader_id.unwrap_or(0), f.leader_node.map(|n| n.addr).unwrap_or_default())
+    state: SharedState,
 }
 
 fn admin_reply<T>(res: Result<T, RaftError<u64, ClientWriteError<u64, BasicNode>>>) -> AdminReply {
     match res {
         Ok(_) => AdminReply::default(),
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            let (leader_id, leader_addr) = leader_hint(f);
-            AdminReply { error: NOT_LEADER.into(), leader_id, leader_addr }
-        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => AdminReply {
+            error: "not the leader".into(),
+            not_leader: Some(not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr)))),
+        },
         Err(e) => AdminReply { error: e.to_string(), ..Default::default() },
     }
+}
+
+fn refused(error: String) -> Result<Response<AdminReply>, Status> {
+    Ok(Response::new(AdminReply { error, ..Default::default() }))
 }
 
 #[tonic::async_trait]
@@ -76,10 +81,10 @@ impl ClusterService for ClusterRpc {
         }
         let membership = self.raft.metrics().borrow().membership_config.clone();
         if membership.nodes().any(|(id, _)| *id == r.node_id) {
-            return Ok(Response::new(AdminReply {
-                error: format!("node id {} is already a member; node ids are never reused", r.node_id),
-                ..Default::default()
-            }));
+            return refused(format!("node id {} is already a member; node ids are never reused", r.node_id));
+        }
+        if self.state.read().unwrap().node_ids_used.contains(&r.node_id) {
+            return refused(format!("node id {} belonged to a node that was removed; node ids are never reused", r.node_id));
         }
         tracing::info!(node_id = r.node_id, addr = %r.grpc_addr, "adding learner");
         Ok(Response::new(admin_reply(self.raft.add_learner(r.node_id, BasicNode::new(&r.grpc_addr), true).await)))
@@ -94,6 +99,25 @@ impl ClusterService for ClusterRpc {
         Ok(Response::new(admin_reply(self.raft.change_membership(voters, false).await)))
     }
 
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<AdminReply>, Status> {
+        let id = req.into_inner().node_id;
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if membership.get_node(&id).is_none() {
+            return refused(format!("node {id} is not a member"));
+        }
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return refused(format!("node {id} is the last voter; add another voter before removing it"));
+            }
+            tracing::info!(node_id = id, "removing voter");
+            let r = admin_reply(self.raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await);
+            return Ok(Response::new(r));
+        }
+        tracing::info!(node_id = id, "removing learner");
+        Ok(Response::new(admin_reply(self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await)))
+    }
+
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -105,7 +129,7 @@ impl ClusterService for ClusterRpc {
             term: m.current_term,
             state: format!("{:?}", m.state),
             last_log_index: m.last_log_index.unwrap_or(0),
-            committed_index: m.last_applied.map_or(0, |l| l.index),
+            committed_index: crate::raft::committed_index(&m),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             members: nodes
                 .into_iter()
@@ -115,61 +139,73 @@ impl ClusterService for ClusterRpc {
     }
 }
 
-/// Writes forwarded by other nodes, and read indexes for their linearizable reads.
+/// Writes forwarded by other nodes, read indexes for their linearizable reads, and
+/// frontends' reads.
 pub struct MetadataRpc {
-    raft: Raft,
+    meta: Arc<RaftMetadata>,
+}
+
+fn meta_status(e: MetaError) -> Status {
+    match e {
+        MetaError::Unavailable(m) => Status::unavailable(m),
+        MetaError::Internal(m) => Status::internal(m),
+    }
 }
 
 #[tonic::async_trait]
 impl MetadataService for MetadataRpc {
     async fn apply(&self, req: Request<Payload>) -> Result<Response<ApplyReply>, Status> {
         let request: berth_proto::Request = decode(req)?;
-        let reply = match self.raft.client_write(request).await {
-            Ok(r) => {
-                let outcome: Result<berth_proto::Outcome, String> = Ok(r.data);
-                ApplyReply { outcome: postcard::to_stdvec(&outcome).map_err(|e| Status::internal(e.to_string()))?, ..Default::default() }
+        let reply = match self.meta.commit_here(request).await.map_err(meta_status)? {
+            Reply::Done(outcome) => {
+                ApplyReply { outcome: postcard::to_stdvec(&outcome).map_err(|e| Status::internal(e.to_string()))?, not_leader: None }
             }
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let (leader_id, leader_addr) = leader_hint(f);
-                ApplyReply { error: NOT_LEADER.into(), leader_id, leader_addr, ..Default::default() }
-            }
-            Err(e) => return Err(Status::unavailable(e.to_string())),
+            Reply::NotLeader(l) => ApplyReply { not_leader: Some(not_leader(l)), ..Default::default() },
         };
         Ok(Response::new(reply))
     }
 
     async fn read_index(&self, _req: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
-        let reply = match self.raft.ensure_linearizable().await {
-            Ok(index) => ReadIndexReply { index: index.map_or(0, |l| l.index), ..Default::default() },
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                let (leader_id, leader_addr) = leader_hint(f);
-                ReadIndexReply { error: NOT_LEADER.into(), leader_id, leader_addr, ..Default::default() }
-            }
-            Err(e) => return Err(Status::unavailable(e.to_string())),
+        let reply = match self.meta.read_index_here().await.map_err(meta_status)? {
+            Reply::Done(index) => ReadIndexReply { index, not_leader: None },
+            Reply::NotLeader(l) => ReadIndexReply { not_leader: Some(not_leader(l)), ..Default::default() },
         };
         Ok(Response::new(reply))
     }
+
+    async fn query(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let q: berth_proto::Query = decode(req)?;
+        reply(&self.meta.query(q).await.map_err(meta_status)?)
+    }
 }
 
-/// Serves every node-to-node service on `listener` until `shutdown` resolves.
+/// Serves every node-to-node service on `listener` until `shutdown` resolves; over mutual
+/// TLS when `tls` is given.
 pub async fn serve(
     raft: Raft,
+    state: SharedState,
+    meta: Arc<RaftMetadata>,
+    tls: Option<&MutualTls>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.server())?;
+    }
+    builder
         .add_service(
             RaftServiceServer::new(RaftRpc { raft: raft.clone() })
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
         .add_service(
-            MetadataServiceServer::new(MetadataRpc { raft: raft.clone() })
+            MetadataServiceServer::new(MetadataRpc { meta })
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .add_service(ClusterServiceServer::new(ClusterRpc { raft }))
+        .add_service(ClusterServiceServer::new(ClusterRpc { raft, state }))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -7,6 +7,7 @@ pub mod digest;
 pub mod hashing;
 pub mod manifest;
 pub mod names;
+pub mod query;
 
 /// gRPC services and messages between nodes (`proto/raft.proto`).
 #[allow(missing_docs, clippy::all)]
@@ -18,6 +19,7 @@ pub use command::{Command, ManifestRecord, Outcome, Request};
 pub use digest::{Algorithm, Digest};
 pub use hashing::ResumableSha256;
 pub use names::{Reference, RepoName, Tag};
+pub use query::{Answer, Query};
 
 /// A value that does not satisfy its type's grammar.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

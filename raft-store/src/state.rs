@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
-use berth_proto::{Command, Digest, ManifestRecord, Outcome, Reference, RepoName, Request, Tag};
+use berth_proto::{Answer, Command, Digest, ManifestRecord, Outcome, Query, Reference, RepoName, Request, Tag};
 use serde::{Deserialize, Serialize};
 
 use crate::types::typ::{LogId, StoredMembership};
@@ -50,6 +50,9 @@ pub struct RegistryState {
     pub http_secret: Option<Vec<u8>>,
     /// Repositories by name, in lexical order (the catalog's order).
     pub repos: BTreeMap<RepoName, Repo>,
+    /// Every node id that has ever been in the membership, removed ones included: an id is
+    /// never given to a second node.
+    pub node_ids_used: BTreeSet<u64>,
 }
 
 impl RegistryState {
@@ -176,6 +179,18 @@ impl RegistryState {
             .take(n)
             .map(|r| r.to_string())
             .collect()
+    }
+
+    /// Answers a read asked over the network.
+    pub fn answer(&self, query: &Query) -> Answer {
+        match query {
+            Query::BlobSize { repo, digest } => Answer::BlobSize(self.blob_size(repo, digest)),
+            Query::Manifest { repo, reference } => Answer::Manifest(self.manifest(repo, reference)),
+            Query::Tags { repo, last, n } => Answer::Tags(self.tags(repo, last.as_deref(), *n as usize)),
+            Query::Catalog { last, n } => Answer::Catalog(self.catalog(last.as_deref(), *n as usize)),
+            Query::Referrers { repo, subject } => Answer::Referrers(self.referrers(repo, subject)),
+            Query::HttpSecret => Answer::HttpSecret(self.http_secret.clone()),
+        }
     }
 
     /// Manifests in `repo` whose subject is `subject`.

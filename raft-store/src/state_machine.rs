@@ -142,6 +142,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Blank => out.push(Outcome::Unchanged),
                 EntryPayload::Normal(req) => out.push(s.apply(&req)),
                 EntryPayload::Membership(m) => {
+                    s.node_ids_used.extend(m.nodes().map(|(id, _)| *id));
                     s.last_membership = StoredMembership::new(Some(entry.log_id), m);
                     out.push(Outcome::Unchanged);
                 }

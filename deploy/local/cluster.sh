@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# A local Berth cluster on loopback: separate `berth` processes (voters and frontends) behind
+# an nginx round-robin load balancer, for trying Berth out and for tests.
+#
+#   cluster.sh up     --dir DIR [--voters 3] [--frontends 2]
+#   cluster.sh status --dir DIR          # "leader ID", then each node's state
+#   cluster.sh kill   --dir DIR ID       # SIGKILL one node
+#   cluster.sh start  --dir DIR ID       # restart it on its data and ports
+#   cluster.sh down   --dir DIR          # stop everything (data stays in DIR)
+#
+# DIR/nodes has one line per node: `ID ROLE PID HTTP_ADDR GRPC_ADDR` (a frontend has no gRPC
+# listener: `-`). Voters are ids 1..V (their Raft ids); frontends are numbered after them.
+# DIR/lb holds the load balancer's URL. Every node shares the blob store DIR/blobs (one site).
+# The berth binary is $BERTH_BIN, else target/{release,debug}/berth, else `berth` on PATH.
+set -euo pipefail
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+bin="${BERTH_BIN:-}"
+if [[ -z "$bin" ]]; then
+  for b in "$root/target/release/berth" "$root/target/debug/berth"; do
+    [[ -x "$b" ]] && { bin="$b"; break; }
+  done
+fi
+bin="${bin:-$(command -v berth || true)}"
+[[ -x "$bin" ]] || die "no berth binary: build it (cargo build --release -p berth-node) or set BERTH_BIN"
+
+cmd="${1:-}"; shift || true
+dir=""; voters=3; frontends=2; id=""
+while (($#)); do
+  case "$1" in
+    --dir) dir="$2"; shift 2 ;;
+    --voters) voters="$2"; shift 2 ;;
+    --frontends) frontends="$2"; shift 2 ;;
+    -*) die "unknown option $1" ;;
+    *) id="$1"; shift ;;
+  esac
+done
+[[ -n "$dir" ]] || die "usage: cluster.sh up|status|kill|start|down --dir DIR [...]"
+mkdir -p "$dir"
+dir="$(cd "$dir" && pwd)"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# field ID N: the Nth field of node ID's line in DIR/nodes.
+field() { awk -v id="$1" -v n="$2" '$1 == id { print $n }' "$dir/nodes"; }
+
+alive() { [[ -n "$1" && "$1" != "-" ]] && kill -0 "$1" 2>/dev/null; }
+
+# Starts node ID from its config; prints its pid.
+launch() {
+  local n="$1"
+  (cd "$dir/node$n" && exec "$bin" serve --config config.yml --data-dir data >>log 2>&1) &
+  echo $!
+}
+
+# Waits until node ID's HTTP listener answers.
+wait_http() {
+  local addr="$1" log="$2"
+  for _ in $(seq 1 300); do
+    curl -fso /dev/null "http://$addr/v2/" && return 0
+    sleep 0.1
+  done
+  tail -20 "$log" >&2
+  die "node at $addr did not start"
+}
+
+write_config() {
+  local n="$1" role="$2" http="$3" grpc="$4" peers="$5"
+  mkdir -p "$dir/node$n"
+  {
+    echo "version: 0.1"
+    echo "http:"
+    echo "  addr: $http"
+    echo "storage:"
+    echo "  filesystem:"
+    echo "    rootdirectory: $dir/blobs"
+    echo "berth:"
+    echo "  role: $role"
+    if [[ "$role" == voter ]]; then
+      echo "  nodeid: $n"
+      echo "  grpcaddr: $grpc"
+      [[ "$n" == 1 ]] && echo "  bootstrap: true" || echo "  bootstrap: false"
+    else
+      echo "  peers: $peers"
+    fi
+  } >"$dir/node$n/config.yml"
+}
+
+write_nginx() {
+  local port="$1"; shift
+  mkdir -p "$dir/nginx"
+  {
+    echo "worker_processes 1;"
+    echo "daemon off;"
+    echo "pid $dir/nginx/nginx.pid;"
+    echo "error_log $dir/nginx/error.log warn;"
+    echo "events { worker_connections 1024; }"
+    echo "http {"
+    echo "  access_log off;"
+    echo "  client_body_temp_path $dir/nginx/body;"
+    echo "  proxy_temp_path $dir/nginx/proxy;"
+    echo "  fastcgi_temp_path $dir/nginx/fastcgi;"
+    echo "  uwsgi_temp_path $dir/nginx/uwsgi;"
+    echo "  scgi_temp_path $dir/nginx/scgi;"
+    echo "  upstream berth {"
+    # Plain round robin, no affinity; a node that refuses connections is skipped for 2 s.
+    for a in "$@"; do echo "    server $a max_fails=1 fail_timeout=2s;"; done
+    echo "    keepalive 64;"
+    echo "  }"
+    echo "  server {"
+    echo "    listen 127.0.0.1:$port;"
+    echo "    client_max_body_size 0;"
+    echo "    chunked_transfer_encoding on;"
+    echo "    location / {"
+    echo "      proxy_pass http://berth;"
+    echo "      proxy_http_version 1.1;"
+    echo "      proxy_set_header Connection \"\";"
+    echo "      proxy_set_header Host \$http_host;"
+    echo "      proxy_set_header X-Forwarded-Proto \$scheme;"
+    echo "      proxy_request_buffering off;"
+    echo "      proxy_buffering off;"
+    echo "      proxy_read_timeout 900;"
+    echo "    }"
+    echo "  }"
+    echo "}"
+  } >"$dir/nginx/nginx.conf"
+}
+
+up() {
+  [[ -f "$dir/nodes" ]] && die "$dir already holds a cluster (run down, or use another --dir)"
+  command -v nginx >/dev/null || die "nginx is required (apt-get install nginx-light)"
+  ((voters >= 1)) || die "--voters must be at least 1"
+  : >"$dir/nodes.tmp"
+  local grpcs=() https=()
+  for n in $(seq 1 "$voters"); do
+    local h="127.0.0.1:$(free_port)" g="127.0.0.1:$(free_port)"
+    write_config "$n" voter "$h" "$g" ""
+    grpcs+=("$g"); https+=("$h")
+  done
+  local peers
+  peers="$(IFS=,; echo "${grpcs[*]}")"
+  for n in $(seq 1 "$voters"); do
+    local pid
+    pid="$(launch "$n")"
+    wait_http "${https[n-1]}" "$dir/node$n/log"
+    echo "$n voter $pid ${https[n-1]} ${grpcs[n-1]}" >>"$dir/nodes.tmp"
+  done
+  for n in $(seq 2 "$voters"); do
+    "$bin" cluster add-learner --node "${grpcs[0]}" --id "$n" --addr "${grpcs[n-1]}" >/dev/null
+  done
+  if ((voters > 1)); then
+    "$bin" cluster change-membership --node "${grpcs[0]}" --voters "$(seq -s, 1 "$voters")" >/dev/null
+  fi
+  for f in $(seq 1 "$frontends"); do
+    local n=$((voters + f)) h="127.0.0.1:$(free_port)" pid
+    write_config "$n" frontend "$h" "-" "$peers"
+    pid="$(launch "$n")"
+    wait_http "$h" "$dir/node$n/log"
+    echo "$n frontend $pid $h -" >>"$dir/nodes.tmp"
+    https+=("$h")
+  done
+  mv "$dir/nodes.tmp" "$dir/nodes"
+  local port
+  port="$(free_port)"
+  write_nginx "$port" "${https[@]}"
+  (exec nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" >>"$dir/nginx/error.log" 2>&1) &
+  echo "http://127.0.0.1:$port" >"$dir/lb"
+  wait_http "127.0.0.1:$port" "$dir/nginx/error.log"
+  echo "cluster up: $voters voters, $frontends frontends; load balancer at $(cat "$dir/lb")"
+}
+
+status() {
+  [[ -f "$dir/nodes" ]] || die "no cluster in $dir"
+  local shown=""
+  while read -r n role pid http grpc; do
+    if [[ "$role" == voter && -z "$shown" ]] && alive "$pid"; then
+      "$bin" cluster status --node "$grpc" 2>/dev/null && shown=1
+    fi
+  done <"$dir/nodes"
+  [[ -n "$shown" ]] || echo "leader 0"
+  while read -r n role pid http grpc; do
+    local state=down
+    alive "$pid" && state=up
+    echo "$role $n pid=$pid http=$http grpc=$grpc $state"
+  done <"$dir/nodes"
+}
+
+kill_node() {
+  [[ -n "$id" ]] || die "kill: which node id?"
+  local pid
+  pid="$(field "$id" 3)"
+  [[ -n "$pid" ]] || die "no node $id"
+  alive "$pid" && kill -9 "$pid"
+  while alive "$pid"; do sleep 0.05; done
+  echo "node $id killed"
+}
+
+start_node() {
+  [[ -n "$id" ]] || die "start: which node id?"
+  local pid http
+  pid="$(field "$id" 3)"; http="$(field "$id" 4)"
+  [[ -n "$http" ]] || die "no node $id"
+  alive "$pid" && die "node $id is running (pid $pid)"
+  # Its ports may linger for a moment after a kill.
+  for _ in $(seq 1 50); do
+    python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "${http##*:}" 2>/dev/null && break
+    sleep 0.1
+  done
+  pid="$(launch "$id")"
+  awk -v id="$id" -v pid="$pid" '$1 == id { $3 = pid } { print }' "$dir/nodes" >"$dir/nodes.tmp" && mv "$dir/nodes.tmp" "$dir/nodes"
+  wait_http "$http" "$dir/node$id/log"
+  echo "node $id started (pid $pid)"
+}
+
+down() {
+  if [[ -f "$dir/nginx/nginx.pid" ]]; then
+    kill "$(cat "$dir/nginx/nginx.pid")" 2>/dev/null || true
+  fi
+  if [[ -f "$dir/nodes" ]]; then
+    while read -r n role pid http grpc; do
+      alive "$pid" && kill "$pid" 2>/dev/null || true
+    done <"$dir/nodes"
+    while read -r n role pid http grpc; do
+      for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+      alive "$pid" && kill -9 "$pid" 2>/dev/null || true
+    done <"$dir/nodes"
+    mv "$dir/nodes" "$dir/nodes.down"
+  fi
+  echo "cluster down (data kept in $dir)"
+}
+
+case "$cmd" in
+  up) up ;;
+  status) status ;;
+  kill) kill_node ;;
+  start) start_node ;;
+  down) down ;;
+  *) die "usage: cluster.sh up|status|kill|start|down --dir DIR [...]" ;;
+esac

@@ -1,0 +1,89 @@
+//! Client side of `MetadataService`: one call to one node, with its answer decoded. Retrying
+//! and choosing whom to ask belong to the callers (`voter`, `frontend`).
+
+use std::time::Duration;
+
+use berth_api::MetaError;
+use berth_proto::rpc::metadata_service_client::MetadataServiceClient;
+use berth_proto::rpc::{NotLeader, Payload, ReadIndexRequest};
+use berth_proto::{Answer, Outcome, Query, Request};
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+
+use crate::peers::Peers;
+
+/// How long one forwarded call may take before the client gets 503.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A leader: node id and gRPC address.
+pub type Leader = (u64, String);
+
+/// What a node said to a call only the leader answers.
+#[derive(Debug)]
+pub enum Reply<T> {
+    /// It leads, and this is the answer.
+    Done(T),
+    /// It does not lead; the leader it knows of, if any.
+    NotLeader(Option<Leader>),
+}
+
+/// The leader named by a `NotLeader` message.
+pub fn hint(n: NotLeader) -> Option<Leader> {
+    (n.leader_id != 0 && !n.leader_addr.is_empty()).then_some((n.leader_id, n.leader_addr))
+}
+
+/// The message that says "not the leader; try this one".
+pub fn not_leader(leader: Option<Leader>) -> NotLeader {
+    let (leader_id, leader_addr) = leader.unwrap_or_default();
+    NotLeader { leader_id, leader_addr }
+}
+
+fn client(peers: &Peers, addr: &str) -> Result<MetadataServiceClient<Channel>, MetaError> {
+    let ch = peers.channel(addr).map_err(MetaError::Unavailable)?;
+    Ok(MetadataServiceClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+}
+
+fn request<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(TIMEOUT);
+    r
+}
+
+fn status(addr: &str, s: tonic::Status) -> MetaError {
+    MetaError::Unavailable(format!("{addr}: {}", s.message()))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MetaError> {
+    postcard::from_bytes(bytes).map_err(|e| MetaError::Internal(format!("undecodable reply: {e}")))
+}
+
+/// Asks the node at `addr` to commit `req`.
+pub async fn apply(peers: &Peers, addr: &str, req: &Request) -> Result<Reply<Outcome>, MetaError> {
+    let data = postcard::to_stdvec(req).map_err(|e| MetaError::Internal(e.to_string()))?;
+    let r = client(peers, addr)?.apply(request(Payload { data })).await.map_err(|s| status(addr, s))?.into_inner();
+    match r.not_leader {
+        Some(n) => Ok(Reply::NotLeader(hint(n))),
+        None => Ok(Reply::Done(decode(&r.outcome)?)),
+    }
+}
+
+/// Asks the node at `addr` for the index a linearizable read must wait for.
+pub async fn read_index(peers: &Peers, addr: &str) -> Result<Reply<u64>, MetaError> {
+    let r = client(peers, addr)?.read_index(request(ReadIndexRequest {})).await.map_err(|s| status(addr, s))?.into_inner();
+    match r.not_leader {
+        Some(n) => Ok(Reply::NotLeader(hint(n))),
+        None => Ok(Reply::Done(r.index)),
+    }
+}
+
+/// Asks the voter at `addr` for a linearizable read.
+pub async fn query(peers: &Peers, addr: &str, q: &Query) -> Result<Answer, MetaError> {
+    let data = postcard::to_stdvec(q).map_err(|e| MetaError::Internal(e.to_string()))?;
+    let r = client(peers, addr)?.query(request(Payload { data })).await.map_err(|s| status(addr, s))?.into_inner();
+    decode(&r.data)
+}
+
+/// Exponential back-off between tries: 50, 100, 200, 400, 800 ms.
+pub async fn backoff(attempt: u32) {
+    tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+}

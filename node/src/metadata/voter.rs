@@ -1,0 +1,176 @@
+//! Metadata on a voter. On the leader, writes are `client_write` and reads follow
+//! `ensure_linearizable`. On any other voter, writes are forwarded to the leader over gRPC, and
+//! reads ask the leader for a read index, wait until the local state machine has applied it,
+//! then read locally: a push acknowledged by one node is visible at once on all. Both retry a
+//! bounded number of times, following leader hints. A leader that has not heard from a
+//! majority for longer than an election takes refuses at once instead of waiting: the client
+//! gets 503 quickly while there is no quorum.
+
+use async_trait::async_trait;
+use berth_api::MetaError;
+use berth_proto::{Answer, Outcome, Query, Request};
+use berth_raft_store::{Raft, SharedState};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::BasicNode;
+
+use super::remote::{self, backoff, Leader, Reply, TIMEOUT};
+use super::MetadataBackend;
+use crate::peers::Peers;
+
+/// Tries at the local node and then at leaders it hears of.
+const ATTEMPTS: u32 = 4;
+/// A leader without a majority's acknowledgement for this long has lost its quorum (the
+/// election timeout is at most 2 s, so a healthy majority would have elected someone else).
+const QUORUM_LOST_AFTER_MS: u64 = 3000;
+
+/// Registry metadata backed by this node's Raft instance.
+pub struct RaftMetadata {
+    raft: Raft,
+    state: SharedState,
+    peers: Peers,
+    forwarded: prometheus::IntCounterVec,
+}
+
+impl RaftMetadata {
+    /// Wraps a started Raft node; `peers` supplies the (shared) channels to the leader.
+    pub fn new(raft: Raft, state: SharedState, peers: Peers, registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let forwarded = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("berth_forwarded_requests_total", "Metadata requests forwarded to the leader."),
+            &["kind", "result"],
+        )?;
+        registry.register(Box::new(forwarded.clone()))?;
+        Ok(RaftMetadata { raft, state, peers, forwarded })
+    }
+
+    /// The leader named by openraft's hint, or else by this node's metrics; never this node.
+    fn leader(&self, f: ForwardToLeader<u64, BasicNode>) -> Option<Leader> {
+        if let (Some(id), Some(n)) = (f.leader_id, f.leader_node) {
+            return Some((id, n.addr));
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        (id != m.id).then_some(())?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node.addr))
+    }
+
+    /// Why this node, if it leads, cannot serve right now: no majority has answered it lately.
+    fn quorum_lost(&self) -> Option<MetaError> {
+        let m = self.raft.metrics().borrow().clone();
+        let ms = m.millis_since_quorum_ack.filter(|ms| *ms > QUORUM_LOST_AFTER_MS && m.current_leader == Some(m.id))?;
+        Some(MetaError::Unavailable(format!("no quorum: a majority of voters has not answered the leader for {ms} ms")))
+    }
+
+    /// Commits `req` if this node leads.
+    pub async fn commit_here(&self, req: Request) -> Result<Reply<Outcome>, MetaError> {
+        if let Some(e) = self.quorum_lost() {
+            return Err(e);
+        }
+        let kind = req.command.kind();
+        match tokio::time::timeout(TIMEOUT, self.raft.client_write(req)).await {
+            Err(_) => Err(MetaError::Unavailable(format!("{kind}: timed out waiting for commit"))),
+            Ok(Ok(resp)) => Ok(Reply::Done(resp.data)),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Ok(Reply::NotLeader(self.leader(f))),
+            Ok(Err(RaftError::APIError(e))) => Err(MetaError::Unavailable(e.to_string())),
+            Ok(Err(RaftError::Fatal(e))) => Err(MetaError::Internal(e.to_string())),
+        }
+    }
+
+    /// The index a linearizable read must wait for, if this node leads.
+    pub async fn read_index_here(&self) -> Result<Reply<u64>, MetaError> {
+        if let Some(e) = self.quorum_lost() {
+            return Err(e);
+        }
+        match tokio::time::timeout(TIMEOUT, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(MetaError::Unavailable("timed out confirming leadership".into())),
+            Ok(Ok(index)) => Ok(Reply::Done(index.map_or(0, |l| l.index))),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Ok(Reply::NotLeader(self.leader(f))),
+            // QuorumNotEnough: this node leads but cannot confirm it; there is no one to ask.
+            Ok(Err(RaftError::APIError(e))) => Err(MetaError::Unavailable(e.to_string())),
+            Ok(Err(RaftError::Fatal(e))) => Err(MetaError::Internal(e.to_string())),
+        }
+    }
+
+    /// Waits until reads of the local state are linearizable.
+    async fn barrier(&self) -> Result<(), MetaError> {
+        let mut last = String::from("no leader");
+        let mut hint: Option<Leader> = None;
+        for attempt in 0..ATTEMPTS {
+            let leader = match hint.take() {
+                Some(l) => Some(l),
+                None => match self.read_index_here().await? {
+                    // The leader's own state is current once ensure_linearizable returns.
+                    Reply::Done(_) => return Ok(()),
+                    Reply::NotLeader(l) => l,
+                },
+            };
+            let Some(leader) = leader else {
+                backoff(attempt).await;
+                continue;
+            };
+            match remote::read_index(&self.peers, &leader.1).await {
+                Ok(Reply::Done(index)) => {
+                    self.forwarded.with_label_values(&["read_index", "ok"]).inc();
+                    if index > 0 {
+                        self.raft
+                            .wait(Some(TIMEOUT))
+                            .applied_index_at_least(Some(index), "applying up to the leader's read index")
+                            .await
+                            .map_err(|e| MetaError::Unavailable(e.to_string()))?;
+                    }
+                    return Ok(());
+                }
+                Ok(Reply::NotLeader(l)) => {
+                    last = format!("node {} is no longer the leader", leader.0);
+                    hint = l.filter(|l| *l != leader);
+                }
+                Err(e) => last = e.to_string(),
+            }
+            self.forwarded.with_label_values(&["read_index", "retry"]).inc();
+            backoff(attempt).await;
+        }
+        Err(MetaError::Unavailable(format!("no leader confirmed the read: {last}")))
+    }
+}
+
+#[async_trait]
+impl MetadataBackend for RaftMetadata {
+    async fn apply(&self, req: Request) -> Result<Outcome, MetaError> {
+        let kind = req.command.kind();
+        let mut last = String::from("no leader");
+        let mut hint: Option<Leader> = None;
+        // Commands are idempotent (links, puts of the same digest, deletes), so a retry after a
+        // lost reply does no harm.
+        for attempt in 0..ATTEMPTS {
+            let leader = match hint.take() {
+                Some(l) => Some(l),
+                None => match self.commit_here(req.clone()).await? {
+                    Reply::Done(outcome) => return Ok(outcome),
+                    Reply::NotLeader(l) => l,
+                },
+            };
+            if let Some(leader) = leader {
+                match remote::apply(&self.peers, &leader.1, &req).await {
+                    Ok(Reply::Done(outcome)) => {
+                        self.forwarded.with_label_values(&["write", "ok"]).inc();
+                        return Ok(outcome);
+                    }
+                    Ok(Reply::NotLeader(l)) => {
+                        last = format!("node {} is no longer the leader", leader.0);
+                        hint = l.filter(|l| *l != leader);
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                self.forwarded.with_label_values(&["write", "retry"]).inc();
+            }
+            backoff(attempt).await;
+        }
+        Err(MetaError::Unavailable(format!("{kind}: {last}")))
+    }
+
+    async fn query(&self, q: Query) -> Result<Answer, MetaError> {
+        self.barrier().await?;
+        Ok(self.state.read().unwrap().answer(&q))
+    }
+}
+

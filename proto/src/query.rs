@@ -1,0 +1,70 @@
+//! Reads of the registry state, asked of a voter by a node that holds no state of its own (a
+//! frontend). The voter answers after a linearizable barrier, so a frontend's reads are as
+//! fresh as a voter's.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Digest, ManifestRecord, Reference, RepoName};
+
+/// One read of the registry state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Query {
+    /// Size of a blob linked into a repository.
+    BlobSize {
+        /// Repository.
+        repo: RepoName,
+        /// Blob.
+        digest: Digest,
+    },
+    /// A manifest by tag or digest.
+    Manifest {
+        /// Repository.
+        repo: RepoName,
+        /// Tag or digest.
+        reference: Reference,
+    },
+    /// A page of a repository's tags.
+    Tags {
+        /// Repository.
+        repo: RepoName,
+        /// Tags after this one.
+        last: Option<String>,
+        /// Page size.
+        n: u64,
+    },
+    /// A page of repository names.
+    Catalog {
+        /// Names after this one.
+        last: Option<String>,
+        /// Page size.
+        n: u64,
+    },
+    /// Manifests whose subject is `subject`.
+    Referrers {
+        /// Repository.
+        repo: RepoName,
+        /// The subject manifest.
+        subject: Digest,
+    },
+    /// The cluster HTTP secret.
+    HttpSecret,
+}
+
+/// The answer to a [`Query`]; the variant matches the query's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Answer {
+    /// For [`Query::BlobSize`].
+    BlobSize(Option<u64>),
+    /// For [`Query::Manifest`].
+    Manifest(Option<(Digest, Arc<ManifestRecord>)>),
+    /// For [`Query::Tags`]; `None` when the repository does not exist.
+    Tags(Option<Vec<String>>),
+    /// For [`Query::Catalog`].
+    Catalog(Vec<String>),
+    /// For [`Query::Referrers`].
+    Referrers(Vec<(Digest, Arc<ManifestRecord>)>),
+    /// For [`Query::HttpSecret`].
+    HttpSecret(Option<Vec<u8>>),
+}
