@@ -181,6 +181,66 @@ impl Drop for Berth {
     }
 }
 
+/// Starts `n` voters that share one blob directory under `dir` (one site): node 1 bootstraps,
+/// the others join as learners and are then promoted. `env` is added to every node's.
+pub fn voter_cluster(dir: &Path, n: usize, env: &[(&str, &str)]) -> Vec<Berth> {
+    let shared = dir.join("blobs").to_str().unwrap().to_string();
+    let nodes: Vec<Berth> = (1..=n)
+        .map(|id| {
+            let id_s = id.to_string();
+            let mut e = vec![
+                ("REGISTRY_BERTH_NODEID", id_s.as_str()),
+                ("REGISTRY_BERTH_BOOTSTRAP", if id == 1 { "true" } else { "false" }),
+                ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", shared.as_str()),
+            ];
+            e.extend_from_slice(env);
+            Berth::start(&dir.join(format!("node{id}")), None, &e)
+        })
+        .collect();
+    for (i, node) in nodes.iter().enumerate().skip(1) {
+        berth_cluster(&["add-learner", "--node", &nodes[0].grpc_addr, "--id", &(i + 1).to_string(), "--addr", &node.grpc_addr]);
+    }
+    if n > 1 {
+        let ids: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
+        berth_cluster(&["change-membership", "--node", &nodes[0].grpc_addr, "--voters", &ids.join(",")]);
+    }
+    nodes
+}
+
+/// Starts a frontend for `voters`, sharing their blob directory under `dir`.
+pub fn frontend(dir: &Path, name: &str, voters: &[Berth], env: &[(&str, &str)]) -> Berth {
+    let shared = dir.join("blobs").to_str().unwrap().to_string();
+    let peers: Vec<&str> = voters.iter().map(|v| v.grpc_addr.as_str()).collect();
+    let peers = peers.join(",");
+    let mut e = vec![
+        ("REGISTRY_BERTH_ROLE", "frontend"),
+        ("REGISTRY_BERTH_PEERS", peers.as_str()),
+        ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", shared.as_str()),
+    ];
+    e.extend_from_slice(env);
+    Berth::start(&dir.join(name), None, &e)
+}
+
+/// `leader N` as `berth cluster status` at `grpc` reports it; None while there is none.
+pub fn cluster_leader(grpc: &str) -> Option<u64> {
+    let out = Command::new(berth_bin()).args(["cluster", "status", "--node", grpc]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().find_map(|l| l.strip_prefix("leader ")).and_then(|n| n.trim().parse().ok()).filter(|n| *n != 0)
+}
+
+/// Waits (up to 10 s) until `grpc` reports a leader other than `not`.
+pub async fn wait_for_leader(grpc: &str, not: Option<u64>) -> u64 {
+    for _ in 0..100 {
+        if let Some(l) = cluster_leader(grpc) {
+            if Some(l) != not {
+                return l;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no new leader seen by {grpc}");
+}
+
 /// Runs `berth cluster ARGS...` and returns its standard output.
 pub fn berth_cluster(args: &[&str]) -> String {
     run(Command::new(berth_bin()).arg("cluster").args(args))

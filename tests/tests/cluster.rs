@@ -1,29 +1,14 @@
 //! Three voters over gRPC on loopback: bootstrap, join as learners, promote, replicate,
 //! refuse a reused node id, lose the leader and elect a new one with nothing lost, and let
-//! the old leader rejoin as a follower.
+//! the old leader rejoin as a follower. Stateless frontends, node removal, and fast failure
+//! without a quorum.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use berth_tests::{berth_cluster, init_tracing, random_bytes, Berth, Registry};
-
-/// `leader N` from `berth cluster status`, or None while there is none.
-fn leader(grpc: &str) -> Option<u64> {
-    let out = std::process::Command::new(berth_tests::berth_bin()).args(["cluster", "status", "--node", grpc]).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines().find_map(|l| l.strip_prefix("leader ")).and_then(|n| n.trim().parse().ok()).filter(|n| *n != 0)
-}
-
-async fn wait_for_leader(grpc: &str, not: Option<u64>) -> u64 {
-    for _ in 0..100 {
-        if let Some(l) = leader(grpc) {
-            if Some(l) != not {
-                return l;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no new leader seen by {grpc}");
-}
+use berth_tests::{
+    berth_cluster, cluster_leader as leader, frontend, image_manifest, init_tracing, random_bytes, voter_cluster, wait_for_leader,
+    Berth, Registry, OCI_MANIFEST,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_voters_replicate_and_survive_the_leader() {
@@ -117,4 +102,125 @@ async fn three_voters_replicate_and_survive_the_leader() {
     let status = berth_cluster(&["status", "--node", &nodes[0].grpc_addr]);
     println!("{status}");
     assert!(!status.contains("unreachable"), "{status}");
+}
+
+/// Pushes a small image (config + one layer + manifest) and returns the manifest bytes.
+async fn push_image(reg: &Registry, repo: &str, tag: &str, seed: u64) -> Vec<u8> {
+    let config = random_bytes(seed, 200);
+    let layer = random_bytes(seed + 1, 5000);
+    let cd = reg.push_blob(repo, &config).await.unwrap();
+    let ld = reg.push_blob(repo, &layer).await.unwrap();
+    let manifest = image_manifest((&cd, config.len()), &[(&ld, layer.len())]);
+    reg.push_manifest(repo, tag, &manifest, OCI_MANIFEST).await.unwrap();
+    manifest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frontends_serve_everything_and_removed_ids_stay_retired() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut voters = voter_cluster(dir.path(), 3, &[]);
+    let mut fe = frontend(dir.path(), "fe1", &voters, &[]);
+    let via_fe = Registry::new(&fe.url);
+
+    tracing::info!("a push through the frontend is visible at once on a follower, and the reverse");
+    let m = push_image(&via_fe, "fe/app", "v1", 10).await;
+    assert_eq!(Registry::new(&voters[2].url).get_manifest("fe/app", "v1").await.unwrap(), (reqwest::StatusCode::OK, m));
+    let m2 = push_image(&Registry::new(&voters[1].url), "fe/app", "v2", 20).await;
+    assert_eq!(via_fe.get_manifest("fe/app", "v2").await.unwrap(), (reqwest::StatusCode::OK, m2.clone()));
+    let tags: serde_json::Value = via_fe.http.get(via_fe.abs("/v2/fe/app/tags/list")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["v1", "v2"]));
+
+    tracing::info!("an upload started on the frontend finishes on a voter (the HTTP secret is the cluster's)");
+    let data = random_bytes(30, 70_000);
+    let r = via_fe.http.post(via_fe.abs("/v2/fe/spread/blobs/uploads/")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let v = Registry::new(&voters[1].url);
+    let digest = berth_proto::Digest::sha256_of(&data);
+    let r = v.http.put(v.abs(&format!("{loc}&digest={digest}"))).body(data.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    assert_eq!(via_fe.get_blob("fe/spread", &digest).await.unwrap(), data);
+
+    tracing::info!("the leader dies; the frontend finds the new one by itself");
+    voters[0].kill9();
+    let new_leader = wait_for_leader(&voters[1].grpc_addr, Some(1)).await;
+    let m3 = push_image(&via_fe, "fe/app", "v3", 40).await;
+    assert_eq!(via_fe.get_manifest("fe/app", "v3").await.unwrap(), (reqwest::StatusCode::OK, m3));
+    assert_eq!(via_fe.get_manifest("fe/app", "v2").await.unwrap(), (reqwest::StatusCode::OK, m2));
+
+    tracing::info!("frontends come and go: a new one serves at once");
+    fe.kill9();
+    let fe2 = frontend(dir.path(), "fe2", &voters, &[]);
+    assert_eq!(Registry::new(&fe2.url).get_blob("fe/spread", &digest).await.unwrap(), data);
+
+    tracing::info!("remove the dead node 1; its id is retired");
+    let alive = &voters[new_leader as usize - 1].grpc_addr.clone();
+    let out = berth_cluster(&["remove", "--node", alive, "--id", "1"]);
+    assert!(out.contains("removed"), "{out}");
+    let status = berth_cluster(&["status", "--node", alive]);
+    assert_eq!(status.matches(" voter ").count(), 2, "{status}");
+    assert!(!status.contains("node 1 "), "{status}");
+    let out = std::process::Command::new(berth_tests::berth_bin())
+        .args(["cluster", "add-learner", "--node", alive, "--id", "1", "--addr", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("removed") && err.contains("never reused"), "{err}");
+    tracing::info!("two voters still commit");
+    push_image(&Registry::new(&fe2.url), "fe/app", "v4", 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_writes_fail_fast_with_503_and_recover() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut voters = voter_cluster(dir.path(), 3, &[]);
+    let fe = frontend(dir.path(), "fe", &voters, &[]);
+    let leader_reg = Registry::new(&voters[0].url);
+    leader_reg.push_blob("q/app", b"before").await.unwrap();
+
+    voters[1].kill9();
+    voters[2].kill9();
+    // Past the point where the leader knows it has lost its majority.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for url in [&voters[0].url, &fe.url] {
+        let reg = Registry::new(url);
+        let t = Instant::now();
+        let r = reg
+            .http
+            .post(reg.abs(&format!("/v2/q/app/blobs/uploads/?digest={}", berth_proto::Digest::sha256_of(b"during"))))
+            .body(b"during".to_vec())
+            .send()
+            .await
+            .unwrap();
+        let took = t.elapsed();
+        assert_eq!(r.status(), 503, "{url}");
+        assert!(r.headers().contains_key("retry-after"), "{url}: no Retry-After");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "UNAVAILABLE", "{body}");
+        assert!(took < Duration::from_secs(3), "{url}: a write without quorum took {took:?}");
+        // Reads need the quorum as well (they are linearizable): they fail just as fast.
+        let t = Instant::now();
+        let r = reg.http.get(reg.abs("/v2/q/app/tags/list")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(t.elapsed() < Duration::from_secs(3), "{url}: a read without quorum took {:?}", t.elapsed());
+    }
+
+    tracing::info!("one voter back: the majority returns and writes succeed again");
+    voters[1].restart();
+    let mut ok = false;
+    for _ in 0..50 {
+        if leader_reg.push_blob("q/app", b"after").await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "writes did not resume once a majority was back");
+    assert_eq!(Registry::new(&fe.url).get_blob("q/app", &berth_proto::Digest::sha256_of(b"before")).await.unwrap(), b"before");
+    let during = berth_proto::Digest::sha256_of(b"during");
+    let r = leader_reg.http.head(leader_reg.abs(&format!("/v2/q/app/blobs/{during}"))).send().await.unwrap();
+    assert_eq!(r.status(), 404, "a write refused with 503 must not appear later");
 }

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use crate::peers::Peers;
 
 /// How long one forwarded call may take before the client gets 503.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
+pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A leader: node id and gRPC address.
 pub type Leader = (u64, String);
