@@ -1,0 +1,97 @@
+//! Fault injection against a Berth cluster: a workload of pushes, faults (leader kills), and a
+//! checker that every acknowledged push survived. `berth-chaos` runs it from the command line
+//! against a `deploy/local/cluster.sh` cluster; `tests/smoke.rs` runs it in CI.
+
+pub mod cluster;
+pub mod workload;
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+pub use cluster::LocalCluster;
+pub use workload::{check, Acked, Workload};
+
+/// What a chaos run saw.
+#[derive(Debug)]
+pub struct Report {
+    /// Pushes the registry acknowledged.
+    pub acknowledged: usize,
+    /// Acknowledged pushes that were missing or different afterwards (must be empty).
+    pub lost: Vec<String>,
+    /// Pushes that failed (refused or cut off); the client would retry these.
+    pub failed: u64,
+    /// For each kill: milliseconds from the SIGKILL to the first acknowledged write after it.
+    pub failover_ms: Vec<u64>,
+}
+
+impl Report {
+    /// One line for logs and CI output.
+    pub fn summary(&self) -> String {
+        let mut f = self.failover_ms.clone();
+        f.sort_unstable();
+        let p50 = f.get(f.len() / 2).copied().unwrap_or(0);
+        let max = f.last().copied().unwrap_or(0);
+        format!(
+            "acknowledged={} lost={} failed_requests={} kills={} failover_ms_p50={p50} failover_ms_max={max}",
+            self.acknowledged,
+            self.lost.len(),
+            self.failed,
+            f.len()
+        )
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// Pushes continuously through the load balancer with `pushers` clients while the leader is
+/// killed `kills` times (each time restarted after `down`), then checks every acknowledged
+/// push through the load balancer.
+pub async fn leader_kills(cluster: LocalCluster, kills: usize, pushers: usize, down: Duration) -> anyhow::Result<Report> {
+    let cluster = std::sync::Arc::new(cluster);
+    let url = cluster.lb()?;
+    let workload = Workload::start(&url, pushers, rand::random::<u32>() as u64 * 1_000_000);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let http = workload::client();
+    let mut failover_ms = Vec::new();
+    for k in 0..kills {
+        let mut leader = None;
+        for _ in 0..100 {
+            let c = cluster.clone();
+            leader = blocking(move || c.leader()).await;
+            if leader.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let Some(leader) = leader else { bail!("kill {k}: no leader") };
+        let c = cluster.clone();
+        let killed = Instant::now();
+        blocking(move || c.kill(leader)).await?;
+        // The first write acknowledged after the kill: a new leader has committed it.
+        let mut probe = 0u64;
+        loop {
+            probe += 1;
+            let data = workload::bytes(rand::random(), 64);
+            if workload::push_blob(&http, &url, "chaos/probe", &data).await.is_ok() {
+                break;
+            }
+            if killed.elapsed() > Duration::from_secs(60) {
+                bail!("kill {k}: no write succeeded within 60 s of killing node {leader} ({probe} tries)");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        failover_ms.push(killed.elapsed().as_millis() as u64);
+        tokio::time::sleep(down.saturating_sub(killed.elapsed())).await;
+        let c = cluster.clone();
+        blocking(move || c.start(leader)).await?;
+        // Let it rejoin before the next kill, so a majority stays possible.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acked, failed) = workload.stop().await;
+    let lost = check(&url, &acked).await;
+    Ok(Report { acknowledged: acked.len(), lost, failed, failover_ms })
+}

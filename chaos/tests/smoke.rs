@@ -1,0 +1,57 @@
+//! The chaos smoke test CI runs: a local cluster (3 voters, 2 frontends, nginx), pushes through
+//! the load balancer while the leader is killed and restarted, then every acknowledged push is
+//! pulled back. Prints the count of lost pushes, which must be 0.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_chaos::{leader_kills, LocalCluster};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `berth` binary next to this test's target directory (built by `cargo test --workspace`).
+fn berth_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("berth");
+    assert!(bin.exists(), "{} not built; run `cargo test --workspace`", bin.display());
+    bin
+}
+
+fn nginx_present() -> bool {
+    let ok = std::process::Command::new("sh").args(["-c", "command -v nginx"]).output().is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("nginx is required in CI but is not installed");
+    }
+    ok
+}
+
+/// Stops the cluster even when the test fails.
+struct Down<'a>(&'a LocalCluster);
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.down();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kills_lose_no_acknowledged_push() {
+    if !nginx_present() {
+        eprintln!("SKIP: nginx is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = repo_root().join("deploy/local/cluster.sh");
+    let bin = berth_bin();
+    let cluster = LocalCluster::new(&script, dir.path(), Some(&bin));
+    cluster.up(3, 2).unwrap();
+    let _down = Down(&cluster);
+    let report = leader_kills(LocalCluster::new(&script, dir.path(), Some(&bin)), 4, 4, Duration::from_millis(1500)).await.unwrap();
+    println!("chaos: {}", report.summary());
+    for l in &report.lost {
+        println!("LOST {l}");
+    }
+    assert!(report.acknowledged > 20, "too few pushes acknowledged to mean anything: {}", report.summary());
+    assert!(report.lost.is_empty(), "acknowledged pushes lost: {}", report.summary());
+}
