@@ -117,15 +117,29 @@ impl Workload {
     }
 }
 
-/// Pulls every acknowledged image back through `url`; returns a description of each one that
-/// is missing or different.
+/// Pulls every acknowledged image back through `url` (8 at a time); returns a description of
+/// each one that is missing or different.
 pub async fn check(url: &str, acked: &[Acked]) -> Vec<String> {
-    let http = client();
+    let chunks: Vec<Vec<Acked>> = acked.chunks(acked.len().div_ceil(8).max(1)).map(<[Acked]>::to_vec).collect();
+    let tasks: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let url = url.to_string();
+            tokio::spawn(async move {
+                let http = client();
+                let mut lost = Vec::new();
+                for a in chunk {
+                    if let Err(e) = check_one(&http, &url, &a).await {
+                        lost.push(format!("{}:{}: {e:#}", a.repo, a.tag));
+                    }
+                }
+                lost
+            })
+        })
+        .collect();
     let mut lost = Vec::new();
-    for a in acked {
-        if let Err(e) = check_one(&http, url, a).await {
-            lost.push(format!("{}:{}: {e:#}", a.repo, a.tag));
-        }
+    for t in tasks {
+        lost.extend(t.await.unwrap_or_else(|e| vec![format!("checker task failed: {e}")]));
     }
     lost
 }

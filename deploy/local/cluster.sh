@@ -25,6 +25,7 @@ if [[ -z "$bin" ]]; then
 fi
 bin="${bin:-$(command -v berth || true)}"
 [[ -x "$bin" ]] || die "no berth binary: build it (cargo build --release -p berth-node) or set BERTH_BIN"
+bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
 
 cmd="${1:-}"; shift || true
 dir=""; voters=3; frontends=2; id=""
@@ -41,14 +42,22 @@ done
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
+py="$(command -v /usr/bin/python3 || command -v python3)"
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # field ID N: the Nth field of node ID's line in DIR/nodes.
 field() { awk -v id="$1" -v n="$2" '$1 == id { print $n }' "$dir/nodes"; }
 
-alive() { [[ -n "$1" && "$1" != "-" ]] && kill -0 "$1" 2>/dev/null; }
+# A process is alive if it exists and is not a zombie waiting to be reaped.
+alive() {
+  [[ -n "$1" && "$1" != "-" ]] && kill -0 "$1" 2>/dev/null || return 1
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
 
 # Starts node ID from its config; prints its pid.
 launch() {
@@ -175,10 +184,15 @@ up() {
 
 status() {
   [[ -f "$dir/nodes" ]] || die "no cluster in $dir"
-  local shown=""
+  # Ask the voters in turn; trust a view in which the named leader itself says it leads (a
+  # node that has just restarted may still name the leader it knew before).
+  local shown="" out l
   while read -r n role pid http grpc; do
-    if [[ "$role" == voter && -z "$shown" ]] && alive "$pid"; then
-      "$bin" cluster status --node "$grpc" 2>/dev/null && shown=1
+    [[ "$role" == voter ]] && alive "$pid" || continue
+    out="$("$bin" cluster status --node "$grpc" 2>/dev/null)" || continue
+    l="$(awk '/^leader /{print $2}' <<<"$out")"
+    if grep -q "^node $l .*state=Leader" <<<"$out"; then
+      echo "$out"; shown=1; break
     fi
   done <"$dir/nodes"
   [[ -n "$shown" ]] || echo "leader 0"
@@ -205,11 +219,6 @@ start_node() {
   pid="$(field "$id" 3)"; http="$(field "$id" 4)"
   [[ -n "$http" ]] || die "no node $id"
   alive "$pid" && die "node $id is running (pid $pid)"
-  # Its ports may linger for a moment after a kill.
-  for _ in $(seq 1 50); do
-    python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "${http##*:}" 2>/dev/null && break
-    sleep 0.1
-  done
   pid="$(launch "$id")"
   awk -v id="$id" -v pid="$pid" '$1 == id { $3 = pid } { print }' "$dir/nodes" >"$dir/nodes.tmp" && mv "$dir/nodes.tmp" "$dir/nodes"
   wait_http "$http" "$dir/node$id/log"
