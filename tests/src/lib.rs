@@ -198,13 +198,68 @@ pub fn voter_cluster(dir: &Path, n: usize, env: &[(&str, &str)]) -> Vec<Berth> {
         })
         .collect();
     for (i, node) in nodes.iter().enumerate().skip(1) {
-        berth_cluster(&["add-learner", "--node", &nodes[0].grpc_addr, "--id", &(i + 1).to_string(), "--addr", &node.grpc_addr]);
+        let id = (i + 1).to_string();
+        berth_cluster_env(&["add-learner", "--node", &nodes[0].grpc_addr, "--id", &id, "--addr", &node.grpc_addr], env);
     }
     if n > 1 {
         let ids: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-        berth_cluster(&["change-membership", "--node", &nodes[0].grpc_addr, "--voters", &ids.join(",")]);
+        berth_cluster_env(&["change-membership", "--node", &nodes[0].grpc_addr, "--voters", &ids.join(",")], env);
     }
     nodes
+}
+
+/// A throwaway certificate authority made with openssl, issuing certificates for 127.0.0.1.
+pub struct TestCa {
+    dir: PathBuf,
+    /// The CA certificate (PEM).
+    pub cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TestCa {
+    /// Creates a CA named `name` under `dir`.
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        let (cert, key) = (dir.join(format!("{name}-ca.pem")), dir.join(format!("{name}-ca.key")));
+        let args = format!(
+            "req -x509 -days 1 -subj /CN={name} -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {} -out {}",
+            key.display(),
+            cert.display()
+        );
+        run(Command::new("openssl").args(args.split_whitespace()));
+        TestCa { dir: dir.to_path_buf(), cert, key }
+    }
+
+    /// Issues a certificate for 127.0.0.1 and localhost, good for servers and clients; returns
+    /// (certificate, key) paths.
+    pub fn issue(&self, name: &str) -> (PathBuf, PathBuf) {
+        let (cert, key, csr, ext) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+            self.dir.join(format!("{name}.csr")),
+            self.dir.join(format!("{name}.ext")),
+        );
+        let args = format!(
+            "req -subj /CN={name} -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout {} -out {}",
+            key.display(),
+            csr.display()
+        );
+        run(Command::new("openssl").args(args.split_whitespace()));
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        let args = format!(
+            "x509 -req -days 1 -in {} -CA {} -CAkey {} -CAcreateserial -extfile {} -out {}",
+            csr.display(),
+            self.cert.display(),
+            self.key.display(),
+            ext.display(),
+            cert.display()
+        );
+        run(Command::new("openssl").args(args.split_whitespace()));
+        (cert, key)
+    }
 }
 
 /// Starts a frontend for `voters`, sharing their blob directory under `dir`.
@@ -243,7 +298,12 @@ pub async fn wait_for_leader(grpc: &str, not: Option<u64>) -> u64 {
 
 /// Runs `berth cluster ARGS...` and returns its standard output.
 pub fn berth_cluster(args: &[&str]) -> String {
-    run(Command::new(berth_bin()).arg("cluster").args(args))
+    berth_cluster_env(args, &[])
+}
+
+/// Runs `berth cluster ARGS...` with extra environment (`REGISTRY_BERTH_TLS_*`, ...).
+pub fn berth_cluster_env(args: &[&str], env: &[(&str, &str)]) -> String {
+    run(Command::new(berth_bin()).arg("cluster").args(args).envs(env.iter().copied()))
 }
 
 /// A minimal client for the raw distribution protocol.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use berth_tests::{
     berth_cluster, cluster_leader as leader, frontend, image_manifest, init_tracing, random_bytes, voter_cluster, wait_for_leader,
-    Berth, Registry, OCI_MANIFEST,
+    Berth, Registry, TestCa, OCI_MANIFEST,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,4 +223,44 @@ async fn without_quorum_writes_fail_fast_with_503_and_recover() {
     let during = berth_proto::Digest::sha256_of(b"during");
     let r = leader_reg.http.head(leader_reg.abs(&format!("/v2/q/app/blobs/{during}"))).send().await.unwrap();
     assert_eq!(r.status(), 404, "a write refused with 503 must not appear later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_over_mutual_tls_and_refuse_strangers() {
+    init_tracing();
+    if !berth_tests::require_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "cluster");
+    let (cert, key) = ca.issue("node");
+    let (ca_s, cert_s, key_s) = (ca.cert.display().to_string(), cert.display().to_string(), key.display().to_string());
+    let tls = [("REGISTRY_BERTH_TLS_CA", ca_s.as_str()), ("REGISTRY_BERTH_TLS_CERTIFICATE", &cert_s), ("REGISTRY_BERTH_TLS_KEY", &key_s)];
+    let voters = voter_cluster(dir.path(), 3, &tls);
+    let fe = frontend(dir.path(), "fe", &voters, &tls);
+
+    tracing::info!("replication, forwarding and frontend reads all run over mutual TLS");
+    let m = push_image(&Registry::new(&fe.url), "tls/app", "v1", 70).await;
+    assert_eq!(Registry::new(&voters[2].url).get_manifest("tls/app", "v1").await.unwrap(), (reqwest::StatusCode::OK, m));
+    let status = berth_tests::berth_cluster_env(&["status", "--node", &voters[1].grpc_addr], &tls);
+    assert!(status.contains("leader 1") && !status.contains("unreachable"), "{status}");
+
+    tracing::info!("a client without a certificate, or with one from another CA, is refused");
+    let plain = std::process::Command::new(berth_tests::berth_bin()).args(["cluster", "status", "--node", &voters[0].grpc_addr]).output().unwrap();
+    assert!(!plain.status.success(), "plaintext admin call succeeded");
+    let rogue = TestCa::new(dir.path(), "rogue");
+    let (rcert, rkey) = rogue.issue("intruder");
+    let (rcert_s, rkey_s) = (rcert.display().to_string(), rkey.display().to_string());
+    let out = std::process::Command::new(berth_tests::berth_bin())
+        .args(["cluster", "status", "--node", &voters[0].grpc_addr])
+        .envs([("REGISTRY_BERTH_TLS_CA", &ca_s), ("REGISTRY_BERTH_TLS_CERTIFICATE", &rcert_s), ("REGISTRY_BERTH_TLS_KEY", &rkey_s)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a certificate from another CA was accepted");
+
+    tracing::info!("a frontend with a stranger's certificate gets no metadata");
+    let rogue_env = [("REGISTRY_BERTH_TLS_CA", ca_s.as_str()), ("REGISTRY_BERTH_TLS_CERTIFICATE", &rcert_s), ("REGISTRY_BERTH_TLS_KEY", &rkey_s)];
+    let bad_fe = frontend(dir.path(), "bad-fe", &voters, &rogue_env);
+    let r = Registry::new(&bad_fe.url).get_manifest("tls/app", "v1").await.unwrap();
+    assert_eq!(r.0, 503);
 }

@@ -110,19 +110,10 @@ async fn serves_tls_from_distribution_config() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let (ca, ca_key, csr, ext) =
-        (dir.path().join("ca.pem"), dir.path().join("ca.key"), dir.path().join("leaf.csr"), dir.path().join("leaf.ext"));
-    let openssl = |args: String| berth_tests::run(std::process::Command::new("openssl").args(args.split_whitespace()));
-    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
     tracing::info!("a test CA and a server certificate for 127.0.0.1");
-    openssl(format!("req -x509 -days 1 -subj /CN=berth-test-ca {ec} -keyout {} -out {}", ca_key.display(), ca.display()));
-    openssl(format!("req -subj /CN=127.0.0.1 {ec} -keyout {} -out {}", key.display(), csr.display()));
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
-    openssl(format!(
-        "x509 -req -days 1 -in {} -CA {} -CAkey {} -CAcreateserial -extfile {} -out {}",
-        csr.display(), ca.display(), ca_key.display(), ext.display(), cert.display()
-    ));
+    let test_ca = berth_tests::TestCa::new(dir.path(), "berth-test-ca");
+    let (cert, key) = test_ca.issue("server");
+    let ca = test_ca.cert.clone();
     let cfg = dir.path().join("config.yml");
     std::fs::write(&cfg, format!("version: 0.1\nhttp:\n  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())).unwrap();
     let node = Berth::start(&dir.path().join("data"), Some(&cfg), &[]);
