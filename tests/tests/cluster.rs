@@ -264,3 +264,52 @@ async fn nodes_talk_over_mutual_tls_and_refuse_strangers() {
     let r = Registry::new(&bad_fe.url).get_manifest("tls/app", "v1").await.unwrap();
     assert_eq!(r.0, 503);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_10000_writes_catches_up_by_snapshot() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut voters = voter_cluster(dir.path(), 3, &[]);
+    voters[2].kill9();
+
+    tracing::info!("10,000 writes while node 3 is down: the leader snapshots and purges its log");
+    let reg = Registry::new(&voters[0].url);
+    let first = reg.push_blob("snap/app", b"first").await.unwrap();
+    let writers: Vec<_> = (0..16u64)
+        .map(|w| {
+            let reg = reg.clone();
+            tokio::spawn(async move {
+                for i in 0..625u64 {
+                    reg.push_blob("snap/app", format!("blob {w} {i}").as_bytes()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let status = berth_cluster(&["status", "--node", &voters[0].grpc_addr]);
+    println!("{status}");
+
+    tracing::info!("node 3 restarts; the entries it lacks are gone from every log, so it gets the snapshot");
+    voters[2].restart();
+    let mut caught_up = false;
+    for _ in 0..200 {
+        let s = berth_cluster(&["status", "--node", &voters[2].grpc_addr]);
+        if let Some(line) = s.lines().find(|l| l.starts_with("node 3 ")) {
+            let applied: u64 = line.rsplit("applied=").next().unwrap().trim().parse().unwrap();
+            if applied >= 10_000 {
+                caught_up = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(caught_up, "node 3 did not catch up");
+    let log = std::fs::read_to_string(&voters[2].log).unwrap();
+    assert!(log.contains("snapshot installed"), "node 3 caught up without a snapshot");
+    let r3 = Registry::new(&voters[2].url);
+    assert_eq!(r3.get_blob("snap/app", &first).await.unwrap(), b"first");
+    let last = berth_proto::Digest::sha256_of(b"blob 15 624");
+    assert_eq!(r3.get_blob("snap/app", &last).await.unwrap(), b"blob 15 624");
+}
