@@ -41,6 +41,12 @@ pub fn spawn_raft_metrics(raft: berth_raft_store::Raft, registry: &prometheus::R
     let snapshot = gauge("berth_raft_snapshot_index", "Last index included in the latest snapshot.")?;
     let purged = gauge("berth_raft_purged_index", "Last log index purged behind a snapshot.")?;
     let members = gauge("berth_raft_members", "Number of voters and learners in the membership.")?;
+    let commit = gauge("berth_raft_commit_index", "Highest index a majority holds (the applied index on followers).")?;
+    let member = prometheus::IntGaugeVec::new(
+        Opts::new("berth_raft_member", "1 for each member of the cluster; voter=\"true\" for voters."),
+        &["node_id", "voter"],
+    )?;
+    registry.register(Box::new(member.clone()))?;
     let mut rx = raft.metrics();
     tokio::spawn(async move {
         loop {
@@ -56,6 +62,13 @@ pub fn spawn_raft_metrics(raft: berth_raft_store::Raft, registry: &prometheus::R
                 snapshot.set(idx(m.snapshot));
                 purged.set(idx(m.purged));
                 members.set(m.membership_config.nodes().count() as i64);
+                commit.set(crate::raft::committed_index(&m) as i64);
+                member.reset();
+                let membership = m.membership_config.membership();
+                let voters: Vec<u64> = membership.voter_ids().collect();
+                for (id, _) in membership.nodes() {
+                    member.with_label_values(&[id.to_string().as_str(), if voters.contains(id) { "true" } else { "false" }]).set(1);
+                }
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return },

@@ -119,7 +119,7 @@ async fn push_image(reg: &Registry, repo: &str, tag: &str, seed: u64) -> Vec<u8>
 async fn frontends_serve_everything_and_removed_ids_stay_retired() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let mut voters = voter_cluster(dir.path(), 3, &[]);
+    let mut voters = voter_cluster(dir.path(), 3, &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
     let mut fe = frontend(dir.path(), "fe1", &voters, &[]);
     let via_fe = Registry::new(&fe.url);
 
@@ -141,6 +141,14 @@ async fn frontends_serve_everything_and_removed_ids_stay_retired() {
     let r = v.http.put(v.abs(&format!("{loc}&digest={digest}"))).body(data.clone()).send().await.unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     assert_eq!(via_fe.get_blob("fe/spread", &digest).await.unwrap(), data);
+
+    tracing::info!("a follower's metrics show the members, the commit index and forwarded requests");
+    let metrics = reqwest::get(format!("{}/metrics", voters[1].debug_url.as_ref().unwrap())).await.unwrap().text().await.unwrap();
+    for id in 1..=3 {
+        assert!(metrics.contains(&format!("berth_raft_member{{node_id=\"{id}\",voter=\"true\"}} 1")), "{metrics}");
+    }
+    assert!(metrics.lines().any(|l| l.starts_with("berth_raft_commit_index ") && !l.ends_with(" 0")), "{metrics}");
+    assert!(metrics.contains("berth_raft_leader_id 1"), "{metrics}");
 
     tracing::info!("the leader dies; the frontend finds the new one by itself");
     voters[0].kill9();
@@ -312,4 +320,43 @@ async fn a_node_that_missed_10000_writes_catches_up_by_snapshot() {
     assert_eq!(r3.get_blob("snap/app", &first).await.unwrap(), b"first");
     let last = berth_proto::Digest::sha256_of(b"blob 15 624");
     assert_eq!(r3.get_blob("snap/app", &last).await.unwrap(), b"blob 15 624");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_and_steps_down_when_it_wakes() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let voters = voter_cluster(dir.path(), 3, &[]);
+    let old = Registry::new(&voters[0].url);
+    let mut acked = Vec::new();
+    for i in 0..10u64 {
+        let data = random_bytes(900 + i, 500);
+        acked.push((old.push_blob("pause/app", &data).await.unwrap(), data));
+    }
+
+    tracing::info!("SIGSTOP the leader: it can neither send nor answer, as if cut off");
+    let signal = |sig: &str, pid: u32| assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    signal("-STOP", voters[0].pid());
+    let new_leader = wait_for_leader(&voters[1].grpc_addr, Some(1)).await;
+    let majority = Registry::new(&voters[new_leader as usize - 1].url);
+    for i in 0..10u64 {
+        let data = random_bytes(950 + i, 500);
+        acked.push((majority.push_blob("pause/app", &data).await.unwrap(), data));
+    }
+
+    tracing::info!("SIGCONT: the old leader learns of the newer term, follows, and serves every push");
+    signal("-CONT", voters[0].pid());
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = leader(&voters[0].grpc_addr);
+        if seen == Some(new_leader) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Some(new_leader), "the old leader did not step down");
+    for (d, data) in &acked {
+        assert_eq!(&old.get_blob("pause/app", d).await.unwrap(), data, "acknowledged push lost");
+    }
+    old.push_blob("pause/app", b"after the pause").await.unwrap();
 }
