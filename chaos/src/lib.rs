@@ -1,8 +1,10 @@
-//! Fault injection against a Berth cluster: a workload of pushes, faults (leader kills), and a
-//! checker that every acknowledged push survived. `berth-chaos` runs it from the command line
-//! against a `deploy/local/cluster.sh` cluster; `tests/smoke.rs` runs it in CI.
+//! Fault injection against a Berth cluster: a workload of pushes, faults (leader kills; network
+//! partitions on a `net::TestNet`), and a checker that every acknowledged push survived.
+//! `berth-chaos` runs it from the command line against a `deploy/local/cluster.sh` cluster;
+//! `tests/smoke.rs` runs it in CI.
 
 pub mod cluster;
+pub mod net;
 pub mod workload;
 
 use std::time::{Duration, Instant};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 pub use cluster::LocalCluster;
+pub use net::TestNet;
 pub use workload::{check, Acked, Workload};
 
 /// What a chaos run saw.

@@ -22,6 +22,16 @@ pub struct RaftNode {
     pub sole_voter: bool,
 }
 
+/// Milliseconds between the leader's heartbeats.
+pub const HEARTBEAT_MS: u64 = 200;
+/// A follower's election timeout is drawn from this range. openraft also gives the leader it
+/// last heard a lease of `ELECTION_TIMEOUT_MS.1`: a follower campaigns only after lease plus
+/// timeout without a heartbeat, 2.0 to 2.4 s, so a dead leader is replaced in about that time.
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (800, 1200);
+/// A leader that no majority has acknowledged for this long would have been replaced by a
+/// healthy majority (see `ELECTION_TIMEOUT_MS`): it has lost its quorum.
+pub const QUORUM_LOST_AFTER_MS: u64 = 2 * ELECTION_TIMEOUT_MS.1 + 100;
+
 /// Default log entries between snapshots; the log is purged behind each snapshot.
 pub const SNAPSHOT_EVERY: u64 = 10_000;
 
@@ -40,9 +50,9 @@ pub async fn start(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let config = openraft::Config {
         cluster_name: "berth".into(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        heartbeat_interval: HEARTBEAT_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MS.0,
+        election_timeout_max: ELECTION_TIMEOUT_MS.1,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
         max_in_snapshot_log_to_keep: (snapshot_every / 10).min(1000),
         purge_batch_size: (snapshot_every / 10).clamp(1, 256),

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_proto::rpc::cluster_service_server::{ClusterService, ClusterServiceServer};
 use berth_proto::rpc::metadata_service_server::{MetadataService, MetadataServiceServer};
@@ -16,7 +17,7 @@ use berth_raft_store::{Raft, SharedState};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 
-use crate::metadata::remote::{not_leader, Reply};
+use crate::metadata::remote::{not_leader, unix_ms, Reply, DEADLINE_HEADER, TIMEOUT};
 use crate::metadata::voter::RaftMetadata;
 use crate::metadata::MetadataBackend;
 use crate::peers::MutualTls;
@@ -155,8 +156,16 @@ fn meta_status(e: MetaError) -> Status {
 #[tonic::async_trait]
 impl MetadataService for MetadataRpc {
     async fn apply(&self, req: Request<Payload>) -> Result<Response<ApplyReply>, Status> {
+        // Time left before the sender gives up; a write that arrives after that is refused.
+        let left = match req.metadata().get(DEADLINE_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+            None => TIMEOUT,
+            Some(deadline) => match deadline.checked_sub(unix_ms()).filter(|ms| *ms > 0) {
+                Some(ms) => Duration::from_millis(ms).min(TIMEOUT),
+                None => return Err(Status::deadline_exceeded("the forwarded write arrived after its sender gave up")),
+            },
+        };
         let request: berth_proto::Request = decode(req)?;
-        let reply = match self.meta.commit_here(request).await.map_err(meta_status)? {
+        let reply = match self.meta.commit_here(request, left).await.map_err(meta_status)? {
             Reply::Done(outcome) => {
                 ApplyReply { outcome: postcard::to_stdvec(&outcome).map_err(|e| Status::internal(e.to_string()))?, not_leader: None }
             }

@@ -62,11 +62,23 @@ pub struct Berth {
     pub grpc_addr: String,
     /// Where the process's stderr goes.
     pub log: PathBuf,
+    /// The network namespace it runs in (None: the test's own, on loopback) and its address.
+    place: Option<(String, String)>,
 }
 
 impl Berth {
     /// Starts a node with its data in `data_dir`, on a free loopback port.
     pub fn start(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Berth {
+        Berth::start_at(None, data_dir, config, env)
+    }
+
+    /// Starts a node inside network namespace `ns`, listening on address `ip` (see
+    /// `berth_chaos::TestNet`).
+    pub fn start_in(ns: &str, ip: &str, data_dir: &Path, env: &[(&str, &str)]) -> Berth {
+        Berth::start_at(Some((ns.to_string(), ip.to_string())), data_dir, None, env)
+    }
+
+    fn start_at(place: Option<(String, String)>, data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Berth {
         let mut b = Berth {
             child: None,
             data_dir: data_dir.to_path_buf(),
@@ -77,6 +89,7 @@ impl Berth {
             debug_url: None,
             grpc_addr: String::new(),
             log: data_dir.with_extension("log"),
+            place,
         };
         b.spawn(None);
         b
@@ -84,14 +97,25 @@ impl Berth {
 
     /// Starts the process; `addr` pins the port (used for restarts so URLs stay valid).
     fn spawn(&mut self, addr: Option<&str>) {
-        let mut cmd = Command::new(berth_bin());
+        let mut cmd = match &self.place {
+            None => Command::new(berth_bin()),
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(berth_bin());
+                c
+            }
+        };
+        let any_port = match &self.place {
+            None => "127.0.0.1:0".to_string(),
+            Some((_, ip)) => format!("{ip}:0"),
+        };
         cmd.arg("serve").arg("--data-dir").arg(&self.data_dir);
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
-        cmd.env("REGISTRY_HTTP_ADDR", addr.unwrap_or("127.0.0.1:0"));
+        cmd.env("REGISTRY_HTTP_ADDR", addr.unwrap_or(&any_port));
         // Every node gets its own gRPC port; a restart keeps it, since peers know it.
-        let grpc = if self.grpc_addr.is_empty() { "127.0.0.1:0".to_string() } else { self.grpc_addr.clone() };
+        let grpc = if self.grpc_addr.is_empty() { any_port.clone() } else { self.grpc_addr.clone() };
         cmd.env("REGISTRY_BERTH_GRPCADDR", grpc);
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -150,7 +174,8 @@ impl Berth {
         let addr = self.addr.clone();
         for attempt in 0..50 {
             // The ports may linger briefly after the kill.
-            let free = |a: &str| std::net::TcpListener::bind(a).is_ok();
+            // (Another namespace's ports cannot be probed from here.)
+            let free = |a: &str| self.place.is_some() || std::net::TcpListener::bind(a).is_ok();
             if (free(&addr) && free(&self.grpc_addr)) || attempt == 49 {
                 break;
             }
@@ -184,6 +209,12 @@ impl Drop for Berth {
 /// Starts `n` voters that share one blob directory under `dir` (one site): node 1 bootstraps,
 /// the others join as learners and are then promoted. `env` is added to every node's.
 pub fn voter_cluster(dir: &Path, n: usize, env: &[(&str, &str)]) -> Vec<Berth> {
+    voter_cluster_on(None, dir, n, env)
+}
+
+/// Like `voter_cluster`, with node i on host i of `net` when one is given (its gRPC then
+/// leaves loopback, so `env` must allow plaintext or configure TLS).
+pub fn voter_cluster_on(net: Option<&berth_chaos::TestNet>, dir: &Path, n: usize, env: &[(&str, &str)]) -> Vec<Berth> {
     let shared = dir.join("blobs").to_str().unwrap().to_string();
     let nodes: Vec<Berth> = (1..=n)
         .map(|id| {
@@ -194,7 +225,11 @@ pub fn voter_cluster(dir: &Path, n: usize, env: &[(&str, &str)]) -> Vec<Berth> {
                 ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", shared.as_str()),
             ];
             e.extend_from_slice(env);
-            Berth::start(&dir.join(format!("node{id}")), None, &e)
+            let data = dir.join(format!("node{id}"));
+            match net {
+                None => Berth::start(&data, None, &e),
+                Some(net) => Berth::start_in(&net.namespace(id), &net.addr(id), &data, &e),
+            }
         })
         .collect();
     for (i, node) in nodes.iter().enumerate().skip(1) {
@@ -377,6 +412,18 @@ impl Registry {
             .await?;
         Ok((r.status(), r.bytes().await?.to_vec()))
     }
+}
+
+/// Pushes a small image (config + one 5 kB layer + manifest, all from `seed`) as `repo:tag`
+/// and returns the manifest bytes; panics unless every step is acknowledged.
+pub async fn push_image(reg: &Registry, repo: &str, tag: &str, seed: u64) -> Vec<u8> {
+    let config = random_bytes(seed, 200);
+    let layer = random_bytes(seed + 1, 5000);
+    let cd = reg.push_blob(repo, &config).await.unwrap();
+    let ld = reg.push_blob(repo, &layer).await.unwrap();
+    let manifest = image_manifest((&cd, config.len()), &[(&ld, layer.len())]);
+    reg.push_manifest(repo, tag, &manifest, OCI_MANIFEST).await.unwrap();
+    manifest
 }
 
 /// OCI media types used by fixtures.

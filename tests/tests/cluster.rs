@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use berth_tests::{
-    berth_cluster, cluster_leader as leader, frontend, image_manifest, init_tracing, random_bytes, voter_cluster, wait_for_leader,
-    Berth, Registry, TestCa, OCI_MANIFEST,
+    berth_cluster, cluster_leader as leader, frontend, init_tracing, push_image, random_bytes, voter_cluster, wait_for_leader, Berth,
+    Registry, TestCa,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,17 +102,6 @@ async fn three_voters_replicate_and_survive_the_leader() {
     let status = berth_cluster(&["status", "--node", &nodes[0].grpc_addr]);
     println!("{status}");
     assert!(!status.contains("unreachable"), "{status}");
-}
-
-/// Pushes a small image (config + one layer + manifest) and returns the manifest bytes.
-async fn push_image(reg: &Registry, repo: &str, tag: &str, seed: u64) -> Vec<u8> {
-    let config = random_bytes(seed, 200);
-    let layer = random_bytes(seed + 1, 5000);
-    let cd = reg.push_blob(repo, &config).await.unwrap();
-    let ld = reg.push_blob(repo, &layer).await.unwrap();
-    let manifest = image_manifest((&cd, config.len()), &[(&ld, layer.len())]);
-    reg.push_manifest(repo, tag, &manifest, OCI_MANIFEST).await.unwrap();
-    manifest
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,10 +57,24 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MetaError> {
     postcard::from_bytes(bytes).map_err(|e| MetaError::Internal(format!("undecodable reply: {e}")))
 }
 
+/// gRPC metadata on a forwarded write: the wall-clock time (Unix milliseconds) after which the
+/// sender has given up on it. A write held up in the network (a partition, retransmitted once
+/// it heals) must not be applied after its client was told 503 and may have moved on: the
+/// leader refuses it. Nodes' clocks are assumed to agree to well within `TIMEOUT`.
+pub const DEADLINE_HEADER: &str = "berth-deadline-unix-ms";
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Asks the node at `addr` to commit `req`.
 pub async fn apply(peers: &Peers, addr: &str, req: &Request) -> Result<Reply<Outcome>, MetaError> {
     let data = postcard::to_stdvec(req).map_err(|e| MetaError::Internal(e.to_string()))?;
-    let r = client(peers, addr)?.apply(request(Payload { data })).await.map_err(|s| status(addr, s))?.into_inner();
+    let mut call = request(Payload { data });
+    let deadline = (unix_ms() + TIMEOUT.as_millis() as u64).to_string();
+    call.metadata_mut().insert(DEADLINE_HEADER, deadline.parse().expect("digits are valid metadata"));
+    let r = client(peers, addr)?.apply(call).await.map_err(|s| status(addr, s))?.into_inner();
     match r.not_leader {
         Some(n) => Ok(Reply::NotLeader(hint(n))),
         None => Ok(Reply::Done(decode(&r.outcome)?)),

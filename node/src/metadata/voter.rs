@@ -6,6 +6,8 @@
 //! majority for longer than an election takes refuses at once instead of waiting: the client
 //! gets 503 quickly while there is no quorum.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use berth_api::MetaError;
 use berth_proto::{Answer, Outcome, Query, Request};
@@ -16,12 +18,10 @@ use openraft::BasicNode;
 use super::remote::{self, backoff, Leader, Reply, TIMEOUT};
 use super::MetadataBackend;
 use crate::peers::Peers;
+use crate::raft::QUORUM_LOST_AFTER_MS;
 
 /// Tries at the local node and then at leaders it hears of.
 const ATTEMPTS: u32 = 4;
-/// A leader without a majority's acknowledgement for this long has lost its quorum (the
-/// election timeout is at most 2 s, so a healthy majority would have elected someone else).
-const QUORUM_LOST_AFTER_MS: u64 = 3000;
 
 /// Registry metadata backed by this node's Raft instance.
 pub struct RaftMetadata {
@@ -61,13 +61,13 @@ impl RaftMetadata {
         Some(MetaError::Unavailable(format!("no quorum: a majority of voters has not answered the leader for {ms} ms")))
     }
 
-    /// Commits `req` if this node leads.
-    pub async fn commit_here(&self, req: Request) -> Result<Reply<Outcome>, MetaError> {
+    /// Commits `req` if this node leads, waiting at most `wait` for the commit.
+    pub async fn commit_here(&self, req: Request, wait: Duration) -> Result<Reply<Outcome>, MetaError> {
         if let Some(e) = self.quorum_lost() {
             return Err(e);
         }
         let kind = req.command.kind();
-        match tokio::time::timeout(TIMEOUT, self.raft.client_write(req)).await {
+        match tokio::time::timeout(wait, self.raft.client_write(req)).await {
             Err(_) => Err(MetaError::Unavailable(format!("{kind}: timed out waiting for commit"))),
             Ok(Ok(resp)) => Ok(Reply::Done(resp.data)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Ok(Reply::NotLeader(self.leader(f))),
@@ -144,7 +144,7 @@ impl MetadataBackend for RaftMetadata {
         for attempt in 0..ATTEMPTS {
             let leader = match hint.take() {
                 Some(l) => Some(l),
-                None => match self.commit_here(req.clone()).await? {
+                None => match self.commit_here(req.clone(), TIMEOUT).await? {
                     Reply::Done(outcome) => return Ok(outcome),
                     Reply::NotLeader(l) => l,
                 },
