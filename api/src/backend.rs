@@ -14,7 +14,7 @@ use futures::Stream;
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 /// Why a metadata call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetaError {
     /// No leader or no quorum right now; the client should retry.
     #[error("metadata unavailable: {0}")]

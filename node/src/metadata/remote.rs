@@ -19,7 +19,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub type Leader = (u64, String);
 
 /// What a node said to a call only the leader answers.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Reply<T> {
     /// It leads, and this is the answer.
     Done(T),

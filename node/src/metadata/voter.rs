@@ -16,6 +16,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use openraft::BasicNode;
 
 use super::remote::{self, backoff, Leader, Reply, TIMEOUT};
+use super::coalesce::Coalescer;
 use super::MetadataBackend;
 use crate::peers::Peers;
 use crate::raft::QUORUM_LOST_AFTER_MS;
@@ -29,6 +30,8 @@ pub struct RaftMetadata {
     state: SharedState,
     peers: Peers,
     forwarded: prometheus::IntCounterVec,
+    /// Read-index confirmations on the leader, shared by concurrent reads.
+    read_index: Coalescer<Result<Reply<u64>, MetaError>>,
 }
 
 impl RaftMetadata {
@@ -39,24 +42,15 @@ impl RaftMetadata {
             &["kind", "result"],
         )?;
         registry.register(Box::new(forwarded.clone()))?;
-        Ok(RaftMetadata { raft, state, peers, forwarded })
-    }
-
-    /// The leader named by openraft's hint, or else by this node's metrics; never this node.
-    fn leader(&self, f: ForwardToLeader<u64, BasicNode>) -> Option<Leader> {
-        if let (Some(id), Some(n)) = (f.leader_id, f.leader_node) {
-            return Some((id, n.addr));
-        }
-        let m = self.raft.metrics().borrow().clone();
-        let id = m.current_leader?;
-        (id != m.id).then_some(())?;
-        let node = m.membership_config.membership().get_node(&id)?.clone();
-        Some((id, node.addr))
+        let r = raft.clone();
+        let read_index = Coalescer::new(move || confirm_read_index(r.clone()));
+        Ok(RaftMetadata { raft, state, peers, forwarded, read_index })
     }
 
     /// Why this node, if it leads, cannot serve right now: no majority has answered it lately.
     fn quorum_lost(&self) -> Option<MetaError> {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.raft.metrics();
+        let m = m.borrow();
         let ms = m.millis_since_quorum_ack.filter(|ms| *ms > QUORUM_LOST_AFTER_MS && m.current_leader == Some(m.id))?;
         Some(MetaError::Unavailable(format!("no quorum: a majority of voters has not answered the leader for {ms} ms")))
     }
@@ -70,25 +64,19 @@ impl RaftMetadata {
         match tokio::time::timeout(wait, self.raft.client_write(req)).await {
             Err(_) => Err(MetaError::Unavailable(format!("{kind}: timed out waiting for commit"))),
             Ok(Ok(resp)) => Ok(Reply::Done(resp.data)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Ok(Reply::NotLeader(self.leader(f))),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Ok(Reply::NotLeader(leader_hint(&self.raft, f))),
             Ok(Err(RaftError::APIError(e))) => Err(MetaError::Unavailable(e.to_string())),
             Ok(Err(RaftError::Fatal(e))) => Err(MetaError::Internal(e.to_string())),
         }
     }
 
-    /// The index a linearizable read must wait for, if this node leads.
+    /// The index a linearizable read must wait for, if this node leads. Concurrent calls
+    /// share confirmations (see `coalesce`).
     pub async fn read_index_here(&self) -> Result<Reply<u64>, MetaError> {
         if let Some(e) = self.quorum_lost() {
             return Err(e);
         }
-        match tokio::time::timeout(TIMEOUT, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(MetaError::Unavailable("timed out confirming leadership".into())),
-            Ok(Ok(index)) => Ok(Reply::Done(index.map_or(0, |l| l.index))),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Ok(Reply::NotLeader(self.leader(f))),
-            // QuorumNotEnough: this node leads but cannot confirm it; there is no one to ask.
-            Ok(Err(RaftError::APIError(e))) => Err(MetaError::Unavailable(e.to_string())),
-            Ok(Err(RaftError::Fatal(e))) => Err(MetaError::Internal(e.to_string())),
-        }
+        self.read_index.call().await.unwrap_or_else(|| Err(MetaError::Internal("the read-index confirmation failed".into())))
     }
 
     /// Waits until reads of the local state are linearizable.
@@ -130,6 +118,31 @@ impl RaftMetadata {
             backoff(attempt).await;
         }
         Err(MetaError::Unavailable(format!("no leader confirmed the read: {last}")))
+    }
+}
+
+/// The leader named by openraft's hint, or else by this node's metrics; never this node.
+fn leader_hint(raft: &Raft, f: ForwardToLeader<u64, BasicNode>) -> Option<Leader> {
+    if let (Some(id), Some(n)) = (f.leader_id, f.leader_node) {
+        return Some((id, n.addr));
+    }
+    let m = raft.metrics();
+    let m = m.borrow();
+    let id = m.current_leader?;
+    (id != m.id).then_some(())?;
+    let node = m.membership_config.membership().get_node(&id)?;
+    Some((id, node.addr.clone()))
+}
+
+/// One round of confirming leadership with a majority; the read index once applied here.
+async fn confirm_read_index(raft: Raft) -> Result<Reply<u64>, MetaError> {
+    match tokio::time::timeout(TIMEOUT, raft.ensure_linearizable()).await {
+        Err(_) => Err(MetaError::Unavailable("timed out confirming leadership".into())),
+        Ok(Ok(index)) => Ok(Reply::Done(index.map_or(0, |l| l.index))),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => Ok(Reply::NotLeader(leader_hint(&raft, f))),
+        // QuorumNotEnough: this node leads but cannot confirm it; there is no one to ask.
+        Ok(Err(RaftError::APIError(e))) => Err(MetaError::Unavailable(e.to_string())),
+        Ok(Err(RaftError::Fatal(e))) => Err(MetaError::Internal(e.to_string())),
     }
 }
 
