@@ -98,4 +98,18 @@ impl LocalCluster {
     pub fn down(&self) -> anyhow::Result<()> {
         self.run(&["down"]).map(drop)
     }
+
+    /// A guard that stops the cluster when dropped, so a failing test leaves no processes.
+    pub fn down_on_drop(&self) -> DownOnDrop<'_> {
+        DownOnDrop(self)
+    }
+}
+
+/// Stops its cluster when dropped (see [`LocalCluster::down_on_drop`]).
+pub struct DownOnDrop<'a>(&'a LocalCluster);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.down();
+    }
 }

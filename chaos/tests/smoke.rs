@@ -28,13 +28,6 @@ fn nginx_present() -> bool {
 }
 
 /// Stops the cluster even when the test fails.
-struct Down<'a>(&'a LocalCluster);
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.down();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kills_lose_no_acknowledged_push() {
     if !nginx_present() {
@@ -46,7 +39,7 @@ async fn leader_kills_lose_no_acknowledged_push() {
     let bin = berth_bin();
     let cluster = LocalCluster::new(&script, dir.path(), Some(&bin));
     cluster.up(3, 2).unwrap();
-    let _down = Down(&cluster);
+    let _down = cluster.down_on_drop();
     let report = leader_kills(LocalCluster::new(&script, dir.path(), Some(&bin)), 4, 4, Duration::from_millis(1500)).await.unwrap();
     println!("chaos: {}", report.summary());
     for l in &report.lost {

@@ -18,13 +18,6 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-struct Down<'a>(&'a LocalCluster);
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.down();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_and_docker_through_the_load_balancer() {
     init_tracing();
@@ -35,7 +28,7 @@ async fn skopeo_and_docker_through_the_load_balancer() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("deploy/local/cluster.sh");
     let cluster = LocalCluster::new(&script, &dir.path().join("cluster"), Some(&berth_bin()));
     cluster.up(3, 2).unwrap();
-    let _down = Down(&cluster);
+    let _down = cluster.down_on_drop();
 
     let nodes = cluster.nodes().unwrap();
     assert_eq!(nodes.iter().filter(|n| n.role == "voter").count(), 3);

@@ -37,8 +37,14 @@ impl<B: MetadataBackend> ClusterMetadata<B> {
     }
 }
 
-fn mismatch(q: &str) -> MetaError {
-    MetaError::Internal(format!("{q}: the answer does not match the query"))
+/// Sends `query` to the backend and takes the one kind of answer it allows.
+macro_rules! ask {
+    ($self:ident, $query:expr, $answer:path) => {
+        match $self.backend.query($query).await? {
+            $answer(a) => Ok(a),
+            other => Err(MetaError::Internal(format!("{:?} does not answer {}", other, stringify!($answer)))),
+        }
+    };
 }
 
 #[async_trait]
@@ -48,39 +54,24 @@ impl<B: MetadataBackend> Metadata for ClusterMetadata<B> {
     }
 
     async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError> {
-        match self.backend.query(Query::BlobSize { repo: repo.clone(), digest: digest.clone() }).await? {
-            Answer::BlobSize(s) => Ok(s),
-            _ => Err(mismatch("blob size")),
-        }
+        ask!(self, Query::BlobSize { repo: repo.clone(), digest: digest.clone() }, Answer::BlobSize)
     }
 
     async fn manifest(&self, repo: &RepoName, reference: &Reference) -> Result<Option<(Digest, Arc<ManifestRecord>)>, MetaError> {
-        match self.backend.query(Query::Manifest { repo: repo.clone(), reference: reference.clone() }).await? {
-            Answer::Manifest(m) => Ok(m),
-            _ => Err(mismatch("manifest")),
-        }
+        ask!(self, Query::Manifest { repo: repo.clone(), reference: reference.clone() }, Answer::Manifest)
     }
 
     async fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> Result<Option<Vec<String>>, MetaError> {
         let q = Query::Tags { repo: repo.clone(), last: last.map(str::to_string), n: n as u64 };
-        match self.backend.query(q).await? {
-            Answer::Tags(t) => Ok(t),
-            _ => Err(mismatch("tags")),
-        }
+        ask!(self, q, Answer::Tags)
     }
 
     async fn catalog(&self, last: Option<&str>, n: usize) -> Result<Vec<String>, MetaError> {
-        match self.backend.query(Query::Catalog { last: last.map(str::to_string), n: n as u64 }).await? {
-            Answer::Catalog(c) => Ok(c),
-            _ => Err(mismatch("catalog")),
-        }
+        ask!(self, Query::Catalog { last: last.map(str::to_string), n: n as u64 }, Answer::Catalog)
     }
 
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, Arc<ManifestRecord>)>, MetaError> {
-        match self.backend.query(Query::Referrers { repo: repo.clone(), subject: subject.clone() }).await? {
-            Answer::Referrers(r) => Ok(r),
-            _ => Err(mismatch("referrers")),
-        }
+        ask!(self, Query::Referrers { repo: repo.clone(), subject: subject.clone() }, Answer::Referrers)
     }
 
     async fn http_secret(&self) -> Result<Arc<Vec<u8>>, MetaError> {
@@ -88,10 +79,9 @@ impl<B: MetadataBackend> Metadata for ClusterMetadata<B> {
             return Ok(s.clone());
         }
         // The secret never changes once set, so the first value read can be kept.
-        match self.backend.query(Query::HttpSecret).await? {
-            Answer::HttpSecret(Some(s)) => Ok(self.secret.get_or_init(|| Arc::new(s)).clone()),
-            Answer::HttpSecret(None) => Err(MetaError::Unavailable("the cluster HTTP secret is not initialized yet".into())),
-            _ => Err(mismatch("http secret")),
+        match ask!(self, Query::HttpSecret, Answer::HttpSecret)? {
+            Some(s) => Ok(self.secret.get_or_init(|| Arc::new(s)).clone()),
+            None => Err(MetaError::Unavailable("the cluster HTTP secret is not initialized yet".into())),
         }
     }
 }
