@@ -15,6 +15,9 @@ use std::sync::Mutex;
 
 use anyhow::{bail, Context};
 
+/// Numbers the networks (and probes) of this process, so that tests running at once differ.
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
 /// A bridge with `hosts` namespaces on it, removed on drop.
 pub struct TestNet {
     prefix: String,
@@ -36,7 +39,7 @@ impl TestNet {
     /// Why this machine cannot make a test network, if it cannot (not root, no `ip`, no
     /// namespaces).
     pub fn unavailable() -> Option<String> {
-        let probe = format!("berth-probe-{}", std::process::id());
+        let probe = format!("berth-probe-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         match ip(&["netns", "add", &probe]) {
             Ok(()) => {
                 let _ = ip(&["netns", "del", &probe]);
@@ -49,7 +52,6 @@ impl TestNet {
     /// Creates the bridge and hosts 1..=`hosts`. Names and the /24 subnet come from the
     /// process id and a counter, so tests running at once do not collide.
     pub fn new(hosts: usize) -> anyhow::Result<TestNet> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
         assert!((1..=200).contains(&hosts));
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_chaos::TestNet;
+use berth_chaos::{check, TestNet, Workload};
 use berth_tests::{cluster_leader, frontend, init_tracing, push_image, voter_cluster_on, wait_for_leader, Registry, OCI_MANIFEST};
 
 /// Nodes leave loopback here, so their gRPC must be allowed in the clear (the mutual-TLS test
@@ -38,15 +38,17 @@ async fn try_put_manifest(reg: &Registry, repo: &str, tag: &str, manifest: &[u8]
     (r.status().as_u16(), t.elapsed(), retry_after)
 }
 
-/// Waits until `grpc` names `leader` as the leader.
-async fn wait_until_following(grpc: &str, leader: u64) {
+/// Waits until the nodes at `grpc` all name the same leader, and returns it.
+async fn wait_for_agreement(grpc: &[&str]) -> u64 {
+    let mut seen = Vec::new();
     for _ in 0..200 {
-        if cluster_leader(grpc) == Some(leader) {
-            return;
+        seen = grpc.iter().map(|g| cluster_leader(g)).collect::<Vec<_>>();
+        if seen[0].is_some() && seen.iter().all(|l| *l == seen[0]) {
+            return seen[0].unwrap();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{grpc} does not follow node {leader}");
+    panic!("{grpc:?} do not agree on a leader: {seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,8 +95,7 @@ async fn a_cut_off_leader_refuses_writes_and_steps_down_after_healing() {
 
     tracing::info!("heal: node 1 steps down and catches up");
     net.heal().unwrap();
-    wait_until_following(&voters[0].grpc_addr, cluster_leader(&voters[1].grpc_addr).unwrap()).await;
-    let leader_now = cluster_leader(&voters[0].grpc_addr).unwrap();
+    let leader_now = wait_for_agreement(&[&voters[0].grpc_addr, &voters[1].grpc_addr, &voters[2].grpc_addr]).await;
     assert_ne!(leader_now, 1, "the cut-off leader must not come back as leader with a stale log");
     for node in 1..=3 {
         for (tag, manifest) in &acked {
@@ -150,4 +151,45 @@ async fn a_cut_off_follower_refuses_writes_and_catches_up_after_healing() {
         assert_eq!(reg(node).get_manifest("part/f", "before").await.unwrap().1, before, "node {node} (leader {leader})");
         assert_eq!(reg(node).get_manifest("part/f", "refused").await.unwrap().0, 404, "node {node}: a refused write appeared");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_through_repeated_leader_partitions_lose_nothing() {
+    init_tracing();
+    let Some(net) = test_net(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let voters = voter_cluster_on(Some(&net), dir.path(), 3, &[PLAIN]);
+    let fe = frontend(dir.path(), "fe", &voters, &[PLAIN]);
+    // Pushers on the frontend and on every voter: those on a cut-off node see refusals, the
+    // others carry on.
+    let seed = rand::random::<u32>() as u64 * 1_000_000;
+    let mut workloads = vec![Workload::start(&fe.url, 2, seed)];
+    for (i, v) in voters.iter().enumerate() {
+        workloads.push(Workload::start(&v.url, 1, seed + (i as u64 + 1) * 100_000));
+    }
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let leader = wait_for_leader(&voters[0].grpc_addr, None).await;
+        tracing::info!(round, leader, "cut the leader off for at least 4 s");
+        let cut = Instant::now();
+        net.isolate(leader as usize).unwrap();
+        let other = &voters[leader as usize % 3];
+        let new = wait_for_leader(&other.grpc_addr, Some(leader)).await;
+        tokio::time::sleep(Duration::from_secs(4).saturating_sub(cut.elapsed())).await;
+        net.heal().unwrap();
+        tracing::info!(round, new, "healed");
+        let all: Vec<&str> = voters.iter().map(|v| v.grpc_addr.as_str()).collect();
+        wait_for_agreement(&all).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut acked, mut failed) = (Vec::new(), 0);
+    for w in workloads {
+        let (a, f) = w.stop().await;
+        acked.extend(a);
+        failed += f;
+    }
+    let lost = check(&fe.url, &acked).await;
+    println!("partitions: acknowledged={} lost={} failed_requests={failed} rounds=3", acked.len(), lost.len());
+    assert!(acked.len() >= 30, "too few pushes were acknowledged to mean anything: {}", acked.len());
+    assert!(lost.is_empty(), "acknowledged pushes lost: {lost:?}");
 }
