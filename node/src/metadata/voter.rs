@@ -1,11 +1,13 @@
 //! Metadata on a voter. On the leader, writes are `client_write` and reads follow
 //! `ensure_linearizable`. On any other voter, writes are forwarded to the leader over gRPC, and
 //! reads ask the leader for a read index, wait until the local state machine has applied it,
-//! then read locally: a push acknowledged by one node is visible at once on all. Both retry a
-//! bounded number of times, following leader hints. A leader that has not heard from a
-//! majority for longer than an election takes refuses at once instead of waiting: the client
-//! gets 503 quickly while there is no quorum.
+//! then read locally: a push acknowledged by one node is visible at once on all. Concurrent
+//! reads share one read index, both on the leader and on the node asking it (`coalesce`).
+//! Both paths retry a bounded number of times, following leader hints. A leader that has not
+//! heard from a majority for longer than an election takes refuses at once instead of
+//! waiting: the client gets 503 quickly while there is no quorum.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,12 +28,21 @@ const ATTEMPTS: u32 = 4;
 
 /// Registry metadata backed by this node's Raft instance.
 pub struct RaftMetadata {
-    raft: Raft,
+    node: Node,
     state: SharedState,
+    /// Read indexes from whoever leads, shared by concurrent reads on this node.
+    read_index: Coalescer<Result<u64, MetaError>>,
+}
+
+/// What the write and read paths need, cheap to clone into a coalesced run.
+#[derive(Clone)]
+struct Node {
+    raft: Raft,
     peers: Peers,
     forwarded: prometheus::IntCounterVec,
-    /// Read-index confirmations on the leader, shared by concurrent reads.
-    read_index: Coalescer<Result<Reply<u64>, MetaError>>,
+    /// Leadership confirmations when this node leads, shared by concurrent reads here and by
+    /// other nodes' read-index requests.
+    confirm: Arc<Coalescer<Result<Reply<u64>, MetaError>>>,
 }
 
 impl RaftMetadata {
@@ -43,10 +54,43 @@ impl RaftMetadata {
         )?;
         registry.register(Box::new(forwarded.clone()))?;
         let r = raft.clone();
-        let read_index = Coalescer::new(move || confirm_read_index(r.clone()));
-        Ok(RaftMetadata { raft, state, peers, forwarded, read_index })
+        let confirm = Arc::new(Coalescer::new(move || confirm_read_index(r.clone())));
+        let node = Node { raft, peers, forwarded, confirm };
+        let n = node.clone();
+        let read_index = Coalescer::new(move || {
+            let n = n.clone();
+            async move { n.read_index().await }
+        });
+        Ok(RaftMetadata { node, state, read_index })
     }
 
+    /// Commits `req` if this node leads, waiting at most `wait` for the commit.
+    pub async fn commit_here(&self, req: Request, wait: Duration) -> Result<Reply<Outcome>, MetaError> {
+        self.node.commit_here(req, wait).await
+    }
+
+    /// The index a linearizable read must wait for, if this node leads.
+    pub async fn read_index_here(&self) -> Result<Reply<u64>, MetaError> {
+        self.node.read_index_here().await
+    }
+
+    /// Waits until reads of the local state are linearizable: gets a read index from the
+    /// leader (one request for all the reads waiting here) and waits until it is applied.
+    async fn barrier(&self) -> Result<(), MetaError> {
+        let index = self.read_index.call().await.unwrap_or_else(|| Err(MetaError::Internal("the read-index request failed".into())))?;
+        if index > 0 {
+            self.node
+                .raft
+                .wait(Some(TIMEOUT))
+                .applied_index_at_least(Some(index), "applying up to the leader's read index")
+                .await
+                .map_err(|e| MetaError::Unavailable(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Node {
     /// Why this node, if it leads, cannot serve right now: no majority has answered it lately.
     fn quorum_lost(&self) -> Option<MetaError> {
         let m = self.raft.metrics();
@@ -55,8 +99,7 @@ impl RaftMetadata {
         Some(MetaError::Unavailable(format!("no quorum: a majority of voters has not answered the leader for {ms} ms")))
     }
 
-    /// Commits `req` if this node leads, waiting at most `wait` for the commit.
-    pub async fn commit_here(&self, req: Request, wait: Duration) -> Result<Reply<Outcome>, MetaError> {
+    async fn commit_here(&self, req: Request, wait: Duration) -> Result<Reply<Outcome>, MetaError> {
         if let Some(e) = self.quorum_lost() {
             return Err(e);
         }
@@ -70,25 +113,24 @@ impl RaftMetadata {
         }
     }
 
-    /// The index a linearizable read must wait for, if this node leads. Concurrent calls
-    /// share confirmations (see `coalesce`).
-    pub async fn read_index_here(&self) -> Result<Reply<u64>, MetaError> {
+    async fn read_index_here(&self) -> Result<Reply<u64>, MetaError> {
         if let Some(e) = self.quorum_lost() {
             return Err(e);
         }
-        self.read_index.call().await.unwrap_or_else(|| Err(MetaError::Internal("the read-index confirmation failed".into())))
+        self.confirm.call().await.unwrap_or_else(|| Err(MetaError::Internal("the read-index confirmation failed".into())))
     }
 
-    /// Waits until reads of the local state are linearizable.
-    async fn barrier(&self) -> Result<(), MetaError> {
+    /// A read index confirmed by the leader: this node's own if it leads, else the leader's
+    /// over gRPC, following hints a bounded number of times.
+    async fn read_index(&self) -> Result<u64, MetaError> {
         let mut last = String::from("no leader");
         let mut hint: Option<Leader> = None;
         for attempt in 0..ATTEMPTS {
             let leader = match hint.take() {
                 Some(l) => Some(l),
                 None => match self.read_index_here().await? {
-                    // The leader's own state is current once ensure_linearizable returns.
-                    Reply::Done(_) => return Ok(()),
+                    // ensure_linearizable has also waited for this node to apply it.
+                    Reply::Done(index) => return Ok(index),
                     Reply::NotLeader(l) => l,
                 },
             };
@@ -99,14 +141,7 @@ impl RaftMetadata {
             match remote::read_index(&self.peers, &leader.1).await {
                 Ok(Reply::Done(index)) => {
                     self.forwarded.with_label_values(&["read_index", "ok"]).inc();
-                    if index > 0 {
-                        self.raft
-                            .wait(Some(TIMEOUT))
-                            .applied_index_at_least(Some(index), "applying up to the leader's read index")
-                            .await
-                            .map_err(|e| MetaError::Unavailable(e.to_string()))?;
-                    }
-                    return Ok(());
+                    return Ok(index);
                 }
                 Ok(Reply::NotLeader(l)) => {
                     last = format!("node {} is no longer the leader", leader.0);
@@ -163,9 +198,9 @@ impl MetadataBackend for RaftMetadata {
                 },
             };
             if let Some(leader) = leader {
-                match remote::apply(&self.peers, &leader.1, &req).await {
+                match remote::apply(&self.node.peers, &leader.1, &req).await {
                     Ok(Reply::Done(outcome)) => {
-                        self.forwarded.with_label_values(&["write", "ok"]).inc();
+                        self.node.forwarded.with_label_values(&["write", "ok"]).inc();
                         return Ok(outcome);
                     }
                     Ok(Reply::NotLeader(l)) => {
@@ -174,7 +209,7 @@ impl MetadataBackend for RaftMetadata {
                     }
                     Err(e) => last = e.to_string(),
                 }
-                self.forwarded.with_label_values(&["write", "retry"]).inc();
+                self.node.forwarded.with_label_values(&["write", "retry"]).inc();
             }
             backoff(attempt).await;
         }
