@@ -69,11 +69,11 @@ impl RemoteMetadata {
         self.voters.len() as u32 + 2
     }
 
-    async fn apply_once(&self, req: &Request) -> Result<Outcome, String> {
+    async fn apply_once(&self, req: &Request, give_up: u64) -> Result<Outcome, String> {
         let mut last = String::from("no voter answered");
         for attempt in 0..self.attempts() {
             let addr = self.target();
-            match remote::apply(&self.peers, &addr, req).await {
+            match remote::apply(&self.peers, &addr, req, give_up).await {
                 Ok(Reply::Done(outcome)) => {
                     self.forwarded.with_label_values(&["write", "ok"]).inc();
                     return Ok(outcome);
@@ -124,7 +124,7 @@ impl RemoteMetadata {
 impl MetadataBackend for RemoteMetadata {
     async fn apply(&self, req: Request) -> Result<Outcome, MetaError> {
         let kind = req.command.kind();
-        match tokio::time::timeout(TIMEOUT, self.apply_once(&req)).await {
+        match tokio::time::timeout(TIMEOUT, self.apply_once(&req, remote::give_up_at())).await {
             Ok(Ok(o)) => Ok(o),
             Ok(Err(e)) => Err(MetaError::Unavailable(format!("{kind}: {e}"))),
             Err(_) => Err(MetaError::Unavailable(format!("{kind}: no voter committed it in time"))),

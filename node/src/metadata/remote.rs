@@ -58,7 +58,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MetaError> {
 }
 
 /// gRPC metadata on a forwarded write: the wall-clock time (Unix milliseconds) after which the
-/// sender has given up on it. A write held up in the network (a partition, retransmitted once
+/// sender has given up on it (see [`give_up_at`]). A write held up in the network (a partition, retransmitted once
 /// it heals) must not be applied after its client was told 503 and may have moved on: the
 /// leader refuses it. Nodes' clocks are assumed to agree to well within `TIMEOUT`.
 pub const DEADLINE_HEADER: &str = "berth-deadline-unix-ms";
@@ -68,12 +68,22 @@ pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Asks the node at `addr` to commit `req`.
-pub async fn apply(peers: &Peers, addr: &str, req: &Request) -> Result<Reply<Outcome>, MetaError> {
+/// When a write that starts now is given up (Unix ms): `TIMEOUT` from now. Every try at
+/// forwarding it carries this one deadline, so no try outlives the client's answer.
+pub fn give_up_at() -> u64 {
+    unix_ms() + TIMEOUT.as_millis() as u64
+}
+
+/// Asks the node at `addr` to commit `req`, which its sender gives up at `give_up` (Unix ms).
+pub async fn apply(peers: &Peers, addr: &str, req: &Request, give_up: u64) -> Result<Reply<Outcome>, MetaError> {
+    let left = give_up.saturating_sub(unix_ms());
+    if left == 0 {
+        return Err(MetaError::Unavailable("the write's time ran out before it reached the leader".into()));
+    }
     let data = postcard::to_stdvec(req).map_err(|e| MetaError::Internal(e.to_string()))?;
-    let mut call = request(Payload { data });
-    let deadline = (unix_ms() + TIMEOUT.as_millis() as u64).to_string();
-    call.metadata_mut().insert(DEADLINE_HEADER, deadline.parse().expect("digits are valid metadata"));
+    let mut call = tonic::Request::new(Payload { data });
+    call.set_timeout(Duration::from_millis(left));
+    call.metadata_mut().insert(DEADLINE_HEADER, give_up.to_string().parse().expect("digits are valid metadata"));
     let r = client(peers, addr)?.apply(call).await.map_err(|s| status(addr, s))?.into_inner();
     match r.not_leader {
         Some(n) => Ok(Reply::NotLeader(hint(n))),

@@ -188,7 +188,8 @@ impl MetadataBackend for RaftMetadata {
         let mut last = String::from("no leader");
         let mut hint: Option<Leader> = None;
         // Commands are idempotent (links, puts of the same digest, deletes), so a retry after a
-        // lost reply does no harm.
+        // lost reply does no harm. Forwarded tries share one deadline.
+        let give_up = remote::give_up_at();
         for attempt in 0..ATTEMPTS {
             let leader = match hint.take() {
                 Some(l) => Some(l),
@@ -198,7 +199,7 @@ impl MetadataBackend for RaftMetadata {
                 },
             };
             if let Some(leader) = leader {
-                match remote::apply(&self.node.peers, &leader.1, &req).await {
+                match remote::apply(&self.node.peers, &leader.1, &req, give_up).await {
                     Ok(Reply::Done(outcome)) => {
                         self.node.forwarded.with_label_values(&["write", "ok"]).inc();
                         return Ok(outcome);
