@@ -112,9 +112,7 @@ impl TestNet {
 
     /// A command that runs `program` inside host `h`'s namespace.
     pub fn command(&self, h: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.namespace(h)]).arg(program);
-        c
+        command_in(&self.namespace(h), program)
     }
 
     fn route(&self, verb: &str, from: usize, to: usize) -> anyhow::Result<()> {
@@ -148,6 +146,14 @@ impl TestNet {
         }
         Ok(())
     }
+}
+
+/// A command that runs `program` inside network namespace `ns` (`ip netns exec`, which execs
+/// it: the child's pid is the program's).
+pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(program);
+    c
 }
 
 impl Drop for TestNet {

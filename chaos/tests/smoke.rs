@@ -27,7 +27,6 @@ fn nginx_present() -> bool {
     ok
 }
 
-/// Stops the cluster even when the test fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kills_lose_no_acknowledged_push() {
     if !nginx_present() {

@@ -99,11 +99,7 @@ impl Berth {
     fn spawn(&mut self, addr: Option<&str>) {
         let mut cmd = match &self.place {
             None => Command::new(berth_bin()),
-            Some((ns, _)) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(berth_bin());
-                c
-            }
+            Some((ns, _)) => berth_chaos::net::command_in(ns, berth_bin()),
         };
         let any_port = match &self.place {
             None => "127.0.0.1:0".to_string(),
@@ -329,6 +325,20 @@ pub async fn wait_for_leader(grpc: &str, not: Option<u64>) -> u64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no new leader seen by {grpc}");
+}
+
+/// Waits (up to 10 s) until `grpc` reports `leader` as the leader; returns the last leader it
+/// reported, for the caller to assert on.
+pub async fn wait_until_leader_is(grpc: &str, leader: u64) -> Option<u64> {
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = cluster_leader(grpc);
+        if seen == Some(leader) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
 }
 
 /// Runs `berth cluster ARGS...` and returns its standard output.

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use berth_tests::{
-    berth_cluster, cluster_leader as leader, frontend, init_tracing, push_image, random_bytes, voter_cluster, wait_for_leader, Berth,
+    berth_cluster, frontend, init_tracing, push_image, random_bytes, voter_cluster, wait_for_leader, wait_until_leader_is, Berth,
     Registry, TestCa,
 };
 
@@ -88,14 +88,7 @@ async fn three_voters_replicate_and_survive_the_leader() {
     tracing::info!("the old leader rejoins as a follower and catches up");
     nodes[0].restart();
     // Right after restart it may still report its own stale term; it must converge.
-    let mut seen = None;
-    for _ in 0..100 {
-        seen = leader(&nodes[0].grpc_addr);
-        if seen == Some(new_leader) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = wait_until_leader_is(&nodes[0].grpc_addr, new_leader).await;
     assert_eq!(seen, Some(new_leader), "the old leader did not follow the new one");
     let reg = Registry::new(&nodes[new_leader as usize - 1].url);
     assert_eq!(reg.get_blob("cluster/app", &d).await.unwrap(), after);
@@ -335,14 +328,7 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_it_wakes() {
 
     tracing::info!("SIGCONT: the old leader learns of the newer term, follows, and serves every push");
     signal("-CONT", voters[0].pid());
-    let mut seen = None;
-    for _ in 0..100 {
-        seen = leader(&voters[0].grpc_addr);
-        if seen == Some(new_leader) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = wait_until_leader_is(&voters[0].grpc_addr, new_leader).await;
     assert_eq!(seen, Some(new_leader), "the old leader did not step down");
     for (d, data) in &acked {
         assert_eq!(&old.get_blob("pause/app", d).await.unwrap(), data, "acknowledged push lost");
