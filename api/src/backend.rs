@@ -48,25 +48,51 @@ pub trait Metadata: Send + Sync + 'static {
     async fn http_secret(&self) -> Result<Arc<Vec<u8>>, MetaError>;
 }
 
-/// Why a blob storage call failed.
+/// Why a blob storage call failed. Callers match on the variant, never on the message.
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    /// No such blob or upload.
-    #[error("not found")]
+    /// No such blob.
+    #[error("blob not found")]
     NotFound,
-    /// Another request already wrote at this upload offset (replayed or concurrent chunk).
-    #[error("upload offset {0} was already written")]
-    OffsetTaken(u64),
-    /// The request body failed while streaming (client went away, bad chunking).
+    /// No such upload: never started, finished, cancelled or purged.
+    #[error("upload unknown")]
+    UploadUnknown,
+    /// The request writes at an offset other than the upload's durable offset `at`.
+    #[error("upload is at offset {at}")]
+    OffsetMismatch {
+        /// Where the upload really is.
+        at: u64,
+    },
+    /// Another request is still writing to this upload.
+    #[error("another request is writing to this upload")]
+    UploadBusy,
+    /// The staged bytes do not hash to the digest the client named.
+    #[error("content hashes to {actual}, not {expected}")]
+    DigestMismatch {
+        /// The digest the client named.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// The request body failed while streaming (client went away, too slow, bad chunking).
     #[error("request body: {0}")]
     Body(String),
-    /// The storage backend failed.
+    /// The storage has no room left (ENOSPC, quota); writes can succeed again later.
+    #[error("storage full: {0}")]
+    Full(String),
+    /// The storage backend cannot be reached or refuses service for now.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The storage backend failed otherwise.
     #[error("storage: {0}")]
     Storage(String),
 }
 
 /// Content-addressed blob storage plus staging for uploads in progress. Staged uploads are
 /// shared by every node of a site, so an upload may move between nodes.
+///
+/// The store, not the client, decides what an upload holds: its offset and running hash live
+/// beside its bytes, and `finish_upload` links bytes only under the digest they hash to.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Size of a stored blob.
@@ -75,16 +101,17 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn read(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream, BlobError>;
     /// Creates the staging area for a new upload.
     async fn create_upload(&self, id: &str) -> Result<(), BlobError>;
-    /// True if the upload exists (not finished, cancelled or purged).
-    async fn upload_exists(&self, id: &str) -> Result<bool, BlobError>;
-    /// Appends `body` to the upload at `offset`, which must not have been written before.
-    /// Returns the number of bytes written.
+    /// The upload's durable offset: how many bytes it has received and kept.
+    async fn upload_offset(&self, id: &str) -> Result<u64, BlobError>;
+    /// Appends `body` at `offset`, which must be the upload's durable offset
+    /// ([`BlobError::OffsetMismatch`] otherwise), and returns the new durable offset. A write
+    /// that fails or is abandoned leaves the offset where it was, and never lands later.
     async fn write_upload(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, BlobError>;
-    /// The first `size` staged bytes (used to verify digests of non-SHA-256 algorithms).
-    async fn read_upload(&self, id: &str, size: u64) -> Result<ByteStream, BlobError>;
-    /// Makes the first `size` staged bytes durable at `digest`'s content address (a no-op if
-    /// the blob already exists) and removes the staging area.
-    async fn finish_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<(), BlobError>;
+    /// Checks that the staged bytes hash to `digest` ([`BlobError::DigestMismatch`] otherwise)
+    /// and makes them durable at its content address (a no-op if the blob exists). Returns the
+    /// blob's size. The upload takes no more writes; its staging area stays until
+    /// [`BlobStore::remove_upload`], so a finish whose metadata commit failed can be retried.
+    async fn finish_upload(&self, id: &str, digest: &Digest) -> Result<u64, BlobError>;
     /// Removes an upload's staging area.
-    async fn cancel_upload(&self, id: &str) -> Result<(), BlobError>;
+    async fn remove_upload(&self, id: &str) -> Result<(), BlobError>;
 }

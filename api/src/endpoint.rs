@@ -69,6 +69,17 @@ impl Endpoint {
             Endpoint::Referrers { .. } => "referrers",
         }
     }
+
+    /// The methods the endpoint answers, as an `Allow` header lists them.
+    pub fn methods(&self) -> &'static [Method] {
+        match self {
+            Endpoint::Base | Endpoint::Catalog | Endpoint::Tags { .. } | Endpoint::Referrers { .. } => &[Method::GET, Method::HEAD],
+            Endpoint::Manifest { .. } => &[Method::GET, Method::HEAD, Method::PUT, Method::DELETE],
+            Endpoint::Blob { .. } => &[Method::GET, Method::HEAD, Method::DELETE],
+            Endpoint::UploadStart { .. } => &[Method::POST],
+            Endpoint::Upload { .. } => &[Method::GET, Method::PATCH, Method::PUT, Method::DELETE],
+        }
+    }
 }
 
 #[cfg(test)]

@@ -34,8 +34,12 @@ pub enum Code {
     TagInvalid,
     /// Invalid pagination number.
     PaginationNumberInvalid,
+    /// The requested byte range cannot be served.
+    RangeInvalid,
     /// The operation is unsupported.
     Unsupported,
+    /// The operation is refused.
+    Denied,
     /// Service unavailable.
     Unavailable,
     /// Unknown error.
@@ -58,7 +62,9 @@ impl Code {
             Code::SizeInvalid => "SIZE_INVALID",
             Code::TagInvalid => "TAG_INVALID",
             Code::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
+            Code::RangeInvalid => "RANGE_INVALID",
             Code::Unsupported => "UNSUPPORTED",
+            Code::Denied => "DENIED",
             Code::Unavailable => "UNAVAILABLE",
             Code::Unknown => "UNKNOWN",
         }
@@ -70,6 +76,8 @@ impl Code {
                 StatusCode::NOT_FOUND
             }
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            Code::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
+            Code::Denied => StatusCode::FORBIDDEN,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
@@ -144,11 +152,27 @@ impl From<MetaError> for ApiError {
 
 impl From<BlobError> for ApiError {
     fn from(e: BlobError) -> Self {
+        use axum::http::header;
         match e {
             BlobError::NotFound => ApiError::new(Code::BlobUnknown, "blob unknown to registry"),
-            BlobError::OffsetTaken(o) => ApiError::new(Code::BlobUploadInvalid, format!("upload offset {o} already written"))
+            BlobError::UploadUnknown => ApiError::new(Code::BlobUploadUnknown, "blob upload unknown to registry"),
+            BlobError::OffsetMismatch { at } => {
+                ApiError::new(Code::BlobUploadInvalid, format!("the upload is at offset {at}; send the next chunk from there"))
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::RANGE, format!("0-{}", at.saturating_sub(1)))
+            }
+            BlobError::UploadBusy => ApiError::new(Code::BlobUploadInvalid, "another request is writing to this upload")
                 .status(StatusCode::RANGE_NOT_SATISFIABLE),
+            BlobError::DigestMismatch { expected, actual } => {
+                ApiError::new(Code::DigestInvalid, "provided digest did not match uploaded content")
+                    .detail(json!({"expected": expected.to_string(), "actual": actual.to_string()}))
+            }
             BlobError::Body(m) => ApiError::new(Code::BlobUploadInvalid, format!("request body: {m}")),
+            BlobError::Full(m) => ApiError::new(Code::Unavailable, format!("storage full, writes resume when space returns: {m}"))
+                .status(StatusCode::INSUFFICIENT_STORAGE)
+                .header(header::RETRY_AFTER, "30"),
+            BlobError::Unavailable(m) => ApiError::new(Code::Unavailable, format!("storage unavailable: {m}"))
+                .header(header::RETRY_AFTER, "5"),
             BlobError::Storage(m) => ApiError::new(Code::Unknown, format!("storage: {m}")),
         }
     }

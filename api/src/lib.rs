@@ -30,6 +30,8 @@ pub struct ApiConfig {
     pub delete_enabled: bool,
     /// Refuse every write (`storage.maintenance.readonly.enabled`).
     pub read_only: bool,
+    /// The slowest an upload body may arrive before it is cut.
+    pub body_rate: handlers::BodyRate,
 }
 
 /// Everything a request handler needs.
@@ -64,7 +66,14 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request) -> Response {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v != "0");
     let mut resp = match endpoint {
-        Some(ep) => route(&api, ep, req).await.unwrap_or_else(IntoResponse::into_response),
+        Some(ep) => {
+            let allow = allowed(&api.config, &ep);
+            let mut resp = route(&api, ep, req).await.unwrap_or_else(IntoResponse::into_response);
+            if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+                resp.headers_mut().insert(axum::http::header::ALLOW, allow);
+            }
+            resp
+        }
         None => ApiError::new(Code::Unsupported, "no such endpoint").status(StatusCode::NOT_FOUND).into_response(),
     };
     resp.headers_mut().insert("Docker-Distribution-API-Version", HeaderValue::from_static("registry/2.0"));
@@ -85,6 +94,18 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request) -> Response {
         tracing::debug!(%method, %path, status = status.as_u16(), "request");
     }
     resp
+}
+
+/// The `Allow` header for an endpoint: its methods less those the configuration turns off.
+fn allowed(config: &ApiConfig, ep: &Endpoint) -> HeaderValue {
+    let list: Vec<&str> = ep
+        .methods()
+        .iter()
+        .filter(|m| !(config.read_only && !matches!(**m, Method::GET | Method::HEAD)))
+        .filter(|m| !(!config.delete_enabled && **m == Method::DELETE))
+        .map(Method::as_str)
+        .collect();
+    HeaderValue::from_str(&list.join(", ")).expect("method names are valid header text")
 }
 
 fn not_allowed() -> ApiResult {

@@ -1,9 +1,11 @@
-//! Upload session state carried in the `Location` URL's `_state` parameter and signed with
-//! the cluster HTTP secret, so any node can continue any upload and clients cannot forge it.
+//! The upload's identity carried in the `Location` URL's `_state` parameter and signed with
+//! the cluster HTTP secret, so any node can continue any upload. It names the upload and the
+//! offset the response that issued it reported; it decides nothing about content: the
+//! upload's real offset and running hash live beside its bytes in the blob store.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use berth_proto::{ResumableSha256, RepoName};
+use berth_proto::RepoName;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -15,10 +17,9 @@ pub struct UploadState {
     pub repo: String,
     /// Upload id (hex).
     pub id: String,
-    /// Bytes received so far.
+    /// The upload's offset when this state was issued: where a chunk sent without
+    /// `Content-Range` to this URL must start.
     pub offset: u64,
-    /// Encoded [`ResumableSha256`] over those bytes.
-    pub hash: String,
     /// When the upload started (ms since epoch).
     pub started_ms: u64,
 }
@@ -30,22 +31,8 @@ impl UploadState {
             repo: repo.to_string(),
             id,
             offset: 0,
-            hash: URL_SAFE_NO_PAD.encode(ResumableSha256::new().encode()),
             started_ms: berth_proto::now_ms(),
         }
-    }
-
-    /// The running hash.
-    pub fn hasher(&self) -> Option<ResumableSha256> {
-        let raw = URL_SAFE_NO_PAD.decode(&self.hash).ok()?;
-        let h = ResumableSha256::decode(&raw).ok()?;
-        (h.len() == self.offset).then_some(h)
-    }
-
-    /// Records a new running hash (and offset).
-    pub fn set_hasher(&mut self, h: &ResumableSha256) {
-        self.offset = h.len();
-        self.hash = URL_SAFE_NO_PAD.encode(h.encode());
     }
 
     /// `payload.signature`, both base64url.
@@ -74,9 +61,7 @@ mod tests {
     #[test]
     fn sign_verify_and_tamper() {
         let mut s = UploadState::new(&RepoName::parse("a/b").unwrap(), "00ff".into());
-        let mut h = s.hasher().unwrap();
-        h.update(b"hello");
-        s.set_hasher(&h);
+        s.offset = 5;
         let tok = s.sign(b"secret");
         assert_eq!(UploadState::verify(&tok, b"secret"), Some(s.clone()));
         assert_eq!(UploadState::verify(&tok, b"other"), None);

@@ -41,6 +41,9 @@ done
 [[ -n "$dir" ]] || die "usage: cluster.sh up|status|kill|start|down --dir DIR [...]"
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
+# Every gRPC call between nodes, and from `berth cluster`, carries this cluster's token.
+token="$dir/cluster-token"
+export REGISTRY_BERTH_CLUSTERTOKENFILE="$token"
 
 py="$(command -v /usr/bin/python3 || command -v python3)"
 free_port() {
@@ -89,6 +92,7 @@ write_config() {
     echo "    rootdirectory: $dir/blobs"
     echo "berth:"
     echo "  role: $role"
+    echo "  clustertokenfile: $token"
     if [[ "$role" == voter ]]; then
       echo "  nodeid: $n"
       echo "  grpcaddr: $grpc"
@@ -144,6 +148,7 @@ up() {
   command -v nginx >/dev/null || die "nginx is required (apt-get install nginx-light)"
   ((voters >= 1)) || die "--voters must be at least 1"
   : >"$dir/nodes.tmp"
+  [[ -f "$token" ]] || (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$token")
   local grpcs=() https=()
   for n in $(seq 1 "$voters"); do
     local h="127.0.0.1:$(free_port)" g="127.0.0.1:$(free_port)"

@@ -5,11 +5,11 @@ use std::time::Duration;
 use anyhow::bail;
 use berth_proto::rpc::cluster_service_client::ClusterServiceClient;
 use berth_proto::rpc::{AddLearnerRequest, AdminReply, ChangeMembershipRequest, RemoveNodeRequest, StatusReply, StatusRequest};
-use tonic::transport::Channel;
 
 use crate::config::Config;
 use crate::metadata::remote::hint;
-use crate::peers::{MutualTls, Peers};
+use crate::cluster_token::ClusterToken;
+use crate::peers::{MutualTls, PeerChannel, Peers};
 
 /// Admin calls, over mutual TLS when the config has `berth.tls`.
 pub struct Admin {
@@ -17,20 +17,23 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Connects the way the configured node would.
+    /// Connects the way the configured node would: its TLS settings and its cluster token
+    /// (`berth.clustertokenfile`, else `<datadir>/cluster-token`).
     pub fn new(cfg: &Config) -> anyhow::Result<Self> {
         let tls = cfg.berth.tls.as_ref().map(MutualTls::load).transpose()?;
-        Ok(Admin { peers: Peers::new(tls) })
+        let data_dir = cfg.berth.datadir.clone().unwrap_or_else(|| crate::DEFAULT_DATA_DIR.into());
+        let token = ClusterToken::for_node(cfg.berth.clustertokenfile.as_deref(), &data_dir, false)?;
+        Ok(Admin { peers: Peers::new(tls, token) })
     }
 
-    fn client(&self, addr: &str) -> anyhow::Result<ClusterServiceClient<Channel>> {
+    fn client(&self, addr: &str) -> anyhow::Result<ClusterServiceClient<PeerChannel>> {
         Ok(ClusterServiceClient::new(self.peers.channel(addr).map_err(anyhow::Error::msg)?))
     }
 
     /// Runs an admin call at `node`, and once more at the leader if `node` is not the leader.
     async fn admin<F, Fut>(&self, node: &str, call: F) -> anyhow::Result<()>
     where
-        F: Fn(ClusterServiceClient<Channel>) -> Fut,
+        F: Fn(ClusterServiceClient<PeerChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<AdminReply>, tonic::Status>>,
     {
         let mut target = node.to_string();

@@ -2,6 +2,7 @@
 //! background workers. This crate only wires; behaviour lives in `api` and `raft-store`.
 
 pub mod cluster_cli;
+pub mod cluster_token;
 pub mod config;
 pub mod metadata;
 pub mod peers;
@@ -30,7 +31,8 @@ use storage::{MeteredStore, SiteStore, StorageMetrics};
 pub const DEFAULT_DATA_DIR: &str = "berth-data";
 /// The default listener (Distribution's `:5000`).
 pub const DEFAULT_ADDR: &str = "0.0.0.0:5000";
-/// The default node-to-node gRPC listener (loopback: a single node needs no peers).
+/// The address a node's gRPC listener gets in `berth cluster` commands and, for a lone voter
+/// that opens no gRPC listener (none is configured), the address it is recorded under.
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:5050";
 
 /// Everything `berth serve` needs after the command line is read.
@@ -123,14 +125,18 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (site, driver) = build_store(&cfg, &data_dir)?;
     let blobs = MeteredStore::new(site.clone(), driver, StorageMetrics::new(&registry)?);
 
+    let limits = config::Limits::from_config(&cfg.berth.limits)?;
+    server::raise_fd_limit();
     let (listener, local) = server::bind(addr, "http.addr").await?;
     let tls = cfg.berth.tls.as_ref().map(MutualTls::load).transpose()?;
-    let peers = Peers::new(tls.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let role = cfg.berth.role.unwrap_or_default();
+    let founds_cluster = role == Role::Voter && cfg.berth.bootstrap.unwrap_or(true);
+    let token = cluster_token::ClusterToken::for_node(cfg.berth.clustertokenfile.as_deref(), &data_dir, founds_cluster)?;
+    let peers = Peers::new(tls.clone(), token.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (meta, raft): (Arc<dyn Metadata>, Option<berth_raft_store::Raft>) = match role {
         Role::Voter => {
-            let (meta, raft) = start_voter(&cfg, &data_dir, peers, tls.as_ref(), &registry, stop_rx.clone()).await?;
+            let (meta, raft) = start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, &registry, stop_rx.clone()).await?;
             (meta, Some(raft))
         }
         Role::Frontend => {
@@ -144,7 +150,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let api = Arc::new(Api {
         meta: meta.clone(),
         blobs,
-        config: ApiConfig { delete_enabled: cfg.delete_enabled(), read_only: cfg.read_only() },
+        config: ApiConfig {
+            delete_enabled: cfg.delete_enabled(),
+            read_only: cfg.read_only(),
+            body_rate: berth_api::handlers::BodyRate { bytes_per_sec: limits.min_body_rate, window: limits.body_rate_window },
+        },
         metrics: HttpMetrics::new(&registry)?,
     });
     let mut app = berth_api::router(api);
@@ -226,7 +236,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when http.addr uses port 0.
     eprintln!("berth: listening on {scheme}://{local}");
     tracing::info!(%local, ?role, "listening");
-    server::serve(listener, app, http_tls, shutdown_signal()).await?;
+    if !local.ip().is_loopback() && !cfg.auth.is_explicitly_none() {
+        tracing::warn!(%local, "serving everyone without authentication beyond loopback: anyone who reaches this port may push, overwrite and delete");
+    }
+    server::serve(listener, app, http_tls, limits, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     if let Some(raft) = raft {
         raft.shutdown().await.ok();
@@ -240,29 +253,35 @@ async fn start_voter(
     data_dir: &std::path::Path,
     peers: Peers,
     tls: Option<&MutualTls>,
+    token: &cluster_token::ClusterToken,
     registry: &prometheus::Registry,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(Arc<dyn Metadata>, berth_raft_store::Raft)> {
     let node_id = cfg.berth.nodeid.unwrap_or(1);
     let snapshot_every = cfg.berth.snapshotlogs.unwrap_or(raft::SNAPSHOT_EVERY);
-    let grpc_addr = config::normalize_addr(cfg.berth.grpcaddr.as_deref().unwrap_or(DEFAULT_GRPC_ADDR))?;
-    let (grpc_listener, grpc_local) = server::bind(grpc_addr, "berth.grpcaddr").await?;
+    // A listener opens only when the configuration asks for one: a lone node needs no peers.
+    let grpc = match cfg.berth.grpcaddr.as_deref() {
+        Some(a) => Some(server::bind(config::normalize_addr(a)?, "berth.grpcaddr").await?),
+        None => None,
+    };
+    let raft_addr = grpc.as_ref().map_or_else(|| DEFAULT_GRPC_ADDR.to_string(), |(_, local)| local.to_string());
     let bootstrap = cfg.berth.bootstrap.unwrap_or(true);
     let network = raft_network::GrpcNetwork::new(peers.clone());
-    let node = raft::start(&data_dir.join("raft"), node_id, &grpc_local.to_string(), snapshot_every, bootstrap, network).await?;
+    let node = raft::start(&data_dir.join("raft"), node_id, &raft_addr, snapshot_every, bootstrap, network).await?;
     let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers, registry)?);
-    {
-        let (raft, state, voter, tls, mut stop) = (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), stop);
+    if let Some((grpc_listener, grpc_local)) = grpc {
+        let (raft, state, voter, tls, token, mut stop) =
+            (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop);
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(e) = rpc_server::serve(raft, state, voter, tls.as_ref(), grpc_listener, shutdown).await {
+            if let Err(e) = rpc_server::serve(raft, state, voter, tls.as_ref(), &token, grpc_listener, shutdown).await {
                 tracing::error!("gRPC server failed: {e:#}");
             }
         });
+        eprintln!("berth: grpc listening on {grpc_local}");
     }
-    eprintln!("berth: grpc listening on {grpc_local}");
     let meta: Arc<dyn Metadata> = Arc::new(ClusterMetadata::new(voter));
     // The secret is seeded by the node that bootstraps the cluster; members that join later
     // receive it through the log.

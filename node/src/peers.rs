@@ -7,9 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
+use crate::cluster_token::ClusterToken;
 use crate::config::ClusterTls;
+
+/// A channel to a peer that carries the cluster token on every call.
+pub type PeerChannel = InterceptedService<Channel, ClusterToken>;
 
 /// Inter-node TLS: the cluster CA and this node's identity. Every node is both a server and
 /// a client, and both ends verify the other against the cluster CA.
@@ -43,21 +48,23 @@ impl MutualTls {
 }
 
 /// Channels to other nodes, keyed by address.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<String, PeerChannel>>>,
     tls: Option<MutualTls>,
+    token: ClusterToken,
 }
 
 impl Peers {
-    /// Peers reached in plaintext, or over mutual TLS when `tls` is given.
-    pub fn new(tls: Option<MutualTls>) -> Self {
-        Peers { channels: Arc::default(), tls }
+    /// Peers reached in plaintext, or over mutual TLS when `tls` is given; every call carries
+    /// `token`.
+    pub fn new(tls: Option<MutualTls>, token: ClusterToken) -> Self {
+        Peers { channels: Arc::default(), tls, token }
     }
 
     /// The channel to `addr` (`host:port`), created on first use. Connections are made lazily
     /// and re-established by tonic after failures.
-    pub fn channel(&self, addr: &str) -> Result<Channel, String> {
+    pub fn channel(&self, addr: &str) -> Result<PeerChannel, String> {
         let mut channels = self.channels.lock().unwrap();
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
@@ -71,7 +78,7 @@ impl Peers {
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.client()).map_err(|e| format!("TLS for {addr}: {e}"))?;
         }
-        let channel = endpoint.connect_lazy();
+        let channel = InterceptedService::new(endpoint.connect_lazy(), self.token.clone());
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -15,9 +15,9 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::Channel;
 
-use crate::peers::Peers;
+
+use crate::peers::{PeerChannel, Peers};
 
 /// Creates openraft's connections to peers over the shared [`Peers`] channels.
 #[derive(Clone)]
@@ -36,7 +36,7 @@ impl GrpcNetwork {
 pub struct GrpcConnection {
     target: u64,
     node: BasicNode,
-    channel: Result<Channel, String>,
+    channel: Result<PeerChannel, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {

@@ -20,7 +20,10 @@ use openraft::{BasicNode, ChangeMembers};
 use crate::metadata::remote::{not_leader, unix_ms, Reply, DEADLINE_HEADER, TIMEOUT};
 use crate::metadata::voter::RaftMetadata;
 use crate::metadata::MetadataBackend;
+use crate::cluster_token::ClusterToken;
 use crate::peers::MutualTls;
+use tokio_stream::StreamExt as _;
+use tonic::service::interceptor::InterceptedService;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -189,32 +192,44 @@ impl MetadataService for MetadataRpc {
 }
 
 /// Serves every node-to-node service on `listener` until `shutdown` resolves; over mutual
-/// TLS when `tls` is given.
+/// TLS when `tls` is given. Every call must carry the cluster `token`.
 pub async fn serve(
     raft: Raft,
     state: SharedState,
     meta: Arc<RaftMetadata>,
     tls: Option<&MutualTls>,
+    token: &ClusterToken,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let mut builder = tonic::transport::Server::builder();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        s.inspect(|tcp| {
+            // Raft heartbeats and small replies must not wait on delayed ACKs.
+            let _ = tcp.set_nodelay(true);
+        })
+    });
+    let mut builder = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(60))
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.server())?;
     }
+    let check = token.checker();
     builder
-        .add_service(
+        .add_service(InterceptedService::new(
             RaftServiceServer::new(RaftRpc { raft: raft.clone() })
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
-        )
-        .add_service(
+            check.clone(),
+        ))
+        .add_service(InterceptedService::new(
             MetadataServiceServer::new(MetadataRpc { meta })
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
-        )
-        .add_service(ClusterServiceServer::new(ClusterRpc { raft, state }))
+            check.clone(),
+        ))
+        .add_service(InterceptedService::new(ClusterServiceServer::new(ClusterRpc { raft, state }), check))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -1,53 +1,181 @@
 //! HTTP listeners: the registry API (plain or TLS) and the debug listener (health, metrics).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use axum::routing::get;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
+use crate::config::{Limits, TlsConfig};
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+
+
+/// Serves `app` on `listener` until `shutdown` resolves, within `limits`: at most
+/// `max_connections` at once (further clients wait in the backlog), headers within
+/// `header_timeout`, and no connection kept past `idle_timeout` without a byte moving.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP"),
-        Some(acceptor) => {
-            tokio::pin!(shutdown);
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    r = listener.accept() => r?,
-                    _ = &mut shutdown => return Ok(()),
-                };
-                let acceptor = acceptor.clone();
-                let app = app.clone();
-                tokio::spawn(async move {
-                    let stream = match acceptor.accept(tcp).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::info!(%peer, "TLS handshake failed: {e}");
-                            return;
-                        }
-                    };
-                    let svc = TowerToHyperService::new(app);
-                    if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await
-                    {
-                        tracing::debug!(%peer, "connection ended: {e}");
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("semaphore is never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: wait for descriptors to free up rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // Small responses (a config blob, a manifest) leave at once instead of waiting for the
+        // client's delayed ACK of the headers.
+        let _ = tcp.set_nodelay(true);
+        let activity = Activity::new();
+        let io = IdleIo { inner: tcp, activity: activity.clone() };
+        let (app, builder, tls, watcher) = (app.clone(), builder.clone(), tls.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let svc = TowerToHyperService::new(app);
+            let serve = async {
+                match tls {
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(io), svc);
+                        watcher.watch(conn.into_owned()).await
                     }
-                });
+                    Some(acceptor) => {
+                        let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => return tracing::info!(%peer, "TLS handshake failed: {e}"),
+                            Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                }
+                .unwrap_or_else(|e| tracing::debug!(%peer, "connection ended: {e}"))
+            };
+            tokio::select! {
+                () = serve => {}
+                () = activity.idle_for(limits.idle_timeout) => tracing::debug!(%peer, "closed an idle connection"),
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::info!("connections still open after 10s of draining; closing them");
+    }
+    Ok(())
+}
+
+/// When bytes last moved on a connection.
+#[derive(Clone)]
+struct Activity(Arc<(Instant, AtomicU64)>);
+
+impl Activity {
+    fn new() -> Self {
+        Activity(Arc::new((Instant::now(), AtomicU64::new(0))))
+    }
+
+    fn touch(&self) {
+        self.0 .1.store(self.0 .0.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.0 .0 + Duration::from_millis(self.0 .1.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// A socket that records every read or write that moves bytes.
+struct IdleIo<T> {
+    inner: T,
+    activity: Activity,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, so connection caps, not `EMFILE`, decide
+/// how many clients are served.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                tracing::debug!(from = lim.rlim_cur, to = lim.rlim_max, "raised the open-file limit");
             }
         }
     }

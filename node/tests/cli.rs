@@ -29,3 +29,21 @@ fn invalid_env_override_names_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("http.addr"));
 }
+
+#[test]
+fn an_auth_block_berth_cannot_honour_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, "version: 0.1\nauth:\n  htpasswd:\n    realm: basic-realm\n    path: /etc/registry/htpasswd\n").unwrap();
+    let out = berth().args(["serve", "--config"]).arg(&cfg).arg("--data-dir").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.htpasswd"));
+    let out = berth()
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .env("REGISTRY_AUTH_TOKEN_REALM", "https://gitlab.example/jwt/auth")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.token"));
+}

@@ -120,4 +120,9 @@ pub enum Outcome {
     },
     /// The target of a delete does not exist.
     NotFound,
+    /// The blob cannot be unlinked: these manifests of the repository reference it.
+    InUse {
+        /// Manifests that reference the blob.
+        manifests: Vec<Digest>,
+    },
 }

@@ -79,6 +79,57 @@ fn is_known(mt: &str) -> bool {
     matches!(mt, OCI_MANIFEST | OCI_INDEX | DOCKER_MANIFEST | DOCKER_LIST)
 }
 
+/// Any JSON value whose objects, at every depth, never repeat a key.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+}
+
 /// Parses and validates a manifest body. `content_type` is the request's `Content-Type`.
 pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, ManifestError> {
     if body.len() > MAX_MANIFEST_BYTES {
@@ -93,6 +144,9 @@ pub fn parse_manifest(content_type: Option<&str>, body: &[u8]) -> Result<ParsedM
         ));
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
+    // Parsers disagree on which of two equal keys wins, so such a manifest could mean one thing
+    // to Berth and another to a client that pulls it.
+    serde_json::from_slice::<UniqueKeys>(body).map_err(|e| invalid(format!("manifest is not valid JSON: {e}")))?;
     let obj = v.as_object().ok_or_else(|| invalid("manifest is not a JSON object"))?;
     match obj.get("schemaVersion").and_then(Value::as_u64) {
         Some(2) => {}
@@ -193,6 +247,37 @@ mod tests {
 
     fn d(c: char) -> String {
         format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        let layer = format!(r#"{{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "{}", "size": 1}}"#, d('b'));
+        let ok = format!(
+            r#"{{"schemaVersion": 2, "mediaType": "{OCI_MANIFEST}", "config": {{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "{}", "size": 2}}, "layers": [{layer}]}}"#,
+            d('a')
+        );
+        assert!(parse_manifest(Some(OCI_MANIFEST), ok.as_bytes()).is_ok());
+        let top = ok.replacen(r#""schemaVersion": 2,"#, r#""schemaVersion": 2, "schemaVersion": 2,"#, 1);
+        let deep = ok.replacen(r#""size": 1}"#, &format!(r#""size": 1, "digest": "{}"}}"#, d('c')), 1);
+        let in_annotations = ok.replacen(r#""layers""#, r#""annotations": {"a": "1", "a": "2"}, "layers""#, 1);
+        for bad in [top, deep, in_annotations] {
+            match parse_manifest(Some(OCI_MANIFEST), bad.as_bytes()) {
+                Err(ManifestError::Invalid(m)) => assert!(m.contains("duplicate key"), "{m}"),
+                other => panic!("accepted {bad}: {other:?}"),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes arrive, parsing answers (no panic) and never accepts a body that is
+        /// not a JSON object.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            if parse_manifest(Some(OCI_MANIFEST), &body).is_ok() {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                proptest::prop_assert!(v.is_object());
+            }
+        }
     }
 
     #[test]

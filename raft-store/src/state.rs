@@ -73,6 +73,13 @@ impl RegistryState {
             }
             Command::UnlinkBlob { repo, digest } => {
                 let Some(r) = self.repos.get_mut(repo) else { return Outcome::NotFound };
+                // Decided here, in log order, so a delete racing a push of a manifest that
+                // references the blob either wins before it or is refused after it.
+                let users: Vec<Digest> =
+                    r.manifests.iter().filter(|(_, m)| m.blobs.contains(digest)).map(|(d, _)| d.clone()).collect();
+                if !users.is_empty() {
+                    return Outcome::InUse { manifests: users };
+                }
                 let found = r.blobs.remove(digest).is_some();
                 self.drop_if_empty(repo);
                 if found {
@@ -247,7 +254,8 @@ mod tests {
     proptest! {
         /// Random command sequences keep the invariants: every stored manifest's blobs are
         /// linked when it was stored, every tag points at a stored manifest, every referrers
-        /// entry names a stored manifest whose subject matches, and no empty repository lingers.
+        /// entry names a stored manifest whose subject matches, no stored manifest's blob is
+        /// ever unlinked, and no empty repository lingers.
         /// A postcard round trip (what a snapshot does) gives the same state.
         #[test]
         fn invariants_hold(cmds in proptest::collection::vec(arb_command(), 0..60)) {
@@ -260,11 +268,17 @@ mod tests {
                         prop_assert!(before.blob_size(repo, b).is_some());
                     }
                 }
-                if matches!(out, Outcome::MissingReferences { .. } | Outcome::NotFound) {
+                if matches!(out, Outcome::MissingReferences { .. } | Outcome::NotFound | Outcome::InUse { .. }) {
                     prop_assert_eq!(&before, &s);
                 }
                 for r in s.repos.values() {
                     prop_assert!(!r.is_empty());
+                    // No stored manifest ever dangles: its blobs stay linked while it exists.
+                    for m in r.manifests.values() {
+                        for b in &m.blobs {
+                            prop_assert!(r.blobs.contains_key(b));
+                        }
+                    }
                     for t in r.tags.values() {
                         prop_assert!(r.manifests.contains_key(&t.digest));
                     }

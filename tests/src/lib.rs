@@ -25,6 +25,29 @@ pub fn berth_bin() -> PathBuf {
     bin
 }
 
+/// The cluster token file every node and CLI call of this test process uses (made once, mode
+/// 0600): the cluster plane refuses calls without it.
+pub fn cluster_token_file() -> &'static Path {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!("berth-test-cluster-token-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).expect("token file");
+        let token: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+        f.write_all(token.as_bytes()).unwrap();
+        path
+    })
+}
+
+/// `berth` from the current build, with this process's cluster token.
+pub fn berth_command() -> Command {
+    let mut c = Command::new(berth_bin());
+    c.env("REGISTRY_BERTH_CLUSTERTOKENFILE", cluster_token_file());
+    c
+}
+
 /// Sets up tracing for a test (once).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
@@ -101,6 +124,7 @@ impl Berth {
             None => Command::new(berth_bin()),
             Some((ns, _)) => berth_chaos::net::command_in(ns, berth_bin()),
         };
+        cmd.env("REGISTRY_BERTH_CLUSTERTOKENFILE", cluster_token_file());
         let any_port = match &self.place {
             None => "127.0.0.1:0".to_string(),
             Some((_, ip)) => format!("{ip}:0"),
@@ -309,7 +333,7 @@ pub fn frontend(dir: &Path, name: &str, voters: &[Berth], env: &[(&str, &str)]) 
 
 /// `leader N` as `berth cluster status` at `grpc` reports it; None while there is none.
 pub fn cluster_leader(grpc: &str) -> Option<u64> {
-    let out = Command::new(berth_bin()).args(["cluster", "status", "--node", grpc]).output().ok()?;
+    let out = berth_command().args(["cluster", "status", "--node", grpc]).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().find_map(|l| l.strip_prefix("leader ")).and_then(|n| n.trim().parse().ok()).filter(|n| *n != 0)
 }
@@ -348,7 +372,7 @@ pub fn berth_cluster(args: &[&str]) -> String {
 
 /// Runs `berth cluster ARGS...` with extra environment (`REGISTRY_BERTH_TLS_*`, ...).
 pub fn berth_cluster_env(args: &[&str], env: &[(&str, &str)]) -> String {
-    run(Command::new(berth_bin()).arg("cluster").args(args).envs(env.iter().copied()))
+    run(berth_command().arg("cluster").args(args).envs(env.iter().copied()))
 }
 
 /// A minimal client for the raw distribution protocol.

@@ -40,7 +40,7 @@ async fn three_voters_replicate_and_survive_the_leader() {
     assert_eq!(status.matches(" voter ").count(), 3, "{status}");
 
     tracing::info!("a reused node id is refused");
-    let out = std::process::Command::new(berth_tests::berth_bin())
+    let out = berth_tests::berth_command()
         .args(["cluster", "add-learner", "--node", &first, "--id", "2", "--addr", "127.0.0.1:1"])
         .output()
         .unwrap();
@@ -151,7 +151,7 @@ async fn frontends_serve_everything_and_removed_ids_stay_retired() {
     let status = berth_cluster(&["status", "--node", alive]);
     assert_eq!(status.matches(" voter ").count(), 2, "{status}");
     assert!(!status.contains("node 1 "), "{status}");
-    let out = std::process::Command::new(berth_tests::berth_bin())
+    let out = berth_tests::berth_command()
         .args(["cluster", "add-learner", "--node", alive, "--id", "1", "--addr", "127.0.0.1:1"])
         .output()
         .unwrap();
@@ -236,12 +236,12 @@ async fn nodes_talk_over_mutual_tls_and_refuse_strangers() {
     assert!(status.contains("leader 1") && !status.contains("unreachable"), "{status}");
 
     tracing::info!("a client without a certificate, or with one from another CA, is refused");
-    let plain = std::process::Command::new(berth_tests::berth_bin()).args(["cluster", "status", "--node", &voters[0].grpc_addr]).output().unwrap();
+    let plain = berth_tests::berth_command().args(["cluster", "status", "--node", &voters[0].grpc_addr]).output().unwrap();
     assert!(!plain.status.success(), "plaintext admin call succeeded");
     let rogue = TestCa::new(dir.path(), "rogue");
     let (rcert, rkey) = rogue.issue("intruder");
     let (rcert_s, rkey_s) = (rcert.display().to_string(), rkey.display().to_string());
-    let out = std::process::Command::new(berth_tests::berth_bin())
+    let out = berth_tests::berth_command()
         .args(["cluster", "status", "--node", &voters[0].grpc_addr])
         .envs([("REGISTRY_BERTH_TLS_CA", &ca_s), ("REGISTRY_BERTH_TLS_CERTIFICATE", &rcert_s), ("REGISTRY_BERTH_TLS_KEY", &rkey_s)])
         .output()

@@ -8,34 +8,52 @@ use super::{digest, empty, finish, repo_name, ApiResult};
 use crate::error::{ApiError, Code};
 use crate::Api;
 
-/// Parses a single `Range: bytes=...` into an inclusive range within `size`.
-/// `Ok(None)`: no range asked; `Err(())`: unsatisfiable.
-fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = headers.get(header::RANGE) else { return Ok(None) };
-    let s = v.to_str().map_err(|_| ())?.trim();
-    let spec = s.strip_prefix("bytes=").ok_or(())?;
-    if spec.contains(',') {
-        return Err(());
+/// What a `Range` header asks of a body of `size` bytes, read as RFC 9110 says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeAsk {
+    /// The whole body: no header, a unit other than bytes, a malformed or backwards range, or
+    /// several ranges (which a server may answer in full).
+    Whole,
+    /// One satisfiable range, first and last byte inclusive.
+    Part(u64, u64),
+    /// A well-formed range that starts past the end.
+    Unsatisfiable,
+}
+
+/// Reads a `Range` header (RFC 9110 section 14.2).
+pub fn byte_range(headers: &HeaderMap, size: u64) -> RangeAsk {
+    let Some(spec) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return RangeAsk::Whole };
+    let Some((unit, set)) = spec.trim().split_once('=') else { return RangeAsk::Whole };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return RangeAsk::Whole;
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (first, last) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().map_err(|_| ())?;
-            if n == 0 || size == 0 {
-                return Err(());
-            }
-            (size.saturating_sub(n), size - 1)
-        }
-        (a, "") => (a.parse().map_err(|_| ())?, size.saturating_sub(1)),
+    let specs: Vec<&str> = set.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let [one] = specs.as_slice() else { return RangeAsk::Whole };
+    let Some((a, b)) = one.split_once('-') else { return RangeAsk::Whole };
+    let num = |s: &str| -> Option<u64> { (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse().ok()).flatten() };
+    match (a.trim(), b.trim()) {
+        ("", n) => match num(n) {
+            None => RangeAsk::Whole,
+            Some(0) => RangeAsk::Unsatisfiable,
+            Some(_) if size == 0 => RangeAsk::Unsatisfiable,
+            Some(n) => RangeAsk::Part(size.saturating_sub(n), size - 1),
+        },
         (a, b) => {
-            let (a, b): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
-            (a, b.min(size.saturating_sub(1)))
+            let Some(first) = num(a) else { return RangeAsk::Whole };
+            let last = match b {
+                "" => u64::MAX,
+                b => match num(b) {
+                    Some(l) if l >= first => l,
+                    _ => return RangeAsk::Whole,
+                },
+            };
+            if first >= size {
+                RangeAsk::Unsatisfiable
+            } else {
+                RangeAsk::Part(first, last.min(size - 1))
+            }
         }
-    };
-    if first >= size || last < first {
-        return Err(());
     }
-    Ok(Some((first, last)))
 }
 
 /// `GET`/`HEAD`/`DELETE` a blob.
@@ -48,6 +66,12 @@ pub async fn handle(api: &Api, method: &Method, name: &str, dgst: &str, headers:
         }
         return match api.meta.apply(Command::UnlinkBlob { repo, digest: digest.clone() }).await? {
             berth_proto::Outcome::NotFound => Err(ApiError::new(Code::BlobUnknown, "blob unknown to repository")),
+            berth_proto::Outcome::InUse { manifests } => Err(ApiError::new(
+                Code::Denied,
+                "the blob is referenced by manifests of this repository; delete those manifests first",
+            )
+            .status(StatusCode::CONFLICT)
+            .detail(serde_json::json!({"manifests": manifests.iter().map(|d| d.to_string()).collect::<Vec<_>>()}))),
             _ => Ok(finish(
                 empty(StatusCode::ACCEPTED).header("Docker-Content-Digest", digest.to_string()),
                 Body::empty(),
@@ -63,10 +87,10 @@ pub async fn handle(api: &Api, method: &Method, name: &str, dgst: &str, headers:
         .header(header::ETAG, format!("\"{digest}\""))
         .header(header::CACHE_CONTROL, "max-age=31536000");
     let range = match byte_range(headers, size) {
-        Ok(r) => r,
-        Err(()) => {
-            return Err(ApiError::new(Code::BlobUnknown, "requested range not satisfiable")
-                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+        RangeAsk::Whole => None,
+        RangeAsk::Part(a, b) => Some((a, b)),
+        RangeAsk::Unsatisfiable => {
+            return Err(ApiError::new(Code::RangeInvalid, format!("requested range not satisfiable: the blob has {size} bytes"))
                 .header(header::CONTENT_RANGE, format!("bytes */{size}")))
         }
     };
@@ -101,14 +125,36 @@ mod tests {
     }
 
     #[test]
-    fn ranges() {
-        assert_eq!(byte_range(&HeaderMap::new(), 10), Ok(None));
-        assert_eq!(byte_range(&h("bytes=0-3"), 10), Ok(Some((0, 3))));
-        assert_eq!(byte_range(&h("bytes=5-"), 10), Ok(Some((5, 9))));
-        assert_eq!(byte_range(&h("bytes=-3"), 10), Ok(Some((7, 9))));
-        assert_eq!(byte_range(&h("bytes=8-100"), 10), Ok(Some((8, 9))));
-        assert_eq!(byte_range(&h("bytes=10-11"), 10), Err(()));
-        assert_eq!(byte_range(&h("bytes=4-2"), 10), Err(()));
-        assert_eq!(byte_range(&h("items=0-1"), 10), Err(()));
+    fn ranges_follow_rfc_9110() {
+        use RangeAsk::*;
+        assert_eq!(byte_range(&HeaderMap::new(), 10), Whole);
+        assert_eq!(byte_range(&h("bytes=0-3"), 10), Part(0, 3));
+        assert_eq!(byte_range(&h("BYTES = 0-3"), 10), Part(0, 3));
+        assert_eq!(byte_range(&h("bytes=5-"), 10), Part(5, 9));
+        assert_eq!(byte_range(&h("bytes=-3"), 10), Part(7, 9));
+        assert_eq!(byte_range(&h("bytes=-30"), 10), Part(0, 9));
+        assert_eq!(byte_range(&h("bytes=8-100"), 10), Part(8, 9));
+        assert_eq!(byte_range(&h("bytes=10-11"), 10), Unsatisfiable);
+        assert_eq!(byte_range(&h("bytes=-0"), 10), Unsatisfiable);
+        assert_eq!(byte_range(&h("bytes=0-"), 0), Unsatisfiable);
+        // Ignored: backwards, malformed, other units, several ranges.
+        for ignored in ["bytes=4-2", "bytes=a-b", "bytes=1", "bytes=--1", "bytes=+1-2", "items=0-1", "0-1", "bytes=0-1,3-4", "bytes="] {
+            assert_eq!(byte_range(&h(ignored), 10), Whole, "{ignored}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any header gives a range inside the body, the whole body, or unsatisfiable; never
+        /// a panic or a range past the end.
+        #[test]
+        fn any_range_header_is_safe(v in "[ -~]{0,40}", size in 0u64..1000) {
+            if let Ok(hv) = v.parse() {
+                let mut m = HeaderMap::new();
+                m.insert(header::RANGE, hv);
+                if let RangeAsk::Part(a, b) = byte_range(&m, size) {
+                    proptest::prop_assert!(a <= b && b < size);
+                }
+            }
+        }
     }
 }

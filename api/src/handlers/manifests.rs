@@ -16,7 +16,16 @@ fn reference(s: &str) -> Result<Reference, ApiError> {
 /// Dispatches by method.
 pub async fn handle(api: &Api, method: &Method, name: &str, reference_str: &str, headers: &HeaderMap, body: Body) -> ApiResult {
     let repo = repo_name(name)?;
-    let reference = reference(reference_str)?;
+    let reference = match reference(reference_str) {
+        Ok(r) => r,
+        // A reference that cannot exist names no manifest (Distribution answers so too);
+        // only storing under it is a client error.
+        Err(e) if *method == Method::PUT => return Err(e),
+        Err(_) => {
+            return Err(ApiError::new(Code::ManifestUnknown, "manifest unknown")
+                .detail(serde_json::json!({"name": name, "reference": reference_str})))
+        }
+    };
     match *method {
         Method::GET | Method::HEAD => {
             let (digest, m) = api.meta.manifest(&repo, &reference).await?.ok_or_else(|| {

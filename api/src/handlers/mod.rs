@@ -6,14 +6,13 @@ pub mod manifests;
 pub mod uploads;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use berth_proto::{Digest, RepoName, ResumableSha256};
+use berth_proto::{Digest, RepoName};
 use futures::StreamExt;
-use sha2::Digest as _;
 
 use crate::backend::ByteStream;
 use crate::error::{ApiError, Code};
@@ -48,37 +47,52 @@ pub fn finish(b: axum::http::response::Builder, body: Body) -> Response {
     b.body(body).expect("valid response")
 }
 
-/// A hash running over a request body as it streams.
-pub enum RunningHash {
-    /// Resumable SHA-256 (chunked uploads).
-    Sha256(ResumableSha256),
-    /// SHA-512 (monolithic uploads that name a sha512 digest).
-    Sha512(sha2::Sha512),
+/// The least a request body must deliver: `bytes_per_sec` averaged over each `window` (and at
+/// least one byte per window), so slow but progressing clients keep going and stalled ones
+/// are cut instead of holding a connection and an upload lock forever.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRate {
+    /// Minimum average rate.
+    pub bytes_per_sec: u64,
+    /// The span over which the rate is averaged.
+    pub window: Duration,
 }
 
-impl RunningHash {
-    fn update(&mut self, b: &[u8]) {
-        match self {
-            RunningHash::Sha256(h) => h.update(b),
-            RunningHash::Sha512(h) => h.update(b),
-        }
-    }
-
-    /// The digest so far.
-    pub fn digest(&self) -> Digest {
-        match self {
-            RunningHash::Sha256(h) => h.digest(),
-            RunningHash::Sha512(h) => Digest::from_raw(berth_proto::Algorithm::Sha512, &h.clone().finalize()),
-        }
+impl Default for BodyRate {
+    fn default() -> Self {
+        BodyRate { bytes_per_sec: 1024, window: Duration::from_secs(30) }
     }
 }
 
-/// Wraps a request body so every byte passes through `hash` on its way to storage.
-pub fn hashed_body(body: Body, hash: Arc<Mutex<RunningHash>>) -> ByteStream {
-    Box::pin(body.into_data_stream().map(move |chunk| {
-        let b = chunk.map_err(std::io::Error::other)?;
-        hash.lock().unwrap().update(&b);
-        Ok(b)
+/// A request body as a byte stream that fails once it falls below `rate`.
+pub fn request_body(body: Body, rate: BodyRate) -> ByteStream {
+    let need = (rate.bytes_per_sec.saturating_mul(rate.window.as_secs())).max(1);
+    let too_slow = move || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("request body slower than {} bytes/s", rate.bytes_per_sec));
+    let start = (body.into_data_stream(), Instant::now(), 0u64, false);
+    Box::pin(futures::stream::unfold(start, move |(mut s, mut window_start, mut got, failed)| async move {
+        if failed {
+            return None;
+        }
+        loop {
+            let deadline = window_start + rate.window;
+            match tokio::time::timeout_at(deadline.into(), s.next()).await {
+                Ok(Some(Ok(b))) => {
+                    got += b.len() as u64;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        if got < need {
+                            return Some((Err(too_slow()), (s, window_start, got, true)));
+                        }
+                        (window_start, got) = (now, 0);
+                    }
+                    return Some((Ok(b), (s, window_start, got, false)));
+                }
+                Ok(Some(Err(e))) => return Some((Err(std::io::Error::other(e)), (s, window_start, got, true))),
+                Ok(None) => return None,
+                Err(_) if got < need => return Some((Err(too_slow()), (s, window_start, got, true))),
+                Err(_) => (window_start, got) = (deadline, 0),
+            }
+        }
     }))
 }
 
@@ -100,4 +114,42 @@ pub fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, ApiError
 /// The `Content-Length` header, if present and numeric.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trickle(chunks: Vec<(u64, &'static [u8])>) -> Body {
+        Body::from_stream(futures::stream::iter(chunks).then(|(ms, b)| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, std::io::Error>(bytes::Bytes::from_static(b))
+        }))
+    }
+
+    async fn drain(mut s: ByteStream) -> Result<usize, std::io::Error> {
+        let mut n = 0;
+        while let Some(c) = s.next().await {
+            n += c?.len();
+        }
+        Ok(n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_but_progressing_bodies_pass_and_stalled_ones_are_cut() {
+        let rate = BodyRate { bytes_per_sec: 2, window: Duration::from_secs(10) };
+        // 20 bytes every 9 s: slow, but at the rate.
+        let slow = trickle(vec![(9_000, &[0u8; 20]), (9_000, &[0u8; 20]), (9_000, &[0u8; 20])]);
+        assert_eq!(drain(request_body(slow, rate)).await.unwrap(), 60);
+        // Starts well, then stalls for good.
+        let stalled = Body::from_stream(
+            futures::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from_static(&[0u8; 100]))])
+                .chain(futures::stream::pending()),
+        );
+        let err = drain(request_body(stalled, rate)).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        // A byte a window is below 2 bytes/s.
+        let dribble = trickle(vec![(9_000, b"a"), (9_000, b"b"), (9_000, b"c")]);
+        assert!(drain(request_body(dribble, rate)).await.is_err());
+    }
 }

@@ -5,16 +5,13 @@
 //! digest, make the bytes durable at their content address, and only then commit `LinkBlob`
 //! through Raft. The client gets 201 after the commit.
 
-use std::sync::{Arc, Mutex};
-
 use axum::body::{Body, HttpBody};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
-use berth_proto::{Algorithm, Command, Digest, RepoName, ResumableSha256};
-use futures::StreamExt;
+use berth_proto::{Command, Digest, RepoName};
 use rand::RngCore;
-use sha2::Digest as _;
 
-use super::{content_length, content_range, digest, empty, finish, hashed_body, query, repo_name, ApiResult, RunningHash};
+use super::{content_length, content_range, digest, empty, finish, query, repo_name, request_body, ApiResult};
+use crate::backend::BlobError;
 use crate::error::{ApiError, Code};
 use crate::upload_state::UploadState;
 use crate::Api;
@@ -54,16 +51,23 @@ fn created(repo: &RepoName, digest: &Digest) -> axum::response::Response {
     )
 }
 
-/// Makes staged bytes a blob: durable at the content address first, then linked through Raft.
-async fn commit(api: &Api, repo: RepoName, id: &str, size: u64, digest: &Digest) -> ApiResult {
-    api.blobs.finish_upload(id, size, digest).await?;
+/// Makes staged bytes a blob: verified and durable at the content address first, then linked
+/// through Raft, and only then is the staging area removed (a failed commit can be retried).
+async fn commit(api: &Api, repo: RepoName, id: &str, digest: &Digest) -> ApiResult {
+    let size = match api.blobs.finish_upload(id, digest).await {
+        Ok(size) => size,
+        Err(e @ BlobError::DigestMismatch { .. }) => {
+            // The client must start over: these bytes can never become this digest.
+            let _ = api.blobs.remove_upload(id).await;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     api.meta.apply(Command::LinkBlob { repo: repo.clone(), digest: digest.clone(), size }).await?;
+    if let Err(e) = api.blobs.remove_upload(id).await {
+        tracing::warn!(upload = id, "staging not removed after commit (purging will): {e}");
+    }
     Ok(created(&repo, digest))
-}
-
-fn digest_mismatch(expected: &Digest, actual: &Digest) -> ApiError {
-    ApiError::new(Code::DigestInvalid, "provided digest did not match uploaded content")
-        .detail(serde_json::json!({"expected": expected.to_string(), "actual": actual.to_string()}))
 }
 
 /// `POST /v2/<name>/blobs/uploads/`.
@@ -93,84 +97,69 @@ pub async fn start(api: &Api, name: &str, uri: &Uri, body: Body) -> ApiResult {
 /// `POST ...?digest=`: the whole blob in one request.
 async fn monolithic(api: &Api, repo: RepoName, expected: Digest, body: Body) -> ApiResult {
     let id = new_upload_id();
-    let hash = Arc::new(Mutex::new(match expected.algorithm() {
-        Algorithm::Sha256 => RunningHash::Sha256(ResumableSha256::new()),
-        Algorithm::Sha512 => RunningHash::Sha512(sha2::Sha512::new()),
-    }));
     api.blobs.create_upload(&id).await?;
-    let written = match api.blobs.write_upload(&id, 0, hashed_body(body, hash.clone())).await {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = api.blobs.cancel_upload(&id).await;
-            return Err(e.into());
-        }
-    };
-    let actual = hash.lock().unwrap().digest();
-    if actual != expected {
-        let _ = api.blobs.cancel_upload(&id).await;
-        return Err(digest_mismatch(&expected, &actual));
+    if let Err(e) = api.blobs.write_upload(&id, 0, request_body(body, api.config.body_rate)).await {
+        let _ = api.blobs.remove_upload(&id).await;
+        return Err(e.into());
     }
-    commit(api, repo, &id, written, &expected).await
+    commit(api, repo, &id, &expected).await
 }
 
-/// Verifies `_state` and that it belongs to this repository and upload id.
-async fn session(api: &Api, repo: &RepoName, id: &str, uri: &Uri) -> Result<(UploadState, Arc<Vec<u8>>), ApiError> {
+/// Verifies `_state` and that it names this repository and upload; returns it with its
+/// offset replaced by the upload's real, durable one, and the offset the URL was issued at.
+async fn session(api: &Api, repo: &RepoName, id: &str, uri: &Uri) -> Result<(UploadState, u64, std::sync::Arc<Vec<u8>>), ApiError> {
     let unknown = || ApiError::new(Code::BlobUploadUnknown, "blob upload unknown to registry").detail(serde_json::json!({"id": id}));
     let secret = api.meta.http_secret().await?;
     let tok = query(uri).remove("_state").ok_or_else(unknown)?;
-    let state = UploadState::verify(&tok, &secret).ok_or_else(unknown)?;
-    if state.repo != repo.as_str() || state.id != id || state.hasher().is_none() {
+    let mut state = UploadState::verify(&tok, &secret).ok_or_else(unknown)?;
+    if state.repo != repo.as_str() || state.id != id {
         return Err(unknown());
     }
-    if !api.blobs.upload_exists(id).await? {
-        return Err(unknown());
-    }
-    Ok((state, secret))
+    let issued_at = state.offset;
+    state.offset = api.blobs.upload_offset(id).await?;
+    Ok((state, issued_at, secret))
 }
 
-/// Streams a chunk into the upload at the state's offset, advancing the state.
-async fn write_chunk(api: &Api, state: &mut UploadState, secret: &[u8], headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
+/// Streams a chunk into the upload. It must start where the upload is: at `Content-Range`'s
+/// first byte when given, else where the URL it was sent to said the upload was.
+async fn write_chunk(api: &Api, state: &mut UploadState, issued_at: u64, secret: &[u8], headers: &HeaderMap, body: Body) -> Result<(), ApiError> {
     let range = content_range(headers)?;
+    let start = range.map_or(issued_at, |(first, _)| first);
+    if start != state.offset {
+        return Err(ApiError::from(BlobError::OffsetMismatch { at: state.offset }).header(header::LOCATION, location(state, secret)));
+    }
     if let Some((first, last)) = range {
-        if first != state.offset {
-            return Err(ApiError::new(Code::BlobUploadInvalid, format!("chunk starts at {first}, upload is at {}", state.offset))
-                .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                .header(header::RANGE, range_header(state.offset))
-                .header(header::LOCATION, location(state, secret)));
-        }
         if content_length(headers).is_some_and(|len| len != last - first + 1) {
             return Err(ApiError::new(Code::SizeInvalid, "Content-Range does not match Content-Length")
                 .status(StatusCode::RANGE_NOT_SATISFIABLE));
         }
     }
-    let hasher = state.hasher().expect("checked in session");
-    let hash = Arc::new(Mutex::new(RunningHash::Sha256(hasher)));
-    let written = api.blobs.write_upload(&state.id, state.offset, hashed_body(body, hash.clone())).await?;
-    let RunningHash::Sha256(h) = &*hash.lock().unwrap() else { unreachable!() };
-    if h.len() != state.offset + written {
-        return Err(ApiError::new(Code::Unknown, "storage wrote a different number of bytes than were received"));
-    }
+    let end = match api.blobs.write_upload(&state.id, start, request_body(body, api.config.body_rate)).await {
+        Ok(end) => end,
+        Err(e @ BlobError::OffsetMismatch { .. }) => return Err(ApiError::from(e).header(header::LOCATION, location(state, secret))),
+        Err(e) => return Err(e.into()),
+    };
+    state.offset = end;
     if let Some((first, last)) = range {
-        if written != last - first + 1 {
+        if end - first != last - first + 1 {
             return Err(ApiError::new(Code::SizeInvalid, "body length does not match Content-Range"));
         }
     }
-    state.set_hasher(h);
     Ok(())
 }
 
 /// `GET`/`PATCH`/`PUT`/`DELETE /v2/<name>/blobs/uploads/<id>`.
 pub async fn handle(api: &Api, method: &Method, name: &str, id: &str, uri: &Uri, headers: &HeaderMap, body: Body) -> ApiResult {
     let repo = repo_name(name)?;
-    let (mut state, secret) = session(api, &repo, id, uri).await?;
+    let (mut state, issued_at, secret) = session(api, &repo, id, uri).await?;
     match *method {
         Method::GET => Ok(accepted(&state, &secret, StatusCode::NO_CONTENT)),
         Method::DELETE => {
-            api.blobs.cancel_upload(id).await?;
+            api.blobs.remove_upload(id).await?;
             Ok(finish(empty(StatusCode::NO_CONTENT), Body::empty()))
         }
         Method::PATCH => {
-            write_chunk(api, &mut state, &secret, headers, body).await?;
+            write_chunk(api, &mut state, issued_at, &secret, headers, body).await?;
             Ok(accepted(&state, &secret, StatusCode::ACCEPTED))
         }
         Method::PUT => {
@@ -179,24 +168,9 @@ pub async fn handle(api: &Api, method: &Method, name: &str, id: &str, uri: &Uri,
                 None => return Err(ApiError::new(Code::DigestInvalid, "the digest query parameter is required")),
             };
             if !body.is_end_stream() && content_length(headers) != Some(0) {
-                write_chunk(api, &mut state, &secret, headers, body).await?;
+                write_chunk(api, &mut state, issued_at, &secret, headers, body).await?;
             }
-            let actual = match expected.algorithm() {
-                Algorithm::Sha256 => state.hasher().expect("valid").digest(),
-                Algorithm::Sha512 => {
-                    let mut h = sha2::Sha512::new();
-                    let mut s = api.blobs.read_upload(id, state.offset).await?;
-                    while let Some(chunk) = s.next().await {
-                        h.update(&chunk.map_err(|e| ApiError::new(Code::Unknown, e.to_string()))?);
-                    }
-                    Digest::from_raw(Algorithm::Sha512, &h.finalize())
-                }
-            };
-            if actual != expected {
-                let _ = api.blobs.cancel_upload(id).await;
-                return Err(digest_mismatch(&expected, &actual));
-            }
-            commit(api, repo, id, state.offset, &expected).await
+            commit(api, repo, id, &expected).await
         }
         _ => Err(ApiError::new(Code::Unsupported, "method not allowed")),
     }

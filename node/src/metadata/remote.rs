@@ -8,9 +8,9 @@ use berth_proto::rpc::metadata_service_client::MetadataServiceClient;
 use berth_proto::rpc::{NotLeader, Payload, ReadIndexRequest};
 use berth_proto::{Answer, Outcome, Query, Request};
 use serde::de::DeserializeOwned;
-use tonic::transport::Channel;
 
-use crate::peers::Peers;
+
+use crate::peers::{PeerChannel, Peers};
 
 /// How long one forwarded call may take before the client gets 503.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,7 +38,7 @@ pub fn not_leader(leader: Option<Leader>) -> NotLeader {
     NotLeader { leader_id, leader_addr }
 }
 
-fn client(peers: &Peers, addr: &str) -> Result<MetadataServiceClient<Channel>, MetaError> {
+fn client(peers: &Peers, addr: &str) -> Result<MetadataServiceClient<PeerChannel>, MetaError> {
     let ch = peers.channel(addr).map_err(MetaError::Unavailable)?;
     Ok(MetadataServiceClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
 }

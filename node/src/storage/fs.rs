@@ -4,10 +4,16 @@
 //!
 //! Layout under the root:
 //! - `blobs/<alg>/<2 hex>/<hex>`: content-addressed, written once by hard-linking a fully
-//!   fsynced staging file (a second upload of the same digest is a no-op);
+//!   fsynced, verified staging file (a second upload of the same digest is a no-op);
 //! - `uploads/<id>/data`: the staged bytes; `uploads/<id>/startedat`: start time;
-//!   `uploads/<id>/claims/<offset>`: created exclusively by the request writing at `offset`,
-//!   so a replayed or concurrent chunk cannot overwrite bytes already hashed into a state.
+//!   `uploads/<id>/state`: the durable offset and the running SHA-256 over the bytes before
+//!   it (replaced atomically after the bytes are fsynced), and once finished, the digest;
+//!   `uploads/<id>/lock`: `flock`ed by the one request writing to the upload. Its writes run
+//!   on blocking threads that keep the lock until they end, so a write abandoned by a
+//!   timed-out request finishes before any retry starts, and cannot land after it.
+//!
+//! The client's signed `Location` names the upload, nothing more: what its bytes are and
+//! where it stands is only ever read from here.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -18,9 +24,11 @@ use async_trait::async_trait;
 use berth_api::{BlobError, BlobStore, ByteStream};
 
 use super::valid_id;
-use berth_proto::Digest;
+use berth_proto::{Algorithm, Digest, ResumableSha256};
 use bytes::BytesMut;
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
@@ -28,6 +36,8 @@ use tokio_util::io::ReaderStream;
 const WRITE_BATCH: usize = 4 * 1024 * 1024;
 /// Read buffer for blob downloads.
 const READ_BUF: usize = 256 * 1024;
+/// How long a request waits for another one still writing to the same upload.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Blob storage on a local (or shared) filesystem.
 #[derive(Clone)]
@@ -36,20 +46,84 @@ pub struct FsBlobStore {
 }
 
 fn io_err(e: std::io::Error) -> BlobError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        BlobError::NotFound
-    } else {
-        BlobError::Storage(e.to_string())
+    match e.kind() {
+        std::io::ErrorKind::NotFound => BlobError::NotFound,
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => BlobError::Full(e.to_string()),
+        _ => BlobError::Storage(e.to_string()),
+    }
+}
+
+/// Like [`io_err`], for paths inside an upload: a missing file means the upload is gone.
+fn upload_err(e: std::io::Error) -> BlobError {
+    match io_err(e) {
+        BlobError::NotFound => BlobError::UploadUnknown,
+        e => e,
     }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    tests::SYNCED.lock().unwrap().push(dir.to_path_buf());
     std::fs::File::open(dir)?.sync_all()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T, BlobError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| BlobError::Storage(e.to_string()))?.map_err(io_err)
+/// Creates `dir` and any missing parents, fsyncing the parent of each directory it creates,
+/// so that a new directory's name is as durable as what is put in it.
+fn create_dirs_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    create_dirs_durably(parent)?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BlobError> + Send + 'static) -> Result<T, BlobError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| BlobError::Storage(e.to_string()))?
+}
+
+/// An upload's durable state (`uploads/<id>/state`).
+#[derive(Serialize, Deserialize)]
+struct UploadRecord {
+    /// Bytes received and fsynced.
+    offset: u64,
+    /// Hex of the encoded [`ResumableSha256`] over those bytes.
+    sha256: String,
+    /// Set once the bytes are linked at this digest: the upload takes no more writes.
+    finished: Option<Digest>,
+}
+
+impl UploadRecord {
+    fn hasher(&self) -> Result<ResumableSha256, BlobError> {
+        let raw = hex::decode(&self.sha256).map_err(|e| BlobError::Storage(format!("upload state: {e}")))?;
+        let h = ResumableSha256::decode(&raw).map_err(|e| BlobError::Storage(format!("upload state: {e}")))?;
+        if h.len() != self.offset {
+            return Err(BlobError::Storage("upload state: hash length differs from offset".into()));
+        }
+        Ok(h)
+    }
+
+    fn read(dir: &Path) -> Result<UploadRecord, BlobError> {
+        let raw = std::fs::read(dir.join("state")).map_err(upload_err)?;
+        serde_json::from_slice(&raw).map_err(|e| BlobError::Storage(format!("upload state: {e}")))
+    }
+
+    /// Replaces the state atomically (write, fsync, rename).
+    fn write(&self, dir: &Path) -> Result<(), BlobError> {
+        let tmp = dir.join("state.tmp");
+        let f = std::fs::File::create(&tmp).map_err(upload_err)?;
+        f.write_all_at(&serde_json::to_vec(self).expect("state serializes"), 0).map_err(upload_err)?;
+        f.sync_all().map_err(upload_err)?;
+        std::fs::rename(&tmp, dir.join("state")).map_err(upload_err)
+    }
+}
+
+/// The exclusive `flock` on one upload, released when the last holder drops it.
+struct UploadLock(#[allow(dead_code)] std::fs::File);
 
 impl FsBlobStore {
     /// A store rooted at `root` (created if missing).
@@ -67,14 +141,33 @@ impl FsBlobStore {
         self.root.join("uploads").join(id)
     }
 
+    /// Takes the upload's lock, waiting up to [`LOCK_WAIT`] for a writer still at work.
+    async fn lock(&self, id: &str) -> Result<Arc<UploadLock>, BlobError> {
+        valid_id(id).map_err(|_| BlobError::UploadUnknown)?;
+        let path = self.upload_dir(id).join("lock");
+        let file = blocking(move || std::fs::OpenOptions::new().write(true).open(path).map_err(upload_err)).await?;
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(BlobError::UploadBusy),
+                Err(std::fs::TryLockError::Error(e)) => return Err(io_err(e)),
+            }
+        }
+        Ok(Arc::new(UploadLock(file)))
+    }
+
     /// Removes uploads started longer than `age` ago; returns how many.
     pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<usize, BlobError> {
         let dir = self.root.join("uploads");
         blocking(move || {
             let cutoff = berth_proto::now_ms().saturating_sub(age.as_millis() as u64);
             let mut n = 0;
-            for entry in std::fs::read_dir(&dir)? {
-                let path = entry?.path();
+            for entry in std::fs::read_dir(&dir).map_err(io_err)? {
+                let path = entry.map_err(io_err)?.path();
                 let started = std::fs::read_to_string(path.join("startedat"))
                     .ok()
                     .and_then(|s| s.trim().parse::<u64>().ok())
@@ -115,135 +208,164 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn create_upload(&self, id: &str) -> Result<(), BlobError> {
-        valid_id(id)?;
+        valid_id(id).map_err(|_| BlobError::UploadUnknown)?;
         let dir = self.upload_dir(id);
         blocking(move || {
-            std::fs::create_dir_all(dir.join("claims"))?;
-            std::fs::write(dir.join("startedat"), berth_proto::now_ms().to_string())?;
-            std::fs::File::create(dir.join("data"))?;
-            Ok(())
+            std::fs::create_dir(&dir).map_err(io_err)?;
+            std::fs::write(dir.join("startedat"), berth_proto::now_ms().to_string()).map_err(io_err)?;
+            std::fs::File::create(dir.join("data")).map_err(io_err)?;
+            std::fs::File::create(dir.join("lock")).map_err(io_err)?;
+            let fresh = UploadRecord { offset: 0, sha256: hex::encode(ResumableSha256::new().encode()), finished: None };
+            fresh.write(&dir)
         })
         .await
     }
 
-    async fn upload_exists(&self, id: &str) -> Result<bool, BlobError> {
-        valid_id(id)?;
-        Ok(tokio::fs::metadata(self.upload_dir(id).join("data")).await.is_ok())
+    async fn upload_offset(&self, id: &str) -> Result<u64, BlobError> {
+        valid_id(id).map_err(|_| BlobError::UploadUnknown)?;
+        let dir = self.upload_dir(id);
+        Ok(blocking(move || UploadRecord::read(&dir)).await?.offset)
     }
 
     async fn write_upload(&self, id: &str, offset: u64, mut body: ByteStream) -> Result<u64, BlobError> {
-        valid_id(id)?;
+        let lock = self.lock(id).await?;
         let dir = self.upload_dir(id);
-        let claim = dir.join("claims").join(offset.to_string());
-        let file = {
-            let claim = claim.clone();
-            let data = dir.join("data");
+        let (record, file) = {
+            let dir = dir.clone();
             blocking(move || {
-                std::fs::OpenOptions::new().write(true).create_new(true).open(&claim)?;
-                std::fs::OpenOptions::new().write(true).open(&data)
+                let record = UploadRecord::read(&dir)?;
+                let file = std::fs::OpenOptions::new().write(true).open(dir.join("data")).map_err(upload_err)?;
+                Ok((record, file))
             })
-            .await
-            .map_err(|e| match e {
-                BlobError::Storage(m) if m.contains("exists") => BlobError::OffsetTaken(offset),
-                e => e,
-            })?
+            .await?
         };
+        if record.finished.is_some() {
+            return Err(BlobError::UploadUnknown);
+        }
+        if record.offset != offset {
+            return Err(BlobError::OffsetMismatch { at: record.offset });
+        }
+        let mut hash = record.hasher()?;
         let file = Arc::new(file);
         let mut pos = offset;
         let mut buf = BytesMut::with_capacity(WRITE_BATCH);
         let mut pending: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
-        // Hashing (in the body stream) overlaps with the previous batch's disk write.
-        let result: Result<(), BlobError> = async {
-            loop {
-                let next = body.next().await;
-                let done = next.is_none();
-                if let Some(chunk) = next {
-                    buf.extend_from_slice(&chunk.map_err(|e| BlobError::Body(e.to_string()))?);
-                }
-                if buf.len() >= WRITE_BATCH || (done && !buf.is_empty()) {
-                    if let Some(h) = pending.take() {
-                        h.await.map_err(|e| BlobError::Storage(e.to_string()))?.map_err(io_err)?;
-                    }
-                    let data = buf.split().freeze();
-                    buf.reserve(WRITE_BATCH);
-                    let f = file.clone();
-                    let at = pos;
-                    pos += data.len() as u64;
-                    pending = Some(tokio::task::spawn_blocking(move || f.write_all_at(&data, at)));
-                }
-                if done {
-                    break;
-                }
+        // Hashing overlaps with the previous batch's disk write. Every blocking write holds the
+        // lock, so if this request is dropped, a retry waits until the write has ended.
+        loop {
+            let next = body.next().await;
+            let done = next.is_none();
+            if let Some(chunk) = next {
+                let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+                hash.update(&chunk);
+                buf.extend_from_slice(&chunk);
             }
-            if let Some(h) = pending.take() {
-                h.await.map_err(|e| BlobError::Storage(e.to_string()))?.map_err(io_err)?;
+            if buf.len() >= WRITE_BATCH || (done && !buf.is_empty()) {
+                if let Some(h) = pending.take() {
+                    h.await.map_err(|e| BlobError::Storage(e.to_string()))?.map_err(upload_err)?;
+                }
+                let data = buf.split().freeze();
+                buf.reserve(WRITE_BATCH);
+                let (f, held, at) = (file.clone(), lock.clone(), pos);
+                pos += data.len() as u64;
+                pending = Some(tokio::task::spawn_blocking(move || {
+                    let _held = held;
+                    f.write_all_at(&data, at)
+                }));
             }
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) if pos == offset => {
-                // Nothing written: the offset stays free for the next chunk.
-                let _ = tokio::fs::remove_file(&claim).await;
-                Ok(0)
-            }
-            Ok(()) => Ok(pos - offset),
-            Err(e) => {
-                // Free the offset so the client may retry this chunk.
-                let _ = tokio::fs::remove_file(&claim).await;
-                Err(e)
+            if done {
+                break;
             }
         }
+        if let Some(h) = pending.take() {
+            h.await.map_err(|e| BlobError::Storage(e.to_string()))?.map_err(upload_err)?;
+        }
+        if pos == offset {
+            return Ok(offset);
+        }
+        // The bytes are durable before the state that counts them: a crash leaves the old
+        // offset (and the client resumes from it) or the new one, never a state ahead of data.
+        let record = UploadRecord { offset: pos, sha256: hex::encode(hash.encode()), finished: None };
+        blocking(move || {
+            let _held = lock;
+            file.sync_data().map_err(upload_err)?;
+            record.write(&dir)
+        })
+        .await?;
+        Ok(pos)
     }
 
-    async fn read_upload(&self, id: &str, size: u64) -> Result<ByteStream, BlobError> {
-        valid_id(id)?;
-        let f = tokio::fs::File::open(self.upload_dir(id).join("data")).await.map_err(io_err)?;
-        Ok(Box::pin(ReaderStream::with_capacity(f.take(size), READ_BUF)))
-    }
-
-    async fn finish_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<(), BlobError> {
-        valid_id(id)?;
+    async fn finish_upload(&self, id: &str, digest: &Digest) -> Result<u64, BlobError> {
+        let lock = self.lock(id).await?;
         let dir = self.upload_dir(id);
         let target = self.blob_path(digest);
+        let digest = digest.clone();
         blocking(move || {
-            let data = dir.join("data");
-            let f = std::fs::OpenOptions::new().write(true).open(&data)?;
-            let len = f.metadata()?.len();
-            if len < size {
-                return Err(std::io::Error::other(format!("staged upload has {len} bytes, expected {size}")));
+            let _held = lock;
+            let mut record = UploadRecord::read(&dir)?;
+            let size = record.offset;
+            match &record.finished {
+                Some(d) if *d == digest => {
+                    // A retry after the metadata commit failed: the bytes are already linked.
+                    if std::fs::metadata(&target).is_ok() {
+                        return Ok(size);
+                    }
+                }
+                Some(d) => return Err(BlobError::DigestMismatch { expected: digest, actual: d.clone() }),
+                None => {
+                    let actual = match digest.algorithm() {
+                        Algorithm::Sha256 => record.hasher()?.digest(),
+                        Algorithm::Sha512 => {
+                            let mut h = sha2::Sha512::new();
+                            let f = std::fs::File::open(dir.join("data")).map_err(upload_err)?;
+                            std::io::copy(&mut std::io::Read::take(f, size), &mut h).map_err(upload_err)?;
+                            Digest::from_raw(Algorithm::Sha512, &h.finalize())
+                        }
+                    };
+                    if actual != digest {
+                        return Err(BlobError::DigestMismatch { expected: digest, actual });
+                    }
+                    // No write is accepted from here on, so the staged file (soon one inode
+                    // with the blob) can never change again.
+                    record.finished = Some(digest.clone());
+                    record.write(&dir)?;
+                }
             }
-            if len > size {
-                f.set_len(size)?;
+            let data = dir.join("data");
+            let f = std::fs::OpenOptions::new().write(true).open(&data).map_err(upload_err)?;
+            if f.metadata().map_err(io_err)?.len() > size {
+                // Bytes past the offset come from writes that failed before their state did.
+                f.set_len(size).map_err(io_err)?;
             }
             // The bytes reach the disk before the blob's name does.
-            f.sync_all()?;
+            f.sync_all().map_err(io_err)?;
             let parent = target.parent().expect("blob path has a parent");
-            if !parent.exists() {
-                std::fs::create_dir_all(parent)?;
-                sync_dir(parent.parent().expect("algorithm dir"))?;
-            }
+            create_dirs_durably(parent).map_err(io_err)?;
             match std::fs::hard_link(&data, &target) {
-                Ok(()) => sync_dir(parent)?,
+                Ok(()) => sync_dir(parent).map_err(io_err)?,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(io_err(e)),
             }
-            std::fs::remove_dir_all(&dir)
+            Ok(size)
         })
         .await
     }
 
-    async fn cancel_upload(&self, id: &str) -> Result<(), BlobError> {
-        valid_id(id)?;
+    async fn remove_upload(&self, id: &str) -> Result<(), BlobError> {
+        valid_id(id).map_err(|_| BlobError::UploadUnknown)?;
         let dir = self.upload_dir(id);
-        blocking(move || std::fs::remove_dir_all(dir)).await
+        blocking(move || std::fs::remove_dir_all(dir).map_err(upload_err)).await
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::sync::Mutex;
+
+    /// Directories fsynced by this process, newest last.
+    pub(crate) static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
     fn body(parts: &[&'static [u8]]) -> ByteStream {
         Box::pin(futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>()))
@@ -258,25 +380,114 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn chunked_upload_claims_offsets_and_links() {
+    async fn chunked_upload_keeps_its_offset_and_links_verified_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::new(dir.path()).unwrap();
         store.create_upload("ab").await.unwrap();
+        assert_eq!(store.upload_offset("ab").await.unwrap(), 0);
         assert_eq!(store.write_upload("ab", 0, body(&[b"hel", b"lo "])).await.unwrap(), 6);
-        // A replay of the first chunk is refused: its bytes are already in a signed state.
-        assert!(matches!(store.write_upload("ab", 0, body(&[b"XXXXXX"])).await, Err(BlobError::OffsetTaken(0))));
-        assert_eq!(store.write_upload("ab", 6, body(&[b"world"])).await.unwrap(), 5);
+        // A replayed first chunk is refused with where the upload really is.
+        assert!(matches!(store.write_upload("ab", 0, body(&[b"XXXXXX"])).await, Err(BlobError::OffsetMismatch { at: 6 })));
+        assert_eq!(store.upload_offset("ab").await.unwrap(), 6);
+        assert_eq!(store.write_upload("ab", 6, body(&[b"world"])).await.unwrap(), 11);
         let d = Digest::sha256_of(b"hello world");
-        store.finish_upload("ab", 11, &d).await.unwrap();
+        assert_eq!(store.finish_upload("ab", &d).await.unwrap(), 11);
+        // Finished: no more writes, and a retried finish (after a failed commit) is a no-op.
+        assert!(matches!(store.write_upload("ab", 11, body(&[b"!"])).await, Err(BlobError::UploadUnknown)));
+        assert_eq!(store.upload_offset("ab").await.unwrap(), 11);
+        assert_eq!(store.finish_upload("ab", &d).await.unwrap(), 11);
+        store.remove_upload("ab").await.unwrap();
         assert_eq!(store.stat(&d).await.unwrap(), Some(11));
         assert_eq!(collect(store.read(&d, None).await.unwrap()).await, b"hello world");
         assert_eq!(collect(store.read(&d, Some((6, 9))).await.unwrap()).await, b"worl");
-        assert!(!store.upload_exists("ab").await.unwrap());
+        assert!(matches!(store.upload_offset("ab").await, Err(BlobError::UploadUnknown)));
         // A second upload of the same content is a no-op.
         store.create_upload("cd").await.unwrap();
         store.write_upload("cd", 0, body(&[b"hello world"])).await.unwrap();
-        store.finish_upload("cd", 11, &d).await.unwrap();
+        store.finish_upload("cd", &d).await.unwrap();
         assert_eq!(store.stat(&d).await.unwrap(), Some(11));
+    }
+
+    #[tokio::test]
+    async fn wrong_digest_links_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::new(dir.path()).unwrap();
+        store.create_upload("ab").await.unwrap();
+        store.write_upload("ab", 0, body(&[b"evil"])).await.unwrap();
+        let claimed = Digest::sha256_of(b"good");
+        match store.finish_upload("ab", &claimed).await {
+            Err(BlobError::DigestMismatch { expected, actual }) => {
+                assert_eq!(expected, claimed);
+                assert_eq!(actual, Digest::sha256_of(b"evil"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.stat(&claimed).await.unwrap(), None);
+        let sha512 = Digest::parse(&format!("sha512:{}", "0".repeat(128))).unwrap();
+        assert!(matches!(store.finish_upload("ab", &sha512).await, Err(BlobError::DigestMismatch { .. })));
+        assert_eq!(store.stat(&sha512).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_chunk_leaves_the_upload_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::new(dir.path()).unwrap();
+        store.create_upload("ab").await.unwrap();
+        store.write_upload("ab", 0, body(&[b"abc"])).await.unwrap();
+        let broken: ByteStream = Box::pin(futures::stream::iter(vec![
+            Ok(Bytes::from_static(b"def")),
+            Err(std::io::Error::other("client went away")),
+        ]));
+        assert!(matches!(store.write_upload("ab", 3, broken).await, Err(BlobError::Body(_))));
+        assert_eq!(store.upload_offset("ab").await.unwrap(), 3);
+        assert_eq!(store.write_upload("ab", 3, body(&[b"xyz"])).await.unwrap(), 6);
+        let d = Digest::sha256_of(b"abcxyz");
+        store.finish_upload("ab", &d).await.unwrap();
+        assert_eq!(collect(store.read(&d, None).await.unwrap()).await, b"abcxyz");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_write_never_lands_after_the_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::new(dir.path()).unwrap();
+        store.create_upload("ab").await.unwrap();
+        // A request sends more than one write batch of 'A's, then stalls; its client gives up.
+        let stale = vec![b'A'; WRITE_BATCH + 1];
+        let stalled: ByteStream = Box::pin(
+            futures::stream::iter(vec![Ok(Bytes::from(stale))]).chain(futures::stream::pending()),
+        );
+        let abandoned = tokio::spawn({
+            let store = store.clone();
+            async move { store.write_upload("ab", 0, stalled).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        abandoned.abort();
+        let _ = abandoned.await;
+        // The retry sends other bytes from the same offset.
+        let fresh = vec![b'B'; WRITE_BATCH + 10];
+        let retry: ByteStream = Box::pin(futures::stream::iter(vec![Ok(Bytes::from(fresh.clone()))]));
+        assert_eq!(store.write_upload("ab", 0, retry).await.unwrap(), fresh.len() as u64);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let d = Digest::sha256_of(&fresh);
+        store.finish_upload("ab", &d).await.unwrap();
+        assert_eq!(collect(store.read(&d, None).await.unwrap()).await, fresh);
+    }
+
+    #[tokio::test]
+    async fn the_first_blob_of_an_algorithm_makes_its_directories_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::new(dir.path()).unwrap();
+        store.create_upload("ab").await.unwrap();
+        store.write_upload("ab", 0, body(&[b"x"])).await.unwrap();
+        let mut h = sha2::Sha512::new();
+        h.update(b"x");
+        let d = Digest::from_raw(Algorithm::Sha512, &h.finalize());
+        store.finish_upload("ab", &d).await.unwrap();
+        let synced = SYNCED.lock().unwrap().clone();
+        let blobs = dir.path().join("blobs");
+        for must in [blobs.clone(), blobs.join("sha512"), blobs.join("sha512").join(&d.hex()[..2])] {
+            assert!(synced.contains(&must), "{} was not fsynced: {synced:?}", must.display());
+        }
     }
 
     #[tokio::test]
@@ -285,6 +496,7 @@ mod tests {
         let store = FsBlobStore::new(dir.path()).unwrap();
         for id in ["../x", "a/b", "", "zz"] {
             assert!(store.create_upload(id).await.is_err(), "{id}");
+            assert!(matches!(store.upload_offset(id).await, Err(BlobError::UploadUnknown)), "{id}");
         }
     }
 
@@ -296,8 +508,8 @@ mod tests {
         assert_eq!(store.purge_uploads(Duration::from_secs(3600), false).await.unwrap(), 0);
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(store.purge_uploads(Duration::ZERO, true).await.unwrap(), 1);
-        assert!(store.upload_exists("01").await.unwrap());
+        assert_eq!(store.upload_offset("01").await.unwrap(), 0);
         assert_eq!(store.purge_uploads(Duration::ZERO, false).await.unwrap(), 1);
-        assert!(!store.upload_exists("01").await.unwrap());
+        assert!(matches!(store.upload_offset("01").await, Err(BlobError::UploadUnknown)));
     }
 }

@@ -111,9 +111,9 @@ impl BlobStore for MeteredStore {
         self.observe("PutContent", t);
         r
     }
-    async fn upload_exists(&self, id: &str) -> Result<bool, BlobError> {
+    async fn upload_offset(&self, id: &str) -> Result<u64, BlobError> {
         let t = Instant::now();
-        let r = self.inner.inner().upload_exists(id).await;
+        let r = self.inner.inner().upload_offset(id).await;
         self.observe("Stat", t);
         r
     }
@@ -123,24 +123,18 @@ impl BlobStore for MeteredStore {
         self.observe("Writer", t);
         r
     }
-    async fn read_upload(&self, id: &str, size: u64) -> Result<ByteStream, BlobError> {
+    async fn finish_upload(&self, id: &str, digest: &Digest) -> Result<u64, BlobError> {
         let t = Instant::now();
-        let r = self.inner.inner().read_upload(id, size).await;
-        self.observe("Reader", t);
-        r
-    }
-    async fn finish_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<(), BlobError> {
-        let t = Instant::now();
-        let r = self.inner.inner().finish_upload(id, size, digest).await;
+        let r = self.inner.inner().finish_upload(id, digest).await;
         self.observe("Move", t);
-        if r.is_ok() {
+        if let Ok(size) = r {
             self.metrics.upload_bytes.with_label_values(&[self.driver]).observe(size as f64);
         }
         r
     }
-    async fn cancel_upload(&self, id: &str) -> Result<(), BlobError> {
+    async fn remove_upload(&self, id: &str) -> Result<(), BlobError> {
         let t = Instant::now();
-        let r = self.inner.inner().cancel_upload(id).await;
+        let r = self.inner.inner().remove_upload(id).await;
         self.observe("Delete", t);
         r
     }

@@ -2,8 +2,9 @@
 //!
 //! Layout under the configured prefix: `blobs/<alg>/<2 hex>/<hex>` for content, and for an
 //! upload `uploads/<id>/startedat` plus one object per chunk, `uploads/<id>/parts/<offset>`.
-//! Finishing concatenates the parts in offset order while hashing them again, so what lands
-//! at a content address always matches its digest, even if a chunk was replayed.
+//! An upload's offset is the length of the chain of parts from offset 0, read from the store
+//! (never from the client). Finishing concatenates the chain while hashing it again, so what
+//! lands at a content address always matches its digest, whatever a client replayed or forged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +31,20 @@ pub struct ObjectBlobStore {
 fn os_err(e: object_store::Error) -> BlobError {
     match e {
         object_store::Error::NotFound { .. } => BlobError::NotFound,
-        e => BlobError::Storage(e.to_string()),
+        // Misuse of the library is a bug; anything else (network, credentials, throttling,
+        // an outage) is the store refusing service for now.
+        e @ (object_store::Error::InvalidPath { .. }
+        | object_store::Error::NotSupported { .. }
+        | object_store::Error::NotImplemented
+        | object_store::Error::UnknownConfigurationKey { .. }) => BlobError::Storage(e.to_string()),
+        e => BlobError::Unavailable(e.to_string()),
+    }
+}
+
+fn upload_err(e: object_store::Error) -> BlobError {
+    match os_err(e) {
+        BlobError::NotFound => BlobError::UploadUnknown,
+        e => e,
     }
 }
 
@@ -73,20 +87,22 @@ impl ObjectBlobStore {
         Ok(parts)
     }
 
-    /// Streams the chain of parts from offset 0 up to `size`.
-    async fn chain(&self, id: &str, size: u64) -> Result<ByteStream, BlobError> {
-        let parts = self.parts(id).await?;
+    /// The chain of parts from offset 0 and its length (the upload's offset).
+    async fn chain_parts(&self, id: &str) -> Result<(Vec<Path>, u64), BlobError> {
         let mut chain = Vec::new();
         let mut at = 0u64;
-        for (off, len, path) in parts {
-            if at >= size {
-                break;
-            }
-            if off == at {
+        for (off, len, path) in self.parts(id).await? {
+            if off == at && len > 0 {
                 chain.push(path);
                 at += len;
             }
         }
+        Ok((chain, at))
+    }
+
+    /// Streams the chain of parts from offset 0 up to `size`.
+    async fn chain(&self, id: &str, size: u64) -> Result<ByteStream, BlobError> {
+        let (chain, at) = self.chain_parts(id).await?;
         if at < size {
             return Err(BlobError::Storage(format!("upload {id} has {at} contiguous bytes, expected {size}")));
         }
@@ -145,27 +161,25 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn create_upload(&self, id: &str) -> Result<(), BlobError> {
-        valid_id(id)?;
+        valid_id(id).map_err(|_| BlobError::UploadUnknown)?;
         let p = self.path(&format!("uploads/{id}/startedat"));
         self.store.put(&p, PutPayload::from(berth_proto::now_ms().to_string())).await.map_err(os_err)?;
         Ok(())
     }
 
-    async fn upload_exists(&self, id: &str) -> Result<bool, BlobError> {
-        valid_id(id)?;
-        match self.store.head(&self.path(&format!("uploads/{id}/startedat"))).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(os_err(e)),
-        }
+    async fn upload_offset(&self, id: &str) -> Result<u64, BlobError> {
+        valid_id(id).map_err(|_| BlobError::UploadUnknown)?;
+        self.store.head(&self.path(&format!("uploads/{id}/startedat"))).await.map_err(upload_err)?;
+        Ok(self.chain_parts(id).await?.1)
     }
 
     async fn write_upload(&self, id: &str, offset: u64, mut body: ByteStream) -> Result<u64, BlobError> {
-        valid_id(id)?;
-        let path = self.part_path(id, offset);
-        if self.store.head(&path).await.is_ok() {
-            return Err(BlobError::OffsetTaken(offset));
+        let at = self.upload_offset(id).await?;
+        if at != offset {
+            return Err(BlobError::OffsetMismatch { at });
         }
+        let path = self.part_path(id, offset);
+        // Parts become visible only when complete: a dropped request leaves nothing behind.
         let mut w = BufWriter::with_capacity(self.store.clone(), path.clone(), 16 * 1024 * 1024);
         let mut n = 0u64;
         while let Some(chunk) = body.next().await {
@@ -179,60 +193,62 @@ impl BlobStore for ObjectBlobStore {
             n += chunk.len() as u64;
             if let Err(e) = w.write_all(&chunk).await {
                 let _ = w.abort().await;
-                return Err(BlobError::Storage(e.to_string()));
+                return Err(BlobError::Unavailable(e.to_string()));
             }
         }
-        w.shutdown().await.map_err(|e| BlobError::Storage(e.to_string()))?;
         if n == 0 {
-            // Nothing written: the offset stays free for the next chunk.
-            self.store.delete(&path).await.map_err(os_err)?;
+            let _ = w.abort().await;
+            return Ok(offset);
         }
-        Ok(n)
+        w.shutdown().await.map_err(|e| BlobError::Unavailable(e.to_string()))?;
+        Ok(offset + n)
     }
 
-    async fn read_upload(&self, id: &str, size: u64) -> Result<ByteStream, BlobError> {
-        valid_id(id)?;
-        self.chain(id, size).await
-    }
-
-    async fn finish_upload(&self, id: &str, size: u64, digest: &Digest) -> Result<(), BlobError> {
-        valid_id(id)?;
+    async fn finish_upload(&self, id: &str, digest: &Digest) -> Result<u64, BlobError> {
+        let size = self.upload_offset(id).await?;
         let target = self.blob_path(digest);
-        if self.store.head(&target).await.is_err() {
-            let mut sha256 = ResumableSha256::new();
-            let mut sha512 = sha2::Sha512::new();
-            let mut w = BufWriter::with_capacity(self.store.clone(), target.clone(), 16 * 1024 * 1024);
-            let mut s = self.chain(id, size).await?;
-            while let Some(chunk) = s.next().await {
-                let chunk = chunk.map_err(|e| BlobError::Storage(e.to_string()))?;
-                match digest.algorithm() {
-                    Algorithm::Sha256 => sha256.update(&chunk),
-                    Algorithm::Sha512 => sha512.update(&chunk),
-                }
+        // Verified even when the blob exists: naming a digest proves nothing about holding it.
+        let exists = self.store.head(&target).await.is_ok();
+        let mut sha256 = ResumableSha256::new();
+        let mut sha512 = sha2::Sha512::new();
+        let mut w = (!exists).then(|| BufWriter::with_capacity(self.store.clone(), target.clone(), 16 * 1024 * 1024));
+        let mut s = self.chain(id, size).await?;
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(|e| BlobError::Unavailable(e.to_string()))?;
+            match digest.algorithm() {
+                Algorithm::Sha256 => sha256.update(&chunk),
+                Algorithm::Sha512 => sha512.update(&chunk),
+            }
+            if let Some(w) = w.as_mut() {
                 if let Err(e) = w.write_all(&chunk).await {
                     let _ = w.abort().await;
-                    return Err(BlobError::Storage(e.to_string()));
+                    return Err(BlobError::Unavailable(e.to_string()));
                 }
             }
-            let actual = match digest.algorithm() {
-                Algorithm::Sha256 => sha256.digest(),
-                Algorithm::Sha512 => Digest::from_raw(Algorithm::Sha512, &sha512.finalize()),
-            };
+        }
+        let actual = match digest.algorithm() {
+            Algorithm::Sha256 => sha256.digest(),
+            Algorithm::Sha512 => Digest::from_raw(Algorithm::Sha512, &sha512.finalize()),
+        };
+        if let Some(mut w) = w {
             if &actual != digest {
                 let _ = w.abort().await;
-                return Err(BlobError::Storage(format!("staged bytes hash to {actual}, not {digest}")));
+            } else {
+                w.shutdown().await.map_err(|e| BlobError::Unavailable(e.to_string()))?;
             }
-            w.shutdown().await.map_err(|e| BlobError::Storage(e.to_string()))?;
         }
-        self.cancel_upload(id).await
+        if &actual != digest {
+            return Err(BlobError::DigestMismatch { expected: digest.clone(), actual });
+        }
+        Ok(size)
     }
 
-    async fn cancel_upload(&self, id: &str) -> Result<(), BlobError> {
-        valid_id(id)?;
+    async fn remove_upload(&self, id: &str) -> Result<(), BlobError> {
+        valid_id(id).map_err(|_| BlobError::UploadUnknown)?;
         let prefix = self.path(&format!("uploads/{id}"));
         let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await.map_err(os_err)?;
         if metas.is_empty() {
-            return Err(BlobError::NotFound);
+            return Err(BlobError::UploadUnknown);
         }
         for m in metas {
             self.store.delete(&m.location).await.map_err(os_err)?;

@@ -11,6 +11,12 @@ use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 use serde_norway::Value;
 
+pub mod auth;
+pub mod limits;
+
+pub use auth::AuthConfig;
+pub use limits::{Limits, LimitsConfig};
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -25,6 +31,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Berth's own settings.
     pub berth: BerthConfig,
+    /// Access control (`auth.htpasswd`, `auth.token`, ...), as Distribution configures it.
+    pub auth: AuthConfig,
     /// Accepted for compatibility; Berth has no Redis dependency.
     pub redis: Option<Value>,
     /// Accepted for compatibility; health checks are built in.
@@ -317,6 +325,12 @@ pub struct BerthConfig {
     /// Allow plaintext gRPC on addresses other than loopback (default false). Without `tls`,
     /// a node whose gRPC traffic would leave the machine refuses to start unless this is set.
     pub insecureplaintext: Option<bool>,
+    /// The file holding the cluster token that every gRPC call between nodes (and from the
+    /// `berth cluster` CLI) must carry (default `<datadir>/cluster-token`). The node that
+    /// bootstraps a cluster creates it (mode 0600); every other node is given a copy.
+    pub clustertokenfile: Option<PathBuf>,
+    /// Per-connection and per-request resource limits of the HTTP listener.
+    pub limits: LimitsConfig,
 }
 
 /// What a node does in the cluster.
@@ -455,6 +469,8 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        self.auth.validate()?;
+        Limits::from_config(&self.berth.limits)?;
         let s = &self.storage;
         let drivers = [s.filesystem.is_some(), s.s3.is_some(), s.gcs.is_some(), s.azure.is_some(), s.inmemory.is_some()];
         if drivers.iter().filter(|d| **d).count() > 1 {
@@ -629,6 +645,8 @@ struct Lenient {
     #[serde(default)]
     berth: Option<lenient::Berth>,
     #[serde(default)]
+    auth: Option<Value>,
+    #[serde(default)]
     redis: Option<Value>,
     #[serde(default)]
     health: Option<Value>,
@@ -681,7 +699,12 @@ mod lenient {
     pub struct Berth {
         pub datadir: Option<Value>, pub nodeid: Option<Value>, pub snapshotlogs: Option<Value>, pub grpcaddr: Option<Value>,
         pub bootstrap: Option<Value>, pub role: Option<Value>, pub peers: Option<Value>, pub tls: Option<ClusterTls>,
-        pub insecureplaintext: Option<Value>,
+        pub insecureplaintext: Option<Value>, pub clustertokenfile: Option<Value>, pub limits: Option<Limits>,
+    }
+    #[derive(Deserialize)]
+    pub struct Limits {
+        pub headertimeout: Option<Value>, pub idletimeout: Option<Value>, pub maxconnections: Option<Value>,
+        pub minbodyrate: Option<Value>, pub bodyratewindow: Option<Value>, pub diskreserve: Option<Value>,
     }
     #[derive(Deserialize)]
     pub struct ClusterTls { pub ca: Option<Value>, pub certificate: Option<Value>, pub key: Option<Value> }

@@ -1,0 +1,90 @@
+//! `berth.limits`: what one connection or request may hold of the node, so that idle,
+//! slow or abandoned clients cannot exhaust file descriptors, memory or upload locks.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use serde::Deserialize;
+
+use super::parse_duration;
+
+/// `berth.limits` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Time a client has to send a request's headers (default 10s).
+    pub headertimeout: Option<String>,
+    /// A connection with no bytes moving either way for this long is closed (default 60s):
+    /// idle keep-alives, stalled downloads, half-open sockets.
+    pub idletimeout: Option<String>,
+    /// Open connections per listener (default 16384); further clients wait in the backlog.
+    pub maxconnections: Option<usize>,
+    /// Slowest upload body, in bytes per second averaged over `bodyratewindow` (default 1024).
+    pub minbodyrate: Option<u64>,
+    /// The window over which `minbodyrate` is averaged (default 30s).
+    pub bodyratewindow: Option<String>,
+    /// Free space kept on the data and blob filesystems: writes are refused (507) below it,
+    /// so the Raft log never meets a full disk (default 256MiB, in bytes).
+    pub diskreserve: Option<u64>,
+}
+
+/// The limits with defaults applied.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// See [`LimitsConfig::headertimeout`].
+    pub header_timeout: Duration,
+    /// See [`LimitsConfig::idletimeout`].
+    pub idle_timeout: Duration,
+    /// See [`LimitsConfig::maxconnections`].
+    pub max_connections: usize,
+    /// See [`LimitsConfig::minbodyrate`].
+    pub min_body_rate: u64,
+    /// See [`LimitsConfig::bodyratewindow`].
+    pub body_rate_window: Duration,
+    /// See [`LimitsConfig::diskreserve`].
+    pub disk_reserve: u64,
+}
+
+impl Limits {
+    /// Applies defaults and checks values, naming the key of a bad one.
+    pub fn from_config(c: &LimitsConfig) -> anyhow::Result<Limits> {
+        let dur = |v: &Option<String>, key: &str, default: u64| -> anyhow::Result<Duration> {
+            let d = match v {
+                Some(s) => parse_duration(s).map_err(|e| anyhow!("invalid configuration value at berth.limits.{key}: {e}"))?,
+                None => Duration::from_secs(default),
+            };
+            if d.is_zero() {
+                bail!("invalid configuration value at berth.limits.{key}: must be positive");
+            }
+            Ok(d)
+        };
+        let limits = Limits {
+            header_timeout: dur(&c.headertimeout, "headertimeout", 10)?,
+            idle_timeout: dur(&c.idletimeout, "idletimeout", 60)?,
+            max_connections: c.maxconnections.unwrap_or(16384),
+            min_body_rate: c.minbodyrate.unwrap_or(1024),
+            body_rate_window: dur(&c.bodyratewindow, "bodyratewindow", 30)?,
+            disk_reserve: c.diskreserve.unwrap_or(256 << 20),
+        };
+        if limits.max_connections == 0 {
+            bail!("invalid configuration value at berth.limits.maxconnections: must be positive");
+        }
+        Ok(limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let l = Limits::from_config(&LimitsConfig::default()).unwrap();
+        assert_eq!(l.header_timeout, Duration::from_secs(10));
+        assert_eq!(l.max_connections, 16384);
+        let bad = LimitsConfig { idletimeout: Some("0s".into()), ..Default::default() };
+        assert!(Limits::from_config(&bad).unwrap_err().to_string().contains("berth.limits.idletimeout"));
+        let bad = LimitsConfig { maxconnections: Some(0), ..Default::default() };
+        assert!(Limits::from_config(&bad).unwrap_err().to_string().contains("berth.limits.maxconnections"));
+    }
+}
