@@ -27,10 +27,22 @@ fn node(dir: &Path, env: &[(&str, &str)]) -> Berth {
 /// Content-Length body). Returns (status, head, body).
 fn exchange(s: &mut TcpStream, req: &[u8]) -> (u16, String, Vec<u8>) {
     s.write_all(req).unwrap();
+    if req.starts_with(b"HEAD ") {
+        let (st, head, _) = read_head(s);
+        return (st, head, Vec::new());
+    }
     read_response(s)
 }
 
 fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let (status, head, len) = read_head(s);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    (status, head, body)
+}
+
+/// Reads a response's status line and headers; returns them with the announced body length.
+fn read_head(s: &mut TcpStream) -> (u16, String, usize) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -40,9 +52,7 @@ fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
     let head = String::from_utf8(buf).unwrap();
     let status = head[9..12].parse().unwrap();
     let len: usize = header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    (status, head, body)
+    (status, head, len)
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
