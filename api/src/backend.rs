@@ -22,6 +22,10 @@ pub enum MetaError {
     /// A bug or a storage failure.
     #[error("metadata failure: {0}")]
     Internal(String),
+    /// The leader's disk is below its free-space reserve: additions are refused until space
+    /// returns; reads and deletes still work.
+    #[error("storage full: {0}")]
+    Full(String),
 }
 
 /// Registry metadata. Reads are linearizable: a write acknowledged anywhere is visible.

@@ -146,6 +146,7 @@ impl From<MetaError> for ApiError {
             MetaError::Unavailable(m) => ApiError::new(Code::Unavailable, format!("registry metadata unavailable: {m}"))
                 .header(axum::http::header::RETRY_AFTER, "1"),
             MetaError::Internal(m) => ApiError::new(Code::Unknown, m),
+            MetaError::Full(m) => BlobError::Full(m).into(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod raft;
 pub mod raft_network;
 pub mod rpc_server;
 pub mod server;
+pub mod space;
 pub mod storage;
 pub mod workers;
 
@@ -25,6 +26,7 @@ use object_store::ObjectStore;
 use config::{parse_duration, Config, Role};
 use metadata::ClusterMetadata;
 use peers::{MutualTls, Peers};
+use space::SpaceGuard;
 use storage::{MeteredStore, SiteStore, StorageMetrics};
 
 /// Where data goes when nothing says otherwise.
@@ -121,11 +123,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let addr = config::normalize_addr(cfg.http.addr.as_deref().unwrap_or(DEFAULT_ADDR))?;
     tracing::info!(data_dir = %data_dir.display(), "starting berth");
 
+    let limits = config::Limits::from_config(&cfg.berth.limits)?;
     let registry = prometheus::Registry::new();
     let (site, driver) = build_store(&cfg, &data_dir)?;
-    let blobs = MeteredStore::new(site.clone(), driver, StorageMetrics::new(&registry)?);
+    let blob_space = SpaceGuard::new(site.local_root().into_iter().map(Into::into).collect(), limits.disk_reserve);
+    let blobs = MeteredStore::new(site.clone(), driver, StorageMetrics::new(&registry)?, blob_space.clone());
 
-    let limits = config::Limits::from_config(&cfg.berth.limits)?;
     server::raise_fd_limit();
     let (listener, local) = server::bind(addr, "http.addr").await?;
     let tls = cfg.berth.tls.as_ref().map(MutualTls::load).transpose()?;
@@ -134,9 +137,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let token = cluster_token::ClusterToken::for_node(cfg.berth.clustertokenfile.as_deref(), &data_dir, founds_cluster)?;
     let peers = Peers::new(tls.clone(), token.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let meta_space = SpaceGuard::new(vec![data_dir.clone()], limits.disk_reserve);
     let (meta, raft): (Arc<dyn Metadata>, Option<berth_raft_store::Raft>) = match role {
         Role::Voter => {
-            let (meta, raft) = start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, &registry, stop_rx.clone()).await?;
+            let (meta, raft) = start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, meta_space.clone(), &registry, stop_rx.clone()).await?;
             (meta, Some(raft))
         }
         Role::Frontend => {
@@ -190,12 +194,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             let raft = raft.clone();
             let meta = meta.clone();
             let site = site.clone();
+            let spaces = [meta_space.clone(), blob_space.clone()];
             let health: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> =
                 Arc::new(move || {
                     let raft = raft.clone();
                     let meta = meta.clone();
                     let site = site.clone();
+                    let spaces = spaces.clone();
                     Box::pin(async move {
+                        for s in &spaces {
+                            s.check().map_err(|e| format!("disk: {e}; pushes are refused until space returns"))?;
+                        }
                         match raft {
                             Some(raft) => {
                                 let m = raft.metrics().borrow().clone();
@@ -254,6 +263,7 @@ async fn start_voter(
     peers: Peers,
     tls: Option<&MutualTls>,
     token: &cluster_token::ClusterToken,
+    space: SpaceGuard,
     registry: &prometheus::Registry,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(Arc<dyn Metadata>, berth_raft_store::Raft)> {
@@ -268,7 +278,7 @@ async fn start_voter(
     let bootstrap = cfg.berth.bootstrap.unwrap_or(true);
     let network = raft_network::GrpcNetwork::new(peers.clone());
     let node = raft::start(&data_dir.join("raft"), node_id, &raft_addr, snapshot_every, bootstrap, network).await?;
-    let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers, registry)?);
+    let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers, space, registry)?);
     if let Some((grpc_listener, grpc_local)) = grpc {
         let (raft, state, voter, tls, token, mut stop) =
             (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop);

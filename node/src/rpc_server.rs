@@ -153,6 +153,7 @@ fn meta_status(e: MetaError) -> Status {
     match e {
         MetaError::Unavailable(m) => Status::unavailable(m),
         MetaError::Internal(m) => Status::internal(m),
+        MetaError::Full(m) => Status::resource_exhausted(m),
     }
 }
 

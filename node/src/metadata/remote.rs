@@ -50,6 +50,9 @@ fn request<T>(msg: T) -> tonic::Request<T> {
 }
 
 fn status(addr: &str, s: tonic::Status) -> MetaError {
+    if s.code() == tonic::Code::ResourceExhausted {
+        return MetaError::Full(format!("{addr}: {}", s.message()));
+    }
     MetaError::Unavailable(format!("{addr}: {}", s.message()))
 }
 

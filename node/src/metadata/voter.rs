@@ -21,6 +21,7 @@ use super::remote::{self, backoff, Leader, Reply, TIMEOUT};
 use super::coalesce::Coalescer;
 use super::MetadataBackend;
 use crate::peers::Peers;
+use crate::space::SpaceGuard;
 use crate::raft::QUORUM_LOST_AFTER_MS;
 
 /// Tries at the local node and then at leaders it hears of.
@@ -39,6 +40,7 @@ pub struct RaftMetadata {
 struct Node {
     raft: Raft,
     peers: Peers,
+    space: SpaceGuard,
     forwarded: prometheus::IntCounterVec,
     /// Leadership confirmations when this node leads, shared by concurrent reads here and by
     /// other nodes' read-index requests.
@@ -46,8 +48,9 @@ struct Node {
 }
 
 impl RaftMetadata {
-    /// Wraps a started Raft node; `peers` supplies the (shared) channels to the leader.
-    pub fn new(raft: Raft, state: SharedState, peers: Peers, registry: &prometheus::Registry) -> prometheus::Result<Self> {
+    /// Wraps a started Raft node; `peers` supplies the (shared) channels to the leader, and
+    /// `space` refuses additions while this node leads with too little free disk.
+    pub fn new(raft: Raft, state: SharedState, peers: Peers, space: SpaceGuard, registry: &prometheus::Registry) -> prometheus::Result<Self> {
         let forwarded = prometheus::IntCounterVec::new(
             prometheus::Opts::new("berth_forwarded_requests_total", "Metadata requests forwarded to the leader."),
             &["kind", "result"],
@@ -55,7 +58,7 @@ impl RaftMetadata {
         registry.register(Box::new(forwarded.clone()))?;
         let r = raft.clone();
         let confirm = Arc::new(Coalescer::new(move || confirm_read_index(r.clone())));
-        let node = Node { raft, peers, forwarded, confirm };
+        let node = Node { raft, peers, space, forwarded, confirm };
         let n = node.clone();
         let read_index = Coalescer::new(move || {
             let n = n.clone();
@@ -102,6 +105,15 @@ impl Node {
     async fn commit_here(&self, req: Request, wait: Duration) -> Result<Reply<Outcome>, MetaError> {
         if let Some(e) = self.quorum_lost() {
             return Err(e);
+        }
+        let leads = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.current_leader == Some(m.id)
+        };
+        if leads {
+            // Only the leader proposes: its log (and then every voter's) takes the entry.
+            self.space.admit(&req.command)?;
         }
         let kind = req.command.kind();
         match tokio::time::timeout(wait, self.raft.client_write(req)).await {
@@ -208,6 +220,7 @@ impl MetadataBackend for RaftMetadata {
                         last = format!("node {} is no longer the leader", leader.0);
                         hint = l.filter(|l| *l != leader);
                     }
+                    Err(e @ MetaError::Full(_)) => return Err(e),
                     Err(e) => last = e.to_string(),
                 }
                 self.node.forwarded.with_label_values(&["write", "retry"]).inc();

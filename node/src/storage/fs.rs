@@ -133,6 +133,11 @@ impl FsBlobStore {
         Ok(FsBlobStore { root: root.to_path_buf() })
     }
 
+    /// The directory everything is kept under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs").join(d.algorithm().as_str()).join(&d.hex()[..2]).join(d.hex())
     }
@@ -252,7 +257,7 @@ impl BlobStore for FsBlobStore {
         let mut pending: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
         // Hashing overlaps with the previous batch's disk write. Every blocking write holds the
         // lock, so if this request is dropped, a retry waits until the write has ended.
-        loop {
+        let streamed: Result<(), BlobError> = async { loop {
             let next = body.next().await;
             let done = next.is_none();
             if let Some(chunk) = next {
@@ -279,6 +284,21 @@ impl BlobStore for FsBlobStore {
         }
         if let Some(h) = pending.take() {
             h.await.map_err(|e| BlobError::Storage(e.to_string()))?.map_err(upload_err)?;
+        }
+        Ok(()) }
+        .await;
+        if let Err(e) = streamed {
+            if let Some(h) = pending.take() {
+                let _ = h.await;
+            }
+            // Give back the space the failed chunk took (a full disk must not stay full).
+            let (file, held) = (file.clone(), lock.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let _held = held;
+                file.set_len(offset)
+            })
+            .await;
+            return Err(e);
         }
         if pos == offset {
             return Ok(offset);

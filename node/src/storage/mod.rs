@@ -11,6 +11,8 @@ use berth_api::{BlobError, BlobStore, ByteStream};
 use berth_proto::Digest;
 use prometheus::{HistogramOpts, HistogramVec, Registry};
 
+use crate::space::SpaceGuard;
+
 /// Upload ids are hex (they name staging paths): anything else is an unknown upload.
 pub(crate) fn valid_id(id: &str) -> Result<(), BlobError> {
     if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -30,6 +32,14 @@ pub enum SiteStore {
 }
 
 impl SiteStore {
+    /// The local directory holding the blobs, for a filesystem store.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        match self {
+            SiteStore::Fs(s) => Some(s.root()),
+            SiteStore::Object(_) => None,
+        }
+    }
+
     /// The backend as the API's trait object.
     pub fn inner(&self) -> &dyn BlobStore {
         match self {
@@ -73,17 +83,18 @@ impl StorageMetrics {
     }
 }
 
-/// Wraps a store and times every action.
+/// Wraps a store: times every action, and refuses new upload bytes while `space` is short.
 pub struct MeteredStore {
     inner: SiteStore,
     driver: &'static str,
     metrics: StorageMetrics,
+    space: SpaceGuard,
 }
 
 impl MeteredStore {
     /// Wraps `inner`, labelling metrics with `driver`.
-    pub fn new(inner: SiteStore, driver: &'static str, metrics: StorageMetrics) -> Arc<Self> {
-        Arc::new(MeteredStore { inner, driver, metrics })
+    pub fn new(inner: SiteStore, driver: &'static str, metrics: StorageMetrics, space: SpaceGuard) -> Arc<Self> {
+        Arc::new(MeteredStore { inner, driver, metrics, space })
     }
 
     fn observe(&self, action: &str, started: Instant) {
@@ -106,6 +117,7 @@ impl BlobStore for MeteredStore {
         r
     }
     async fn create_upload(&self, id: &str) -> Result<(), BlobError> {
+        self.space.admit_upload()?;
         let t = Instant::now();
         let r = self.inner.inner().create_upload(id).await;
         self.observe("PutContent", t);
@@ -118,6 +130,7 @@ impl BlobStore for MeteredStore {
         r
     }
     async fn write_upload(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, BlobError> {
+        self.space.admit_upload()?;
         let t = Instant::now();
         let r = self.inner.inner().write_upload(id, offset, body).await;
         self.observe("Writer", t);
