@@ -45,11 +45,23 @@ pub struct ServeOptions {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Retries of an object store request: a few, within seconds, so that a store that is down
+/// turns into a prompt 503 instead of requests hanging for minutes (object_store's default).
+fn store_retry() -> object_store::RetryConfig {
+    object_store::RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(10), ..Default::default() }
+}
+
+fn store_client() -> object_store::ClientOptions {
+    object_store::ClientOptions::new().with_connect_timeout(Duration::from_secs(3)).with_timeout(Duration::from_secs(300))
+}
+
 fn build_store(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<(SiteStore, &'static str)> {
     let s = &cfg.storage;
     if let Some(s3) = &s.s3 {
         let endpoint = s3.regionendpoint.clone();
         let mut b = object_store::aws::AmazonS3Builder::new()
+            .with_retry(store_retry())
+            .with_client_options(store_client())
             .with_region(s3.region.clone().unwrap_or_default())
             .with_bucket_name(s3.bucket.clone().unwrap_or_default());
         if let Some(k) = &s3.accesskey {
@@ -74,7 +86,10 @@ fn build_store(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<(Site
         return Ok((SiteStore::Object(storage::object::ObjectBlobStore::new(store, &prefix)), "s3"));
     }
     if let Some(g) = &s.gcs {
-        let mut b = object_store::gcp::GoogleCloudStorageBuilder::new().with_bucket_name(g.bucket.clone().unwrap_or_default());
+        let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
+            .with_retry(store_retry())
+            .with_client_options(store_client())
+            .with_bucket_name(g.bucket.clone().unwrap_or_default());
         if let Some(k) = &g.keyfile {
             b = b.with_service_account_path(k);
         }
@@ -84,6 +99,8 @@ fn build_store(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<(Site
     }
     if let Some(a) = &s.azure {
         let mut b = object_store::azure::MicrosoftAzureBuilder::new()
+            .with_retry(store_retry())
+            .with_client_options(store_client())
             .with_account(a.accountname.clone().unwrap_or_default())
             .with_container_name(a.container.clone().unwrap_or_default());
         if let Some(k) = &a.accountkey {
@@ -126,6 +143,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let limits = config::Limits::from_config(&cfg.berth.limits)?;
     let registry = prometheus::Registry::new();
     let (site, driver) = build_store(&cfg, &data_dir)?;
+    site.probe().await.with_context(|| format!("storage.{driver}: the blob store failed its start-up check"))?;
     let blob_space = SpaceGuard::new(site.local_root().into_iter().map(Into::into).collect(), limits.disk_reserve);
     let blobs = MeteredStore::new(site.clone(), driver, StorageMetrics::new(&registry)?, blob_space.clone());
 

@@ -165,6 +165,22 @@ impl FsBlobStore {
         Ok(Arc::new(UploadLock(file)))
     }
 
+    /// See [`super::SiteStore::probe`].
+    pub async fn probe(&self) -> anyhow::Result<()> {
+        let path = self.root.join("uploads").join(format!("probe-{}", rand::random::<u64>()));
+        let marker = b"berth start-up probe".to_vec();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            use anyhow::Context as _;
+            let f = std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+            f.write_all_at(&marker, 0).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", path.display()))?;
+            let back = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            std::fs::remove_file(&path).with_context(|| format!("deleting {}", path.display()))?;
+            anyhow::ensure!(back == marker, "{} read back other bytes than were written", path.display());
+            Ok(())
+        })
+        .await?
+    }
+
     /// Removes uploads started longer than `age` ago; returns how many.
     pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<usize, BlobError> {
         let dir = self.root.join("uploads");

@@ -48,6 +48,15 @@ impl SiteStore {
         }
     }
 
+    /// Writes, reads back and deletes a marker: a store that is unreachable, misconfigured or
+    /// read-only is found at start, with the step that failed and its cause.
+    pub async fn probe(&self) -> anyhow::Result<()> {
+        match self {
+            SiteStore::Fs(s) => s.probe().await,
+            SiteStore::Object(s) => s.probe().await,
+        }
+    }
+
     /// Removes uploads older than `age`.
     pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<usize, BlobError> {
         match self {

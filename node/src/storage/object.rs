@@ -124,6 +124,18 @@ impl ObjectBlobStore {
         })))
     }
 
+    /// See [`super::SiteStore::probe`].
+    pub async fn probe(&self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let path = self.path(&format!("uploads/probe-{}", rand::random::<u64>()));
+        let marker = bytes::Bytes::from_static(b"berth start-up probe");
+        self.store.put(&path, PutPayload::from(marker.clone())).await.with_context(|| format!("writing {path}"))?;
+        let back = self.store.get(&path).await.with_context(|| format!("reading {path}"))?.bytes().await?;
+        self.store.delete(&path).await.with_context(|| format!("deleting {path}"))?;
+        anyhow::ensure!(back == marker, "{path} read back other bytes than were written");
+        Ok(())
+    }
+
     /// Removes uploads started longer than `age` ago; returns how many.
     pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<usize, BlobError> {
         let cutoff = berth_proto::now_ms().saturating_sub(age.as_millis() as u64);
