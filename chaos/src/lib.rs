@@ -3,6 +3,7 @@
 //! `berth-chaos` runs it from the command line against a `deploy/local/cluster.sh` cluster;
 //! `tests/smoke.rs` runs it in CI.
 
+pub mod binary;
 pub mod cluster;
 pub mod net;
 pub mod workload;

@@ -11,12 +11,9 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// The `berth` binary next to this test's target directory (built by `cargo test --workspace`).
+/// The `berth` binary of the current build (never a stale one).
 fn berth_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("berth");
-    assert!(bin.exists(), "{} not built; run `cargo test --workspace`", bin.display());
-    bin
+    berth_chaos::binary::current_berth(&repo_root())
 }
 
 fn nginx_present() -> bool {

@@ -2,7 +2,7 @@
 //! referrers index and cluster secrets. `apply` is the only way it changes; everything else
 //! here is a read-only query.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -53,9 +53,75 @@ pub struct RegistryState {
     /// Every node id that has ever been in the membership, removed ones included: an id is
     /// never given to a second node.
     pub node_ids_used: BTreeSet<u64>,
+    /// Manifest and tag deletes of the last [`TOMBSTONE_TTL_MS`] (at most [`MAX_TOMBSTONES`]),
+    /// oldest first, so that a client retrying a delete whose answer it lost gets the same
+    /// answer again instead of a 404.
+    pub recent_deletes: VecDeque<Tombstone>,
+}
+
+/// How long a delete is remembered for retries.
+pub const TOMBSTONE_TTL_MS: u64 = 10 * 60 * 1000;
+/// The most deletes remembered at once (memory stays bounded whatever the delete rate).
+pub const MAX_TOMBSTONES: usize = 4096;
+
+/// A recent delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// Repository it happened in.
+    pub repo: RepoName,
+    /// The reference as deleted: a digest or a tag.
+    pub reference: String,
+    /// When (the proposer's clock, ms since epoch).
+    pub at_ms: u64,
+}
+
+/// The state as snapshots stored it before tombstones existed; read and upgraded on load.
+#[derive(Deserialize)]
+struct RegistryStateV0 {
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    http_secret: Option<Vec<u8>>,
+    repos: BTreeMap<RepoName, Repo>,
+    node_ids_used: BTreeSet<u64>,
 }
 
 impl RegistryState {
+    /// Decodes a snapshot's state, of this format or the one before it.
+    pub fn decode(bytes: &[u8]) -> Result<RegistryState, postcard::Error> {
+        match postcard::from_bytes::<RegistryState>(bytes) {
+            Ok(s) => Ok(s),
+            Err(e) => match postcard::from_bytes::<RegistryStateV0>(bytes) {
+                Ok(v0) => Ok(RegistryState {
+                    last_applied: v0.last_applied,
+                    last_membership: v0.last_membership,
+                    http_secret: v0.http_secret,
+                    repos: v0.repos,
+                    node_ids_used: v0.node_ids_used,
+                    recent_deletes: VecDeque::new(),
+                }),
+                Err(_) => Err(e),
+            },
+        }
+    }
+
+    /// True if `reference` was deleted from `repo` recently enough that this is a retry.
+    fn deleted_recently(&self, repo: &RepoName, reference: &str, now_ms: u64) -> bool {
+        self.recent_deletes
+            .iter()
+            .any(|t| t.repo == *repo && t.reference == reference && t.at_ms.saturating_add(TOMBSTONE_TTL_MS) >= now_ms)
+    }
+
+    fn remember_delete(&mut self, repo: &RepoName, reference: String, at_ms: u64) {
+        while self
+            .recent_deletes
+            .front()
+            .is_some_and(|t| t.at_ms.saturating_add(TOMBSTONE_TTL_MS) < at_ms || self.recent_deletes.len() >= MAX_TOMBSTONES)
+        {
+            self.recent_deletes.pop_front();
+        }
+        self.recent_deletes.push_back(Tombstone { repo: repo.clone(), reference, at_ms });
+    }
+
     /// Applies one command. Deterministic: depends only on the state and the request.
     pub fn apply(&mut self, req: &Request) -> Outcome {
         match &req.command {
@@ -118,8 +184,9 @@ impl RegistryState {
                 Outcome::Done
             }
             Command::DeleteManifest { repo, digest } => {
-                let Some(r) = self.repos.get_mut(repo) else { return Outcome::NotFound };
-                let Some(record) = r.manifests.remove(digest) else { return Outcome::NotFound };
+                let gone = |s: &Self| if s.deleted_recently(repo, &digest.to_string(), req.at_ms) { Outcome::Done } else { Outcome::NotFound };
+                let Some(r) = self.repos.get_mut(repo) else { return gone(self) };
+                let Some(record) = r.manifests.remove(digest) else { return gone(self) };
                 r.tags.retain(|_, t| &t.digest != digest);
                 if let Some(subject) = &record.subject {
                     if let Some(set) = r.referrers.get_mut(subject) {
@@ -130,13 +197,16 @@ impl RegistryState {
                     }
                 }
                 self.drop_if_empty(repo);
+                self.remember_delete(repo, digest.to_string(), req.at_ms);
                 Outcome::Done
             }
             Command::DeleteTag { repo, tag } => {
-                let Some(r) = self.repos.get_mut(repo) else { return Outcome::NotFound };
-                let found = r.tags.remove(tag).is_some();
-                self.drop_if_empty(repo);
+                let found = self.repos.get_mut(repo).is_some_and(|r| r.tags.remove(tag).is_some());
                 if found {
+                    self.drop_if_empty(repo);
+                    self.remember_delete(repo, tag.to_string(), req.at_ms);
+                    Outcome::Done
+                } else if self.deleted_recently(repo, tag.as_str(), req.at_ms) {
                     Outcome::Done
                 } else {
                     Outcome::NotFound
@@ -287,12 +357,82 @@ mod tests {
                             prop_assert_eq!(r.manifests[d].subject.as_ref(), Some(subject));
                         }
                     }
+                    // And the other way: the index holds every manifest that has a subject.
+                    for (d, m) in &r.manifests {
+                        if let Some(subject) = &m.subject {
+                            prop_assert!(r.referrers.get(subject).is_some_and(|set| set.contains(d)), "{} missing from the referrers of {}", d, subject);
+                        }
+                    }
                 }
             }
+            prop_assert!(s.recent_deletes.len() <= MAX_TOMBSTONES);
             let bytes = postcard::to_stdvec(&s).unwrap();
-            let back: RegistryState = postcard::from_bytes(&bytes).unwrap();
+            let back = RegistryState::decode(&bytes).unwrap();
             prop_assert_eq!(back, s);
         }
+    }
+
+    fn manifest_with(blob: Digest) -> ManifestRecord {
+        ManifestRecord {
+            media_type: "x".into(), body: vec![], blobs: vec![blob], manifests: vec![],
+            subject: None, artifact_type: None, annotations: Default::default(), created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_retried_delete_gets_the_first_answer_until_the_tombstone_expires() {
+        let mut s = RegistryState::default();
+        let r = RepoName::parse("a/b").unwrap();
+        let at = |command, at_ms| Request { command, at_ms };
+        s.apply(&at(Command::LinkBlob { repo: r.clone(), digest: digest(1), size: 1 }, 0));
+        let tag = Tag::parse("v1").unwrap();
+        let put = Command::PutManifest { repo: r.clone(), digest: digest(9), manifest: manifest_with(digest(1)), tag: Some(tag.clone()) };
+        assert_eq!(s.apply(&at(put, 0)), Outcome::Done);
+        let del_tag = Command::DeleteTag { repo: r.clone(), tag: tag.clone() };
+        assert_eq!(s.apply(&at(del_tag.clone(), 1_000)), Outcome::Done);
+        assert_eq!(s.apply(&at(del_tag.clone(), 2_000)), Outcome::Done, "retried tag delete");
+        let del = Command::DeleteManifest { repo: r.clone(), digest: digest(9) };
+        assert_eq!(s.apply(&at(del.clone(), 3_000)), Outcome::Done);
+        assert_eq!(s.apply(&at(del.clone(), 4_000)), Outcome::Done, "retried manifest delete");
+        assert_eq!(s.apply(&at(del.clone(), 3_000 + TOMBSTONE_TTL_MS + 1)), Outcome::NotFound, "long after");
+        let never = Command::DeleteManifest { repo: r.clone(), digest: digest(8) };
+        assert_eq!(s.apply(&at(never, 5_000)), Outcome::NotFound);
+        // Memory stays bounded however many deletes come.
+        for i in 0..(MAX_TOMBSTONES as u64 + 100) {
+            s.apply(&at(Command::LinkBlob { repo: r.clone(), digest: digest(1), size: 1 }, 10_000));
+            let tag = Tag::parse(&format!("t{i}")).unwrap();
+            let put = Command::PutManifest { repo: r.clone(), digest: digest(9), manifest: manifest_with(digest(1)), tag: Some(tag.clone()) };
+            s.apply(&at(put, 10_000));
+            s.apply(&at(Command::DeleteTag { repo: r.clone(), tag }, 10_000));
+        }
+        assert_eq!(s.recent_deletes.len(), MAX_TOMBSTONES);
+    }
+
+    #[test]
+    fn snapshots_from_before_tombstones_still_load() {
+        #[derive(Serialize)]
+        struct V0<'a> {
+            last_applied: &'a Option<LogId>,
+            last_membership: &'a StoredMembership,
+            http_secret: &'a Option<Vec<u8>>,
+            repos: &'a BTreeMap<RepoName, Repo>,
+            node_ids_used: &'a BTreeSet<u64>,
+        }
+        let mut s = RegistryState::default();
+        let r = RepoName::parse("a/b").unwrap();
+        s.apply(&Request { command: Command::LinkBlob { repo: r.clone(), digest: digest(1), size: 7 }, at_ms: 0 });
+        s.http_secret = Some(vec![1, 2, 3]);
+        s.node_ids_used.insert(1);
+        let old = postcard::to_stdvec(&V0 {
+            last_applied: &s.last_applied,
+            last_membership: &s.last_membership,
+            http_secret: &s.http_secret,
+            repos: &s.repos,
+            node_ids_used: &s.node_ids_used,
+        })
+        .unwrap();
+        assert_eq!(RegistryState::decode(&old).unwrap(), s);
+        assert!(RegistryState::decode(&old[..old.len() - 1]).is_err());
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl StateMachineStore {
             Ok(bytes) => {
                 let snap: StoredSnapshot = postcard::from_bytes(&bytes)
                     .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-                let state: RegistryState = postcard::from_bytes(&snap.data)
+                let state = RegistryState::decode(&snap.data)
                     .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
                 (state, Some(snap))
             }
@@ -162,7 +162,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> SResult<()> {
         let _guard = self.snapshot_lock.lock().await;
         let data = snapshot.into_inner();
-        let mut new_state: RegistryState = postcard::from_bytes(&data).map_err(sm_read_err)?;
+        let mut new_state = RegistryState::decode(&data).map_err(sm_read_err)?;
         new_state.last_applied = meta.last_log_id;
         new_state.last_membership = meta.last_membership.clone();
         self.persist(StoredSnapshot { meta: meta.clone(), data }).await?;

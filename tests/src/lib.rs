@@ -13,16 +13,12 @@ pub mod suite;
 use berth_proto::Digest;
 use reqwest::StatusCode;
 
-/// Path of the `berth` binary built alongside the tests (`BERTH_BIN` overrides).
+/// Path of the `berth` binary of the current build (`BERTH_BIN` overrides); a binary older
+/// than the sources fails the test instead of being tested.
 pub fn berth_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("BERTH_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("berth");
-    assert!(bin.exists(), "{} not built; run `cargo test --workspace`", bin.display());
-    bin
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| berth_chaos::binary::current_berth(Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root")))
+        .clone()
 }
 
 /// The cluster token file every node and CLI call of this test process uses (made once, mode

@@ -173,8 +173,19 @@ async fn without_quorum_writes_fail_fast_with_503_and_recover() {
 
     voters[1].kill9();
     voters[2].kill9();
-    // Past the point where the leader knows it has lost its majority.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Wait (on the condition, not a clock) until the leader knows it has lost its majority:
+    // a read is then refused at once.
+    let mut knows = false;
+    for _ in 0..100 {
+        let t = Instant::now();
+        let r = leader_reg.http.get(leader_reg.abs("/v2/q/app/tags/list")).send().await.unwrap();
+        if r.status() == 503 && t.elapsed() < Duration::from_millis(500) {
+            knows = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(knows, "the leader never noticed it lost its majority");
     for url in [&voters[0].url, &fe.url] {
         let reg = Registry::new(url);
         let t = Instant::now();

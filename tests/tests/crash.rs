@@ -32,19 +32,34 @@ async fn pusher(reg: Registry, worker: usize, round: usize, acked: Arc<Mutex<Vec
     }
 }
 
-fn check_content_addresses(root: &std::path::Path) -> usize {
-    let mut checked = 0;
+/// Content addresses checked, and those holding bytes of another digest.
+fn check_content_addresses(root: &std::path::Path) -> (usize, Vec<std::path::PathBuf>) {
+    let (mut checked, mut bad) = (0, Vec::new());
     let blobs = root.join("blobs/sha256");
     for prefix in std::fs::read_dir(&blobs).into_iter().flatten() {
         for f in std::fs::read_dir(prefix.unwrap().path()).unwrap() {
             let path = f.unwrap().path();
             let bytes = std::fs::read(&path).unwrap();
             let name = path.file_name().unwrap().to_str().unwrap();
-            assert_eq!(Digest::sha256_of(&bytes).hex(), name, "{} holds bytes of another digest", path.display());
+            if Digest::sha256_of(&bytes).hex() != name {
+                bad.push(path.clone());
+            }
             checked += 1;
         }
     }
-    checked
+    (checked, bad)
+}
+
+/// How many acknowledged pushes do not read back byte for byte.
+async fn lost(reg: &Registry, all: &[Acked]) -> usize {
+    let mut lost = 0;
+    for a in all {
+        let (status, body) = reg.get_manifest("crash/app", &a.tag).await.unwrap();
+        if status != 200 || body != a.manifest || reg.get_blob("crash/app", &a.layer).await.ok().as_ref() != Some(&a.layer_bytes) {
+            lost += 1;
+        }
+    }
+    lost
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,16 +83,23 @@ async fn sigkill_during_pushes_loses_nothing_acknowledged() {
         node.restart();
         let reg = Registry::new(&node.url);
         let all = acked.lock().unwrap().clone();
-        let mut lost = 0;
-        for a in &all {
-            let (status, body) = reg.get_manifest("crash/app", &a.tag).await.unwrap();
-            if status != 200 || body != a.manifest || reg.get_blob("crash/app", &a.layer).await.ok().as_ref() != Some(&a.layer_bytes) {
-                lost += 1;
-            }
-        }
-        let checked = check_content_addresses(&data.join("storage"));
+        let lost = lost(&reg, &all).await;
+        let (checked, bad) = check_content_addresses(&data.join("storage"));
         println!("round {round}: acknowledged pushes {}, lost {lost}, content addresses verified {checked}", all.len());
         assert_eq!(lost, 0);
+        assert!(bad.is_empty(), "content addresses holding other bytes: {bad:?}");
     }
-    assert!(acked.lock().unwrap().len() > 20, "too few pushes were acknowledged to mean anything");
+    let all = acked.lock().unwrap().clone();
+    assert!(all.len() > 20, "too few pushes were acknowledged to mean anything");
+
+    tracing::info!("the checks themselves: a lost layer and a corrupted address are both caught");
+    let storage = data.join("storage");
+    let victim = &all[all.len() / 2];
+    let path = |d: &Digest| storage.join("blobs/sha256").join(&d.hex()[..2]).join(d.hex());
+    std::fs::remove_file(path(&victim.layer)).unwrap();
+    let other = all.iter().find(|a| a.layer != victim.layer).unwrap();
+    std::fs::write(path(&other.layer), b"not what the digest says").unwrap();
+    let reg = Registry::new(&node.url);
+    assert!(lost(&reg, &all).await >= 2, "the checker missed a lost and a corrupted layer");
+    assert_eq!(check_content_addresses(&storage).1, vec![path(&other.layer)]);
 }

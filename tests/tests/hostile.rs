@@ -298,6 +298,19 @@ async fn protocol_edges_answer_as_the_spec_and_distribution_do() {
     assert_eq!(reg.get_manifest("edge/app", "v1").await.unwrap().0, StatusCode::OK);
     assert_eq!(reg.get_blob("edge/app", &d).await.unwrap(), blob);
 
+    tracing::info!("a retried delete (its first answer lost) gets the same answer");
+    let mdigest = Digest::sha256_of(&manifest);
+    for _ in 0..2 {
+        let r = reg.http.delete(reg.abs(&format!("/v2/edge/app/manifests/{mdigest}"))).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let never = Digest::sha256_of(b"never pushed");
+    let r = reg.http.delete(reg.abs(&format!("/v2/edge/app/manifests/{never}"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // With the manifest gone, its blob may go too.
+    let r = reg.http.delete(reg.abs(&blob_path)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+
     tracing::info!("path traversal in raw bytes reaches nothing outside the registry");
     for path in ["/v2/../../etc/passwd", "/v2/edge/app/blobs/uploads/..%2F..%2Fetc", "/v2/edge/../../app/tags/list"] {
         let (st, _, body) = exchange(&mut s, &get(path, ""));

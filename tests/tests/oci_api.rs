@@ -87,10 +87,17 @@ async fn snapshots_purge_the_log_and_restarts_restore_from_them() {
     for i in 0..300u64 {
         digests.push(reg.push_blob("snap/repo", &random_bytes(i, 64)).await.unwrap());
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let debug = node.debug_url.clone().unwrap();
-    let m = reqwest::get(format!("{debug}/metrics")).await.unwrap().text().await.unwrap();
-    let (last, snap, purged) = (gauge(&m, "berth_raft_last_log_index"), gauge(&m, "berth_raft_snapshot_index"), gauge(&m, "berth_raft_purged_index"));
+    // Snapshots are built in the background: wait for the metrics to show it.
+    let (mut last, mut snap, mut purged) = (0, 0, 0);
+    for _ in 0..100 {
+        let m = reqwest::get(format!("{debug}/metrics")).await.unwrap().text().await.unwrap();
+        (last, snap, purged) = (gauge(&m, "berth_raft_last_log_index"), gauge(&m, "berth_raft_snapshot_index"), gauge(&m, "berth_raft_purged_index"));
+        if snap >= 250 && purged >= 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     println!("last log {last}, snapshot {snap}, purged {purged}");
     assert!(snap >= 250 && purged >= 200, "snapshot {snap}, purged {purged}, last {last}");
     assert!(dir.path().join("data/raft/state/snapshot.bin").exists());
