@@ -92,6 +92,17 @@ pub enum BlobError {
     Storage(String),
 }
 
+impl BlobError {
+    /// A failure of the request body stream: the client's fault, unless the stream was cut
+    /// because the disk ran short ([`std::io::ErrorKind::StorageFull`]).
+    pub fn body(e: std::io::Error) -> BlobError {
+        match e.kind() {
+            std::io::ErrorKind::StorageFull => BlobError::Full(e.to_string()),
+            _ => BlobError::Body(e.to_string()),
+        }
+    }
+}
+
 /// Content-addressed blob storage plus staging for uploads in progress. Staged uploads are
 /// shared by every node of a site, so an upload may move between nodes.
 ///

@@ -59,6 +59,21 @@ impl SpaceGuard {
         }
     }
 
+    /// For bytes already streaming in: fails once an upload has eaten half the reserve, so one
+    /// large push started just above the reserve cannot take the disk down to nothing.
+    pub fn check_streaming(&self) -> std::io::Result<()> {
+        for p in &self.paths {
+            let free = free_bytes(p)?;
+            if free < self.reserve / 2 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("only {} MiB free on {} while receiving an upload", free >> 20, p.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses new upload bytes while space is short.
     pub fn admit_upload(&self) -> Result<(), BlobError> {
         self.check().map_err(BlobError::Full)

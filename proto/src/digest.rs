@@ -157,4 +157,18 @@ mod tests {
         let r: Result<Digest, _> = serde_json::from_str("\"sha256:xyz\"");
         assert!(r.is_err());
     }
+
+    proptest::proptest! {
+        /// Any text is a digest that prints back exactly, with a hex part of its algorithm's
+        /// length, or it is refused; never a panic.
+        #[test]
+        fn digests_parse_or_refuse(s in "(sha256|sha512|md5|)(:|)[0-9a-fA-F]{0,130}|\\PC{0,80}") {
+            if let Ok(d) = Digest::parse(&s) {
+                proptest::prop_assert_eq!(d.to_string(), s.clone());
+                let want = match d.algorithm() { Algorithm::Sha256 => 64, Algorithm::Sha512 => 128 };
+                proptest::prop_assert_eq!(d.hex().len(), want);
+                proptest::prop_assert!(d.hex().bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+            }
+        }
+    }
 }

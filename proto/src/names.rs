@@ -219,5 +219,19 @@ mod tests {
                 prop_assert!(n.as_str().split('/').all(|c| !c.is_empty() && c != "." && c != ".."));
             }
         }
+
+        /// Any reference text parses to a tag of the grammar or a valid digest, or is refused;
+        /// an accepted one prints back as it came and never contains a path separator.
+        #[test]
+        fn references_parse_or_refuse(s in "\\PC{0,140}") {
+            match Reference::parse(&s) {
+                Ok(Reference::Tag(t)) => {
+                    prop_assert_eq!(t.as_str(), s.as_str());
+                    prop_assert!(s.len() <= 128 && !s.contains('/') && !s.starts_with('.') && !s.starts_with('-'));
+                }
+                Ok(Reference::Digest(d)) => prop_assert_eq!(d.to_string(), s),
+                Err(_) => {}
+            }
+        }
     }
 }

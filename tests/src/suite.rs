@@ -46,8 +46,9 @@ pub async fn base_and_errors(reg: &Registry) -> R<()> {
     ensure!(r.status() == 404 && error_code(r).await? == "BLOB_UNKNOWN");
     let r = reg.http.get(reg.abs("/v2/x/blobs/sha256:abc")).send().await?;
     ensure!(r.status() == 400 && error_code(r).await? == "DIGEST_INVALID");
-    // Path traversal never reaches storage: the name grammar refuses it.
-    for p in ["/v2/../../etc/passwd/tags/list", "/v2/a/%2e%2e/b/tags/list", "/v2/a/..%2fb/blobs/uploads/"] {
+    // Encoded dots reach the server as sent (a client normalises only literal `..`, so
+    // path traversal in raw bytes is tried in tests/hostile.rs): the name grammar refuses them.
+    for p in ["/v2/a/%2e%2e/b/tags/list", "/v2/a/..%2fb/blobs/uploads/"] {
         let r = reg.http.get(reg.abs(p)).send().await?;
         ensure!(r.status().is_client_error(), "{p}: {}", r.status());
     }

@@ -119,11 +119,27 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_heals_without_a_restart() {
     assert!(r.text().await.unwrap().contains("disk"));
     push_image(&reg, "doomed", 2).await.unwrap_err();
 
+    tracing::info!("an upload whose link was refused keeps its staged bytes; the retried PUT links them");
+    std::fs::remove_file(&filler).unwrap();
+    let staged = random_bytes(4, 100_000);
+    let r = reg.http.post(reg.abs("/v2/full/app/blobs/uploads/")).send().await.unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let r = reg.http.patch(reg.abs(&loc)).body(staged.clone()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let put = format!("{}&digest={}", reg.abs(&loc), Digest::sha256_of(&staged));
+    let filler = fill(&disk.0, reserve / 2);
+    let r = reg.http.put(&put).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE, "the link must be refused below the reserve");
+
     tracing::info!("space returns: writes resume by themselves, nothing was lost");
     std::fs::remove_file(&filler).unwrap();
     let t = Instant::now();
     push_image(&reg, "after", 3).await.unwrap();
     let resumed_ms = t.elapsed().as_millis();
+    let r = reg.http.put(&put).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "the retried PUT: {:?}", r.text().await);
+    assert_eq!(reg.get_blob("full/app", &Digest::sha256_of(&staged)).await.unwrap(), staged);
     assert_eq!(reqwest::get(&health).await.unwrap().status(), StatusCode::OK);
     assert_eq!(reg.get_manifest("full/app", "before").await.unwrap().1, before);
     let layer = random_bytes(3, 64 * 1024);

@@ -542,3 +542,29 @@ fn a_lone_node_opens_no_listener_it_was_not_asked_for() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
     assert_eq!(mode & 0o077, 0, "the cluster token is private to its user");
 }
+
+#[tokio::test]
+async fn the_connection_cap_holds_and_idle_connections_make_room() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let b = node(dir.path(), &[("REGISTRY_BERTH_LIMITS_MAXCONNECTIONS", "20"), ("REGISTRY_BERTH_LIMITS_IDLETIMEOUT", "2s")]);
+    tracing::info!("20 idle connections take every slot");
+    let idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(&b.addr).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = TcpStream::connect(&b.addr).unwrap();
+    s.write_all(&get("/v2/", "")).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut byte = [0u8; 1];
+    let early = s.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "the 21st connection was served past the cap: {early:?}"
+    );
+    tracing::info!("once the idle ones are closed, the waiting client is served");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = Instant::now();
+    let (st, _, _) = read_response(&mut s);
+    assert_eq!(st, 200);
+    tracing::info!(waited = ?t.elapsed(), "served");
+    drop(idle);
+}

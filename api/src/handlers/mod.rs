@@ -152,4 +152,20 @@ mod tests {
         let dribble = trickle(vec![(9_000, b"a"), (9_000, b"b"), (9_000, b"c")]);
         assert!(drain(request_body(dribble, rate)).await.is_err());
     }
+
+    proptest::proptest! {
+        /// Any `Content-Range` gives an ordered pair, nothing, or a 416; never a panic.
+        #[test]
+        fn content_range_parses_or_refuses(v in "(bytes[ =]?)?[0-9]{0,21}-?[0-9]{0,21}(/[0-9*]{0,5})?|[ -~]{0,40}") {
+            let mut h = HeaderMap::new();
+            if let Ok(value) = v.parse() {
+                h.insert(header::CONTENT_RANGE, value);
+                match content_range(&h) {
+                    Ok(Some((a, b))) => proptest::prop_assert!(a <= b),
+                    Ok(None) => proptest::prop_assert!(false, "a present header read as absent"),
+                    Err(e) => proptest::prop_assert_eq!(e.status, StatusCode::RANGE_NOT_SATISFIABLE),
+                }
+            }
+        }
+    }
 }

@@ -277,7 +277,7 @@ impl BlobStore for FsBlobStore {
             let next = body.next().await;
             let done = next.is_none();
             if let Some(chunk) = next {
-                let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
+                let chunk = chunk.map_err(BlobError::body)?;
                 hash.update(&chunk);
                 buf.extend_from_slice(&chunk);
             }

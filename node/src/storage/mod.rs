@@ -92,6 +92,23 @@ impl StorageMetrics {
     }
 }
 
+/// Bytes between two free-space checks of a streaming upload.
+const SPACE_CHECK_EVERY: u64 = 8 << 20;
+
+/// Cuts an upload body (with `StorageFull`) once the disk runs short while it streams.
+fn watch_space(body: ByteStream, space: SpaceGuard) -> ByteStream {
+    let mut since_check = 0u64;
+    Box::pin(futures::StreamExt::map(body, move |chunk| {
+        let chunk = chunk?;
+        since_check += chunk.len() as u64;
+        if since_check >= SPACE_CHECK_EVERY {
+            since_check = 0;
+            space.check_streaming()?;
+        }
+        Ok(chunk)
+    }))
+}
+
 /// Wraps a store: times every action, and refuses new upload bytes while `space` is short.
 pub struct MeteredStore {
     inner: SiteStore,
@@ -140,6 +157,7 @@ impl BlobStore for MeteredStore {
     }
     async fn write_upload(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, BlobError> {
         self.space.admit_upload()?;
+        let body = watch_space(body, self.space.clone());
         let t = Instant::now();
         let r = self.inner.inner().write_upload(id, offset, body).await;
         self.observe("Writer", t);

@@ -199,7 +199,7 @@ impl BlobStore for ObjectBlobStore {
                 Ok(c) => c,
                 Err(e) => {
                     let _ = w.abort().await;
-                    return Err(BlobError::Body(e.to_string()));
+                    return Err(BlobError::body(e));
                 }
             };
             n += chunk.len() as u64;
