@@ -1,7 +1,7 @@
 //! A SHA-256 whose state can be saved and resumed.
 //!
-//! Upload state travels between requests (and between nodes) in the signed `Location` URL, so
-//! the running hash must be serializable. `sha2` exposes its block function (`compress256`,
+//! An upload's running hash is saved beside its staged bytes between requests (and read by
+//! whichever node takes the next chunk), so it must be serializable. `sha2` exposes its block function (`compress256`,
 //! which uses SHA-NI where the CPU has it); this module adds the buffering, padding and a
 //! compact encoding around it.
 
