@@ -247,8 +247,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             eprintln!("berth: debug listening on http://{dlocal}");
             let router = server::debug_router(registry.clone(), path, health);
             let mut rx = stop_rx.clone();
+            // The same limits as the registry listener: a scraper or a stranger cannot hold it.
             tokio::spawn(async move {
-                let _ = axum::serve(dl, router).with_graceful_shutdown(async move { let _ = rx.changed().await; }).await;
+                let _ = server::serve(dl, router, None, limits, async move {
+                    let _ = rx.changed().await;
+                })
+                .await;
             });
         }
     }

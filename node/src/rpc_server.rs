@@ -210,7 +210,6 @@ pub async fn serve(
         })
     });
     let mut builder = tonic::transport::Server::builder()
-        .timeout(Duration::from_secs(60))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = tls {
