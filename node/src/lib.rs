@@ -300,15 +300,16 @@ async fn start_voter(
     let bootstrap = cfg.berth.bootstrap.unwrap_or(true);
     let network = raft_network::GrpcNetwork::new(peers.clone());
     let node = raft::start(&data_dir.join("raft"), node_id, &raft_addr, snapshot_every, bootstrap, network).await?;
-    let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers, space, registry)?);
+    let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers, space.clone(), registry)?);
     if let Some((grpc_listener, grpc_local)) = grpc {
         let (raft, state, voter, tls, token, mut stop) =
             (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop);
+        let space = space.clone();
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(e) = rpc_server::serve(raft, state, voter, tls.as_ref(), &token, grpc_listener, shutdown).await {
+            if let Err(e) = rpc_server::serve(raft, state, voter, tls.as_ref(), &token, space, grpc_listener, shutdown).await {
                 tracing::error!("gRPC server failed: {e:#}");
             }
         });

@@ -85,7 +85,8 @@ impl GrpcConnection {
         };
         let bytes = match reply {
             Ok(r) => r.into_inner().data,
-            Err(s) if s.code() == tonic::Code::Unavailable => {
+            // Down, or short of disk: either way openraft should back off before it retries.
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&RpcFailure(format!(
                     "node {} at {}: {}",
                     self.target,

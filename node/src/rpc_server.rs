@@ -22,6 +22,7 @@ use crate::metadata::voter::RaftMetadata;
 use crate::metadata::MetadataBackend;
 use crate::cluster_token::ClusterToken;
 use crate::peers::MutualTls;
+use crate::space::SpaceGuard;
 use tokio_stream::StreamExt as _;
 use tonic::service::interceptor::InterceptedService;
 use serde::de::DeserializeOwned;
@@ -37,20 +38,35 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<Payload>, Status> {
     Ok(Response::new(Payload { data }))
 }
 
-/// Raft RPCs, handed straight to openraft.
+/// Raft RPCs, handed to openraft, except that a node short of disk refuses to take log
+/// entries or snapshots (the leader sees it as unreachable and retries later) instead of
+/// meeting ENOSPC, which would stop its Raft core for good. Heartbeats and votes still pass,
+/// so the node neither disturbs the leader with elections nor falls out of the cluster.
 pub struct RaftRpc {
     raft: Raft,
+    space: SpaceGuard,
+}
+
+impl RaftRpc {
+    fn room(&self) -> Result<(), Status> {
+        self.space.check().map_err(|e| Status::resource_exhausted(format!("this node takes no log entries now: {e}")))
+    }
 }
 
 #[tonic::async_trait]
 impl RaftService for RaftRpc {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        reply(&self.raft.append_entries(decode(req)?).await)
+        let req: berth_raft_store::typ::AppendEntriesRequest = decode(req)?;
+        if !req.entries.is_empty() {
+            self.room()?;
+        }
+        reply(&self.raft.append_entries(req).await)
     }
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         reply(&self.raft.vote(decode(req)?).await)
     }
     async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.room()?;
         reply(&self.raft.install_snapshot(decode(req)?).await)
     }
 }
@@ -200,6 +216,7 @@ pub async fn serve(
     meta: Arc<RaftMetadata>,
     tls: Option<&MutualTls>,
     token: &ClusterToken,
+    space: SpaceGuard,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -218,7 +235,7 @@ pub async fn serve(
     let check = token.checker();
     builder
         .add_service(InterceptedService::new(
-            RaftServiceServer::new(RaftRpc { raft: raft.clone() })
+            RaftServiceServer::new(RaftRpc { raft: raft.clone(), space })
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
             check.clone(),

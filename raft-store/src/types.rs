@@ -38,4 +38,6 @@ pub mod typ {
     pub type Snapshot = openraft::Snapshot<TypeConfig>;
     /// Membership as stored.
     pub type StoredMembership = openraft::StoredMembership<u64, openraft::BasicNode>;
+    /// A leader's AppendEntries.
+    pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
 }

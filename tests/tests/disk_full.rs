@@ -148,3 +148,59 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_heals_without_a_restart() {
     drop(node);
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| !s.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_with_a_full_disk_stays_up_and_catches_up_when_space_returns() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    // Node 3's data directory (its Raft log) is a small disk of its own.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("node3"), 64) else { return };
+    let reserve = 16u64 << 20;
+    let reserve_s = reserve.to_string();
+    let env = [("REGISTRY_BERTH_LIMITS_DISKRESERVE", reserve_s.as_str())];
+    let voters = berth_tests::voter_cluster(dir.path(), 3, &env);
+    let leader = Registry::new(&voters[0].url);
+    push_image(&leader, "before", 1).await.unwrap();
+
+    tracing::info!("node 3's disk fills up; the majority keeps taking pushes with big manifests");
+    let filler = fill(&disk.0, reserve / 4);
+    let mut pushed = Vec::new();
+    for i in 0..8u64 {
+        // Manifest bodies travel in the log: 1 MiB each outgrows what node 3 has left.
+        let layer = random_bytes(100 + i, 1000);
+        let cfg = b"{}".to_vec();
+        let c = leader.push_blob("full/app", &cfg).await.unwrap();
+        let l = leader.push_blob("full/app", &layer).await.unwrap();
+        let mut m: serde_json::Value = serde_json::from_slice(&image_manifest((&c, cfg.len()), &[(&l, layer.len())])).unwrap();
+        m["annotations"] = serde_json::json!({"pad": "x".repeat(1 << 20), "n": i.to_string()});
+        let body = serde_json::to_vec(&m).unwrap();
+        leader.push_manifest("full/app", &format!("big{i}"), &body, OCI_MANIFEST).await.unwrap();
+        pushed.push(body);
+    }
+    assert!(alive(voters[2].pid()), "node 3 died of a full disk");
+    let status = berth_tests::berth_cluster(&["status", "--node", &voters[2].grpc_addr]);
+    assert!(status.contains("leader 1"), "node 3 lost the cluster: {status}");
+
+    tracing::info!("space returns: node 3 catches up without a restart and serves every push");
+    std::fs::remove_file(&filler).unwrap();
+    let reg3 = Registry::new(&voters[2].url);
+    let mut served = false;
+    for _ in 0..100 {
+        if reg3.get_manifest("full/app", "big7").await.is_ok_and(|(s, b)| s == 200 && b == pushed[7]) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(served, "node 3 did not catch up once space returned");
+    for (i, body) in pushed.iter().enumerate() {
+        assert_eq!(&reg3.get_manifest("full/app", &format!("big{i}")).await.unwrap().1, body);
+    }
+    assert!(alive(voters[2].pid()));
+    let log = std::fs::read_to_string(&voters[2].log).unwrap();
+    assert!(!log.to_lowercase().contains("storage error"), "node 3's Raft core met a storage error");
+}
