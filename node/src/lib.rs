@@ -305,11 +305,12 @@ async fn start_voter(
         let (raft, state, voter, tls, token, mut stop) =
             (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop);
         let space = space.clone();
+        let limits = config::Limits::from_config(&cfg.berth.limits)?;
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(e) = rpc_server::serve(raft, state, voter, tls.as_ref(), &token, space, grpc_listener, shutdown).await {
+            if let Err(e) = rpc_server::serve(raft, state, voter, tls.as_ref(), &token, space, limits, grpc_listener, shutdown).await {
                 tracing::error!("gRPC server failed: {e:#}");
             }
         });

@@ -74,7 +74,9 @@ impl Peers {
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10));
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            // Idle channels ping too: a peer's listener closes connections that go silent.
+            .keep_alive_while_idle(true);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.client()).map_err(|e| format!("TLS for {addr}: {e}"))?;
         }

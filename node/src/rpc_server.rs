@@ -23,7 +23,6 @@ use crate::metadata::MetadataBackend;
 use crate::cluster_token::ClusterToken;
 use crate::peers::MutualTls;
 use crate::space::SpaceGuard;
-use tokio_stream::StreamExt as _;
 use tonic::service::interceptor::InterceptedService;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -217,15 +216,13 @@ pub async fn serve(
     tls: Option<&MutualTls>,
     token: &ClusterToken,
     space: SpaceGuard,
+    limits: crate::config::Limits,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-        s.inspect(|tcp| {
-            // Raft heartbeats and small replies must not wait on delayed ACKs.
-            let _ = tcp.set_nodelay(true);
-        })
-    });
+    // Capped like the HTTP listener; TCP_NODELAY so heartbeats and small replies do not wait
+    // on delayed ACKs. Peers that stop answering HTTP/2 pings are dropped (keepalive below).
+    let incoming = crate::server::capped_incoming(listener, limits);
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));

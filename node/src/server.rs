@@ -1,6 +1,7 @@
 //! HTTP listeners: the registry API (plain or TLS) and the debug listener (health, metrics).
 
 use std::net::SocketAddr;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -97,6 +98,93 @@ pub async fn serve(
         tracing::info!("connections still open after 10s of draining; closing them");
     }
     Ok(())
+}
+
+/// Accepts connections while fewer than `limits.max_connections` are open (further peers
+/// wait in the backlog), with TCP_NODELAY, and fails a connection's reads once no byte has
+/// moved for `limits.idle_timeout`; for listeners that a library serves (the gRPC one).
+pub fn capped_incoming(listener: TcpListener, limits: Limits) -> impl futures::Stream<Item = std::io::Result<Slotted<tokio::net::TcpStream>>> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    futures::stream::unfold((listener, slots), move |(listener, slots)| async move {
+        let slot = slots.clone().acquire_owned().await.expect("semaphore is never closed");
+        let next = match listener.accept().await {
+            Ok((tcp, _)) => {
+                let _ = tcp.set_nodelay(true);
+                let idle = limits.idle_timeout;
+                Ok(Slotted { inner: tcp, _slot: slot, idle, deadline: Box::pin(tokio::time::sleep(idle)) })
+            }
+            Err(e) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(e)
+            }
+        };
+        Some((next, (listener, slots)))
+    })
+}
+
+/// A connection holding one of its listener's slots until it is dropped, and failing its
+/// reads once it has been idle for `idle`.
+pub struct Slotted<T> {
+    inner: T,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<T> Slotted<T> {
+    fn moved(&mut self) {
+        let next = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Slotted<T> {
+    type ConnectInfo = T::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.moved();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long")))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Slotted<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// When bytes last moved on a connection.

@@ -570,3 +570,35 @@ async fn the_connection_cap_holds_and_idle_connections_make_room() {
     tracing::info!(waited = ?t.elapsed(), "served");
     drop(idle);
 }
+
+#[tokio::test]
+async fn the_grpc_listener_is_capped_and_drops_silent_connections() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let b = node(dir.path(), &[("REGISTRY_BERTH_LIMITS_MAXCONNECTIONS", "3"), ("REGISTRY_BERTH_LIMITS_IDLETIMEOUT", "2s")]);
+    tracing::info!("a neighbour without the token takes every gRPC slot and says nothing");
+    let mut silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&b.grpc_addr).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracing::info!("a member still gets through once the silent ones are cut");
+    let t = Instant::now();
+    let grpc = b.grpc_addr.clone();
+    let status = tokio::task::spawn_blocking(move || berth_tests::berth_cluster(&["status", "--node", &grpc]));
+    let status = tokio::time::timeout(Duration::from_secs(20), status).await.expect("the member was starved").unwrap();
+    assert!(status.contains("leader 1"), "{status}");
+    tracing::info!(waited = ?t.elapsed(), "member served");
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let mut closed = false;
+        for _ in 0..10 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => continue,
+            }
+        }
+        assert!(closed, "a silent gRPC connection was kept");
+    }
+}
