@@ -3,10 +3,9 @@
 use std::net::SocketAddr;
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::routing::get;
@@ -63,33 +62,27 @@ pub async fn serve(
         // Small responses (a config blob, a manifest) leave at once instead of waiting for the
         // client's delayed ACK of the headers.
         let _ = tcp.set_nodelay(true);
-        let activity = Activity::new();
-        let io = IdleIo { inner: tcp, activity: activity.clone() };
+        let io = Slotted::new(tcp, slot, limits.idle_timeout);
         let (app, builder, tls, watcher) = (app.clone(), builder.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _slot = slot;
             let svc = TowerToHyperService::new(app);
-            let serve = async {
-                match tls {
-                    None => {
-                        let conn = builder.serve_connection(TokioIo::new(io), svc);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(acceptor) => {
-                        let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => return tracing::info!(%peer, "TLS handshake failed: {e}"),
-                            Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
-                        };
-                        let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                        watcher.watch(conn.into_owned()).await
-                    }
+            let ended = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(io), svc);
+                    watcher.watch(conn.into_owned()).await
                 }
-                .unwrap_or_else(|e| tracing::debug!(%peer, "connection ended: {e}"))
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::info!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => return tracing::info!(%peer, "TLS handshake timed out"),
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    watcher.watch(conn.into_owned()).await
+                }
             };
-            tokio::select! {
-                () = serve => {}
-                () = activity.idle_for(limits.idle_timeout) => tracing::debug!(%peer, "closed an idle connection"),
+            if let Err(e) = ended {
+                tracing::debug!(%peer, "connection ended: {e}");
             }
         });
     }
@@ -110,8 +103,7 @@ pub fn capped_incoming(listener: TcpListener, limits: Limits) -> impl futures::S
         let next = match listener.accept().await {
             Ok((tcp, _)) => {
                 let _ = tcp.set_nodelay(true);
-                let idle = limits.idle_timeout;
-                Ok(Slotted { inner: tcp, _slot: slot, idle, deadline: Box::pin(tokio::time::sleep(idle)) })
+                Ok(Slotted::new(tcp, slot, limits.idle_timeout))
             }
             Err(e) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -122,8 +114,9 @@ pub fn capped_incoming(listener: TcpListener, limits: Limits) -> impl futures::S
     })
 }
 
-/// A connection holding one of its listener's slots until it is dropped, and failing its
-/// reads once it has been idle for `idle`.
+/// A connection that holds one of its listener's slots until it is dropped, and fails (reads
+/// and writes alike) once no byte has moved either way for `idle`: idle keep-alives, silent
+/// sockets and stalled downloads give their slot back.
 pub struct Slotted<T> {
     inner: T,
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -132,10 +125,36 @@ pub struct Slotted<T> {
 }
 
 impl<T> Slotted<T> {
+    fn new(inner: T, slot: tokio::sync::OwnedSemaphorePermit, idle: Duration) -> Self {
+        Slotted { inner, _slot: slot, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+    }
+
     fn moved(&mut self) {
         let next = tokio::time::Instant::now() + self.idle;
         self.deadline.as_mut().reset(next);
     }
+
+    /// While the socket waits: has the idle time run out? (Registers a wake-up for when it does.)
+    fn expired(&mut self, cx: &mut TaskContext<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+
+    /// After a write: counts the bytes as movement, or turns a wait past the deadline into an
+    /// error.
+    fn after_write(&mut self, cx: &mut TaskContext<'_>, r: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.moved();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            other => other,
+        }
+    }
+}
+
+fn idle_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long")
 }
 
 impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Slotted<T> {
@@ -153,9 +172,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {
                 self.moved();
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long")))
-            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
             other => other,
         }
     }
@@ -164,86 +181,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {
 impl<T: AsyncWrite + Unpin> AsyncWrite for Slotted<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.moved();
-        }
-        r
+        self.after_write(cx, r)
     }
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.moved();
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// When bytes last moved on a connection.
-#[derive(Clone)]
-struct Activity(Arc<(Instant, AtomicU64)>);
-
-impl Activity {
-    fn new() -> Self {
-        Activity(Arc::new((Instant::now(), AtomicU64::new(0))))
-    }
-
-    fn touch(&self) {
-        self.0 .1.store(self.0 .0.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing has moved for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = self.0 .0 + Duration::from_millis(self.0 .1.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
-}
-
-/// A socket that records every read or write that moves bytes.
-struct IdleIo<T> {
-    inner: T,
-    activity: Activity,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
+        self.after_write(cx, r)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
