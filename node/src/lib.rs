@@ -158,7 +158,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let meta_space = SpaceGuard::new(vec![data_dir.clone()], limits.disk_reserve);
     let (meta, raft): (Arc<dyn Metadata>, Option<berth_raft_store::Raft>) = match role {
         Role::Voter => {
-            let (meta, raft) = start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, meta_space.clone(), &registry, stop_rx.clone()).await?;
+            let (meta, raft) = start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, meta_space.clone(), limits, &registry, stop_rx.clone()).await?;
             (meta, Some(raft))
         }
         Role::Frontend => {
@@ -286,6 +286,7 @@ async fn start_voter(
     tls: Option<&MutualTls>,
     token: &cluster_token::ClusterToken,
     space: SpaceGuard,
+    limits: config::Limits,
     registry: &prometheus::Registry,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(Arc<dyn Metadata>, berth_raft_store::Raft)> {
@@ -305,7 +306,6 @@ async fn start_voter(
         let (raft, state, voter, tls, token, mut stop) =
             (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop);
         let space = space.clone();
-        let limits = config::Limits::from_config(&cfg.berth.limits)?;
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.changed().await;
