@@ -115,8 +115,8 @@ pub fn capped_incoming(listener: TcpListener, limits: Limits) -> impl futures::S
 }
 
 /// A connection that holds one of its listener's slots until it is dropped, and fails (reads
-/// and writes alike) once no byte has moved either way for `idle`: idle keep-alives, silent
-/// sockets and stalled downloads give their slot back.
+/// and writes alike) once no byte has moved either way for `idle`: idle keep-alives and
+/// silent sockets give their slot back.
 pub struct Slotted<T> {
     inner: T,
     _slot: tokio::sync::OwnedSemaphorePermit,
