@@ -40,6 +40,10 @@ pub enum Code {
     Unsupported,
     /// The operation is refused.
     Denied,
+    /// Authentication is required.
+    Unauthorized,
+    /// Too many requests (failed logins) from this client or for this account.
+    TooManyRequests,
     /// Service unavailable.
     Unavailable,
     /// Unknown error.
@@ -65,6 +69,8 @@ impl Code {
             Code::RangeInvalid => "RANGE_INVALID",
             Code::Unsupported => "UNSUPPORTED",
             Code::Denied => "DENIED",
+            Code::Unauthorized => "UNAUTHORIZED",
+            Code::TooManyRequests => "TOOMANYREQUESTS",
             Code::Unavailable => "UNAVAILABLE",
             Code::Unknown => "UNKNOWN",
         }
@@ -78,6 +84,8 @@ impl Code {
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
             Code::Denied => StatusCode::FORBIDDEN,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,

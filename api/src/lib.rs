@@ -1,6 +1,7 @@
 //! Berth's HTTP API: the OCI distribution-spec v1.1 router and its error mapping. It works on
 //! metadata and blobs only through the traits in [`backend`], which the node implements.
 
+pub mod auth;
 pub mod backend;
 pub mod endpoint;
 pub mod error;
@@ -44,6 +45,8 @@ pub struct Api {
     pub config: ApiConfig,
     /// HTTP metrics.
     pub metrics: HttpMetrics,
+    /// Who may do what.
+    pub auth: Arc<auth::Authorizer>,
 }
 
 /// The distribution API router. Every path goes through one dispatcher, which parses the
@@ -68,7 +71,12 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request) -> Response {
     let mut resp = match endpoint {
         Some(ep) => {
             let allow = allowed(&api.config, &ep);
-            let mut resp = route(&api, ep, req).await.unwrap_or_else(IntoResponse::into_response);
+            // A request body is not `Sync`, so the decision looks at the head alone.
+            let (head, body) = req.into_parts();
+            let mut resp = match authorize(&api, &ep, &head).await {
+                Ok(grant) => route(&api, ep, Request::from_parts(head, body), &grant).await.unwrap_or_else(IntoResponse::into_response),
+                Err(refused) => refused,
+            };
             if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
                 resp.headers_mut().insert(axum::http::header::ALLOW, allow);
             }
@@ -96,6 +104,21 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request) -> Response {
     resp
 }
 
+/// What the caller may do, or the response that refuses them.
+async fn authorize(api: &Api, ep: &Endpoint, req: &axum::http::request::Parts) -> Result<auth::Grant, Response> {
+    if api.auth.is_open() {
+        return Ok(auth::Grant::everything(None));
+    }
+    let from = match ep {
+        Endpoint::UploadStart { .. } => handlers::query(&req.uri).remove("from"),
+        _ => None,
+    };
+    let needs = auth::needs(ep, &req.method, from.as_deref());
+    let client = req.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let caller = auth::Caller { headers: &req.headers, client, method: &req.method, path: req.uri.path() };
+    api.auth.authorize(caller, &needs).await
+}
+
 /// The `Allow` header for an endpoint: its methods less those the configuration turns off.
 fn allowed(config: &ApiConfig, ep: &Endpoint) -> HeaderValue {
     let list: Vec<&str> = ep
@@ -112,7 +135,7 @@ fn not_allowed() -> ApiResult {
     Err(ApiError::new(Code::Unsupported, "method not allowed for this endpoint"))
 }
 
-async fn route(api: &Api, ep: Endpoint, req: Request) -> ApiResult {
+async fn route(api: &Api, ep: Endpoint, req: Request, grant: &auth::Grant) -> ApiResult {
     let (parts, body) = req.into_parts();
     let m = &parts.method;
     if api.config.read_only && matches!(*m, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
@@ -137,7 +160,7 @@ async fn route(api: &Api, ep: Endpoint, req: Request) -> ApiResult {
             handlers::blobs::handle(api, m, &name, &digest, &parts.headers).await
         }
         Endpoint::UploadStart { name } if *m == Method::POST => {
-            handlers::uploads::start(api, &name, &parts.uri, body).await
+            handlers::uploads::start(api, &name, &parts.uri, body, grant).await
         }
         Endpoint::Upload { name, id }
             if matches!(*m, Method::GET | Method::PATCH | Method::PUT | Method::DELETE) =>

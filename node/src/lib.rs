@@ -1,6 +1,7 @@
 //! The `berth` node: configuration, storage and Raft wiring, HTTP and debug listeners,
 //! background workers. This crate only wires; behaviour lives in `api` and `raft-store`.
 
+pub mod access;
 pub mod cluster_cli;
 pub mod cluster_token;
 pub mod config;
@@ -142,6 +143,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     let limits = config::Limits::from_config(&cfg.berth.limits)?;
     let registry = prometheus::Registry::new();
+    let authorizer = access::authorizer(&cfg.auth, &registry)?;
     let (site, driver) = build_store(&cfg, &data_dir)?;
     site.probe().await.with_context(|| format!("storage.{driver}: the blob store failed its start-up check"))?;
     let blob_space = SpaceGuard::new(site.local_root().into_iter().map(Into::into).collect(), limits.disk_reserve);
@@ -178,6 +180,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             body_rate: berth_api::handlers::BodyRate { bytes_per_sec: limits.min_body_rate, window: limits.body_rate_window },
         },
         metrics: HttpMetrics::new(&registry)?,
+        auth: Arc::new(authorizer),
     });
     let mut app = berth_api::router(api);
     let extra: Vec<(HeaderName, HeaderValue)> = cfg
@@ -267,8 +270,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Tests and scripts read this line to learn the port when http.addr uses port 0.
     eprintln!("berth: listening on {scheme}://{local}");
     tracing::info!(%local, ?role, "listening");
-    if !local.ip().is_loopback() && !cfg.auth.is_explicitly_none() {
-        tracing::warn!(%local, "serving everyone without authentication beyond loopback: anyone who reaches this port may push, overwrite and delete");
+    if !local.ip().is_loopback() && matches!(cfg.auth.kind()?, config::auth::AuthKind::Default) {
+        // Loud on purpose: the embedded default is for a first try on one machine.
+        let msg = "serving everyone without authentication beyond loopback: anyone who reaches this port may push, \
+                   overwrite and delete; configure auth (htpasswd or token), or write `auth: {none: {}}` if that is meant";
+        eprintln!("berth: WARNING: {msg}");
+        tracing::warn!(%local, "{msg}");
     }
     server::serve(listener, app, http_tls, limits, shutdown_signal()).await?;
     let _ = stop_tx.send(true);

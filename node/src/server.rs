@@ -65,6 +65,11 @@ pub async fn serve(
         let io = Slotted::new(tcp, slot, limits.idle_timeout);
         let (app, builder, tls, watcher) = (app.clone(), builder.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
+            // Handlers learn the peer's address (failed-login limits, the audit log).
+            let app = tower::ServiceExt::map_request(app, move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                r
+            });
             let svc = TowerToHyperService::new(app);
             let ended = match tls {
                 None => {

@@ -34,10 +34,18 @@ fn invalid_env_override_names_the_key() {
 fn an_auth_block_berth_cannot_honour_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.yml");
-    std::fs::write(&cfg, "version: 0.1\nauth:\n  htpasswd:\n    realm: basic-realm\n    path: /etc/registry/htpasswd\n").unwrap();
+    // A missing htpasswd file is not created with a default user: the start stops and says how.
+    let missing = dir.path().join("no-such-htpasswd");
+    std::fs::write(&cfg, format!("version: 0.1\nauth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n", missing.display())).unwrap();
+    let out = berth().args(["serve", "--config"]).arg(&cfg).arg("--data-dir").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auth.htpasswd.path") && err.contains("htpasswd -Bc"), "{err}");
+    assert!(!missing.exists());
+    std::fs::write(&cfg, "version: 0.1\nauth:\n  silly:\n    realm: r\n    service: s\n").unwrap();
     let out = berth().args(["serve", "--config"]).arg(&cfg).arg("--data-dir").arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.htpasswd"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.silly"));
     let out = berth()
         .args(["serve", "--data-dir"])
         .arg(dir.path())

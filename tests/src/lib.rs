@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 pub mod suite;
+pub mod tokens;
 
 use berth_proto::Digest;
 use reqwest::StatusCode;

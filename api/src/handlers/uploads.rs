@@ -14,6 +14,7 @@ use super::{content_length, content_range, digest, empty, finish, query, repo_na
 use crate::backend::BlobError;
 use crate::error::{ApiError, Code};
 use crate::upload_state::UploadState;
+use crate::auth::Grant;
 use crate::Api;
 
 fn new_upload_id() -> String {
@@ -71,12 +72,15 @@ async fn commit(api: &Api, repo: RepoName, id: &str, digest: &Digest) -> ApiResu
 }
 
 /// `POST /v2/<name>/blobs/uploads/`.
-pub async fn start(api: &Api, name: &str, uri: &Uri, body: Body) -> ApiResult {
+/// A mount needs pull on its source; without it the mount quietly becomes an ordinary upload,
+/// as in Distribution, so nothing tells the caller whether the blob exists there.
+pub async fn start(api: &Api, name: &str, uri: &Uri, body: Body, grant: &Grant) -> ApiResult {
     let repo = repo_name(name)?;
     let q = query(uri);
     if let Some(mount) = q.get("mount") {
         let mount = digest(mount)?;
-        if let Some(from) = q.get("from").and_then(|f| RepoName::parse(f).ok()) {
+        let from = q.get("from").filter(|f| grant.allows("repository", f, "pull"));
+        if let Some(from) = from.and_then(|f| RepoName::parse(f).ok()) {
             if let Some(size) = api.meta.blob_size(&from, &mount).await? {
                 if api.blobs.stat(&mount).await?.is_some() {
                     api.meta.apply(Command::LinkBlob { repo: repo.clone(), digest: mount.clone(), size }).await?;

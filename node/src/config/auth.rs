@@ -1,49 +1,118 @@
-//! `auth:`: access control as Distribution configures it (`htpasswd`, `token`, `silly`).
-//! Berth does not implement access control yet, so it fails closed: any kind of `auth` stops
-//! the start with an error naming the key, instead of quietly serving everyone. Only an
-//! explicit `auth: {none: {}}` says that serving everyone is meant.
+//! `auth:`: access control as Distribution configures it. One kind at most: `htpasswd`,
+//! `token`, or `none` written out to serve everyone. Anything Berth cannot honour (`silly`,
+//! an unknown kind or key, a token setup without keys) stops the start with an error naming
+//! the key, instead of quietly serving everyone.
 
-use anyhow::bail;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail};
 use serde::Deserialize;
 use serde_norway::Value;
 
-/// The `auth` section: one kind of access control, keyed by its name.
+/// The `auth` section, kept as written; [`AuthConfig::kind`] reads it.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(transparent)]
 pub struct AuthConfig(pub Option<Value>);
 
+/// `auth.htpasswd`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HtpasswdConfig {
+    /// The Basic challenge's realm.
+    pub realm: Option<String>,
+    /// The bcrypt htpasswd file.
+    pub path: PathBuf,
+}
+
+/// `auth.token`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Where clients get tokens.
+    pub realm: String,
+    /// The audience tokens must name.
+    pub service: String,
+    /// The issuer tokens must name.
+    pub issuer: String,
+    /// PEM certificates whose keys sign tokens (and roots for `x5c` chains).
+    pub rootcertbundle: Option<PathBuf>,
+    /// A JWKS file of keys that sign tokens.
+    pub jwks: Option<PathBuf>,
+    /// Build the realm from the request's host instead.
+    pub autoredirect: Option<bool>,
+    /// The realm's path with `autoredirect`.
+    pub autoredirectpath: Option<String>,
+    /// Only these algorithms (`RS256`, `ES256`, ...).
+    pub signingalgorithms: Option<Vec<String>>,
+}
+
+/// The configured kind of access control.
+#[derive(Debug, Clone)]
+pub enum AuthKind {
+    /// Nothing configured: the embedded default.
+    Default,
+    /// `auth: {none: {}}`: everyone, on purpose.
+    None,
+    /// `auth.htpasswd`.
+    Htpasswd(HtpasswdConfig),
+    /// `auth.token`.
+    Token(TokenConfig),
+}
+
 impl AuthConfig {
-    /// Refuses every kind Berth cannot honour.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let Some(v) = &self.0 else { return Ok(()) };
-        if v.is_null() {
-            return Ok(());
-        }
-        // `REGISTRY_AUTH=htpasswd` names a kind as a plain string.
-        let kinds: Vec<String> = match v {
-            Value::Mapping(m) => m.keys().map(|k| k.as_str().map_or_else(|| format!("{k:?}"), str::to_string)).collect(),
-            Value::String(s) => vec![s.clone()],
+    /// Reads the section; refuses every kind and key Berth cannot honour.
+    pub fn kind(&self) -> anyhow::Result<AuthKind> {
+        let Some(v) = &self.0 else { return Ok(AuthKind::Default) };
+        let (name, params) = match v {
+            Value::Null => return Ok(AuthKind::Default),
+            // `REGISTRY_AUTH=htpasswd` names a kind with no parameters.
+            Value::String(s) => (s.clone(), Value::Mapping(Default::default())),
+            Value::Mapping(m) if m.is_empty() => return Ok(AuthKind::Default),
+            Value::Mapping(m) if m.len() == 1 => {
+                let (k, p) = m.iter().next().expect("one entry");
+                let p = if p.is_null() { Value::Mapping(Default::default()) } else { p.clone() };
+                (k.as_str().map_or_else(|| format!("{k:?}"), str::to_string), p)
+            }
+            Value::Mapping(m) => {
+                let names: Vec<String> = m.keys().map(|k| k.as_str().map_or_else(|| format!("{k:?}"), str::to_string)).collect();
+                bail!("invalid configuration value at auth: exactly one auth kind may be configured, found {}", names.join(", "))
+            }
             other => bail!("invalid configuration value at auth: expected a mapping of one auth kind, got {other:?}"),
         };
-        match kinds.as_slice() {
-            [] => Ok(()),
-            [only] if only == "none" => Ok(()),
-            [only] => bail!(
-                "invalid configuration value at auth.{only}: Berth does not implement access control yet and will \
-                 not serve unauthenticated instead; remove auth.{only}, or write `auth: {{none: {{}}}}` to serve everyone"
-            ),
-            many => bail!("invalid configuration value at auth: exactly one auth kind may be configured, found {}", many.join(", ")),
+        let at = |e: serde_path_to_error::Error<serde_norway::Error>| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { format!(".{path}") };
+            anyhow!("invalid configuration value at auth.{name}{path}: {}", e.into_inner())
+        };
+        match name.as_str() {
+            "none" => Ok(AuthKind::None),
+            "htpasswd" => Ok(AuthKind::Htpasswd(serde_path_to_error::deserialize(params).map_err(at)?)),
+            "token" => {
+                let t: TokenConfig = serde_path_to_error::deserialize(params).map_err(at)?;
+                if t.rootcertbundle.is_none() && t.jwks.is_none() {
+                    bail!("invalid configuration value at auth.token: rootcertbundle or jwks is required (the keys tokens are signed with)");
+                }
+                if let Some(algs) = &t.signingalgorithms {
+                    for a in algs {
+                        crate::access::algorithm(a).map_err(|e| anyhow!("invalid configuration value at auth.token.signingalgorithms: {e}"))?;
+                    }
+                }
+                Ok(AuthKind::Token(t))
+            }
+            "silly" => bail!("invalid configuration value at auth.silly: a test mode that lets any Authorization header in; Berth will not serve it"),
+            other => bail!("invalid configuration value at auth.{other}: unknown auth kind (htpasswd, token or none)"),
         }
     }
 
-    /// True when the configuration says explicitly that everyone is served.
-    pub fn is_explicitly_none(&self) -> bool {
-        matches!(&self.0, Some(Value::Mapping(m)) if m.len() == 1 && m.keys().next().and_then(Value::as_str) == Some("none"))
+    /// Checks the section.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.kind().map(|_| ())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::AuthKind;
     use crate::config::Config;
 
     fn load(yaml: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
@@ -54,20 +123,37 @@ mod tests {
     }
 
     #[test]
-    fn auth_kinds_berth_cannot_honour_stop_the_start() {
+    fn what_berth_cannot_honour_stops_the_start() {
         for (yaml, key) in [
-            ("auth:\n  htpasswd:\n    realm: basic-realm\n    path: /etc/registry/htpasswd\n", "auth.htpasswd"),
-            ("auth:\n  token:\n    realm: https://gitlab/jwt/auth\n    service: container_registry\n", "auth.token"),
             ("auth:\n  silly:\n    realm: x\n    service: y\n", "auth.silly"),
+            ("auth:\n  ldap: {}\n", "auth.ldap"),
+            ("auth:\n  htpasswd:\n    realm: r\n", "auth.htpasswd"),
+            ("auth:\n  htpasswd:\n    path: /x\n    pth: /y\n", "auth.htpasswd"),
+            ("auth:\n  token:\n    realm: https://gitlab/jwt/auth\n    service: container_registry\n", "auth.token"),
+            (
+                "auth:\n  token:\n    realm: r\n    service: s\n    issuer: i\n    jwks: /k\n    signingalgorithms: [HS256]\n",
+                "auth.token.signingalgorithms",
+            ),
+            ("auth:\n  none: {}\n  htpasswd: {path: /x}\n", "exactly one"),
         ] {
             let e = load(yaml, &[]).unwrap_err().to_string();
-            assert!(e.contains(key), "{e}");
+            assert!(e.contains(key), "{yaml}: {e}");
         }
         let e = load("", &[("REGISTRY_AUTH", "htpasswd")]).unwrap_err().to_string();
         assert!(e.contains("auth.htpasswd"), "{e}");
-        let e = load("", &[("REGISTRY_AUTH_HTPASSWD_PATH", "/x")]).unwrap_err().to_string();
-        assert!(e.contains("auth.htpasswd"), "{e}");
-        assert!(load("auth:\n  none: {}\n", &[]).unwrap().auth.is_explicitly_none());
-        assert!(!load("", &[]).unwrap().auth.is_explicitly_none());
+    }
+
+    #[test]
+    fn kinds_are_read() {
+        assert!(matches!(load("auth:\n  none: {}\n", &[]).unwrap().auth.kind().unwrap(), AuthKind::None));
+        assert!(matches!(load("", &[]).unwrap().auth.kind().unwrap(), AuthKind::Default));
+        let c = load("", &[("REGISTRY_AUTH_HTPASSWD_PATH", "/etc/htpasswd"), ("REGISTRY_AUTH_HTPASSWD_REALM", "r")]).unwrap();
+        assert!(matches!(c.auth.kind().unwrap(), AuthKind::Htpasswd(h) if h.path.to_str() == Some("/etc/htpasswd")));
+        let c = load(
+            "auth:\n  token:\n    realm: https://gitlab.example.com/jwt/auth\n    service: container_registry\n    issuer: gitlab-issuer\n    rootcertbundle: /etc/gitlab/registry.crt\n",
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(c.auth.kind().unwrap(), AuthKind::Token(t) if t.issuer == "gitlab-issuer"));
     }
 }

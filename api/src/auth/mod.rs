@@ -1,0 +1,332 @@
+//! Access control: who the caller is and what they may do, decided before a request reaches
+//! its handler. One entry point, [`Authorizer::authorize`]; the modes are Distribution's:
+//! open (only when configured so), `htpasswd` (Basic, every user may do everything) and
+//! `token` (Bearer JWTs from a trusted issuer, each granting named scopes).
+//!
+//! Refusals answer as Distribution does: 401 with `WWW-Authenticate` and an `UNAUTHORIZED`
+//! body listing the access that was needed, or 429 with `Retry-After` once an address or
+//! account has failed too often. Every decision is an audit line (`target: "audit"`) and is
+//! counted.
+
+pub mod htpasswd;
+pub mod keys;
+pub mod limiter;
+pub mod scope;
+pub mod token;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use crate::error::{ApiError, Code};
+pub use htpasswd::Htpasswd;
+pub use limiter::{LoginLimiter, LoginLimits};
+pub use scope::{needs, Needs, Scope};
+pub use token::{TokenError, TokenVerifier};
+
+/// Where clients are sent for tokens.
+#[derive(Debug, Clone)]
+pub enum Realm {
+    /// A fixed URL (`auth.token.realm`).
+    Fixed(String),
+    /// `autoredirect`: the scheme and host of the request, then this path.
+    FromRequest(String),
+}
+
+/// How callers are identified.
+#[derive(Debug)]
+pub enum Mode {
+    /// Everyone may do everything (`auth: {none: {}}` or the embedded default).
+    Open,
+    /// Basic authentication against an htpasswd file.
+    Htpasswd {
+        /// The challenge's realm.
+        realm: String,
+        /// The users.
+        file: Arc<Htpasswd>,
+    },
+    /// Bearer tokens.
+    Token {
+        /// Where to get one.
+        realm: Realm,
+        /// `service` (the expected audience).
+        service: String,
+        /// Checks them.
+        verifier: TokenVerifier,
+    },
+}
+
+/// What a caller may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Who (a user name), if anyone.
+    pub subject: Option<String>,
+    /// `None`: everything; otherwise only these.
+    access: Option<Vec<Scope>>,
+}
+
+impl Grant {
+    /// Everything, for `subject`.
+    pub fn everything(subject: Option<String>) -> Grant {
+        Grant { subject, access: None }
+    }
+
+    /// Only `access`.
+    pub fn scoped(subject: Option<String>, access: Vec<Scope>) -> Grant {
+        Grant { subject, access: Some(access) }
+    }
+
+    /// True when `action` on the resource is granted (`*` grants every action).
+    pub fn allows(&self, kind: &str, name: &str, action: &str) -> bool {
+        match &self.access {
+            None => true,
+            Some(list) => list
+                .iter()
+                .any(|s| s.kind == kind && s.name == name && s.actions.iter().any(|a| a == action || a == "*")),
+        }
+    }
+
+    /// True when every action of `scope` is granted.
+    pub fn covers(&self, scope: &Scope) -> bool {
+        scope.actions.iter().all(|a| self.allows(&scope.kind, &scope.name, a))
+    }
+}
+
+/// The parts of a request a decision looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// The peer's address.
+    pub client: Option<IpAddr>,
+    /// Method, for the audit line.
+    pub method: &'a Method,
+    /// Path, for the audit line.
+    pub path: &'a str,
+}
+
+/// Decides requests.
+pub struct Authorizer {
+    mode: Mode,
+    limiter: LoginLimiter,
+    decisions: IntCounterVec,
+    refusals: IntCounterVec,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer").field("mode", &self.mode).finish()
+    }
+}
+
+struct Refusal {
+    reason: &'static str,
+    /// `error=` in a Bearer challenge.
+    error: Option<&'static str>,
+    subject: Option<String>,
+    retry_after: Option<std::time::Duration>,
+}
+
+impl Authorizer {
+    /// An authorizer for `mode`, its counters registered in `registry`.
+    pub fn new(mode: Mode, limits: LoginLimits, registry: &Registry) -> prometheus::Result<Authorizer> {
+        let decisions = IntCounterVec::new(
+            Opts::new("berth_auth_decisions_total", "Access decisions, by result."),
+            &["result"],
+        )?;
+        let refusals = IntCounterVec::new(
+            Opts::new("berth_auth_refusals_total", "Refused requests, by reason."),
+            &["reason"],
+        )?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(refusals.clone()))?;
+        Ok(Authorizer { mode, limiter: LoginLimiter::new(limits), decisions, refusals })
+    }
+
+    /// An authorizer that lets everyone in, registering nothing (tests, tools).
+    pub fn open() -> Authorizer {
+        let c = || IntCounterVec::new(Opts::new("unregistered", "unregistered"), &["x"]).expect("valid metric");
+        Authorizer { mode: Mode::Open, limiter: LoginLimiter::new(LoginLimits::default()), decisions: c(), refusals: c() }
+    }
+
+    /// True when every caller may do everything.
+    pub fn is_open(&self) -> bool {
+        matches!(self.mode, Mode::Open)
+    }
+
+    /// What the caller may do, if they may do what `needs` requires; otherwise the response
+    /// that refuses them.
+    pub async fn authorize(&self, caller: Caller<'_>, needs: &Needs) -> Result<Grant, Response> {
+        let outcome = match &self.mode {
+            Mode::Open => return Ok(Grant::everything(None)),
+            Mode::Htpasswd { file, .. } => self.basic(caller, file).await,
+            Mode::Token { verifier, .. } => bearer(caller, verifier, needs),
+        };
+        match outcome {
+            Ok(grant) => {
+                self.decisions.with_label_values(&["granted"]).inc();
+                tracing::info!(target: "audit", decision = "granted", user = grant.subject.as_deref().unwrap_or("-"),
+                    client = %client_text(&caller), method = %caller.method, path = caller.path, scope = %scope_text(needs));
+                Ok(grant)
+            }
+            Err(r) => {
+                self.decisions.with_label_values(&["refused"]).inc();
+                self.refusals.with_label_values(&[r.reason]).inc();
+                tracing::info!(target: "audit", decision = "refused", reason = r.reason, user = r.subject.as_deref().unwrap_or("-"),
+                    client = %client_text(&caller), method = %caller.method, path = caller.path, scope = %scope_text(needs));
+                Err(self.refuse(caller, needs, r))
+            }
+        }
+    }
+
+    async fn basic(&self, caller: Caller<'_>, file: &Arc<Htpasswd>) -> Result<Grant, Refusal> {
+        let Some((user, password)) = basic_credentials(caller.headers) else {
+            return Err(Refusal { reason: "no_credentials", error: None, subject: None, retry_after: None });
+        };
+        if let Err(wait) = self.limiter.check(&user, caller.client) {
+            return Err(Refusal { reason: "rate_limited", error: None, subject: Some(user), retry_after: Some(wait) });
+        }
+        if !file.check(&user, &password).await {
+            self.limiter.failed(&user, caller.client);
+            return Err(Refusal { reason: "bad_credentials", error: None, subject: Some(user), retry_after: None });
+        }
+        Ok(Grant::everything(Some(user)))
+    }
+
+    fn refuse(&self, caller: Caller<'_>, needs: &Needs, r: Refusal) -> Response {
+        if let Some(wait) = r.retry_after {
+            return ApiError::new(Code::TooManyRequests, "too many failed logins; try again later")
+                .header(header::RETRY_AFTER, wait.as_secs().max(1).to_string())
+                .into_response();
+        }
+        let challenge = match &self.mode {
+            Mode::Open => unreachable!("open mode refuses nothing"),
+            Mode::Htpasswd { realm, .. } => format!("Basic realm={}", quote(realm)),
+            Mode::Token { realm, service, .. } => {
+                let realm = match realm {
+                    Realm::Fixed(r) => r.clone(),
+                    Realm::FromRequest(path) => {
+                        let h = |n: &str| caller.headers.get(n).and_then(|v| v.to_str().ok());
+                        format!("{}://{}{path}", h("x-forwarded-proto").unwrap_or("https"), h("host").unwrap_or("localhost"))
+                    }
+                };
+                let mut c = format!("Bearer realm={},service={}", quote(&realm), quote(service));
+                let scopes = scope_text(needs);
+                if !scopes.is_empty() {
+                    c.push_str(&format!(",scope={}", quote(&scopes)));
+                }
+                if let Some(e) = r.error {
+                    c.push_str(&format!(",error={}", quote(e)));
+                }
+                c
+            }
+        };
+        let detail: Vec<serde_json::Value> = needs
+            .required
+            .iter()
+            .flat_map(|s| s.actions.iter().map(move |a| serde_json::json!({"Type": s.kind, "Name": s.name, "Action": a})))
+            .collect();
+        let mut resp = ApiError::new(Code::Unauthorized, "authentication required")
+            .detail(if detail.is_empty() { serde_json::Value::Null } else { detail.into() })
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+}
+
+fn bearer(caller: Caller<'_>, verifier: &TokenVerifier, needs: &Needs) -> Result<Grant, Refusal> {
+    let refusal = |reason, error| Refusal { reason, error, subject: None, retry_after: None };
+    let token = caller
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| refusal("no_credentials", None))?;
+    let claims = verifier.verify(token, SystemTime::now()).map_err(|e| refusal(e.as_str(), e.challenge_error()))?;
+    let grant = Grant::scoped(claims.subject, claims.access);
+    if !needs.required.iter().all(|s| grant.covers(s)) {
+        return Err(Refusal { reason: "insufficient_scope", error: Some("insufficient_scope"), subject: grant.subject, retry_after: None });
+    }
+    Ok(grant)
+}
+
+/// The user and password of a `Basic` header.
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// Go's `%q` for the header values Distribution writes.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn scope_text(needs: &Needs) -> String {
+    needs.all().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+}
+
+fn client_text(c: &Caller<'_>) -> String {
+    let addr = c.client.map_or_else(|| "-".to_string(), |a| a.to_string());
+    match c.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(f) => format!("{addr} (forwarded for {f})"),
+        None => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_match_exactly() {
+        let g = Grant::scoped(None, vec![Scope::repository("a/b", &["pull"]), Scope::repository("c", &["*"])]);
+        assert!(g.allows("repository", "a/b", "pull"));
+        assert!(!g.allows("repository", "a/b", "push"));
+        assert!(!g.allows("repository", "a/b/c", "pull"), "no prefix matching");
+        assert!(!g.allows("repository", "a", "pull"));
+        assert!(g.covers(&Scope::repository("c", &["pull", "push", "delete"])));
+        assert!(!g.allows("registry", "catalog", "*"));
+        assert!(Grant::everything(None).covers(&Scope::catalog()));
+    }
+
+    #[test]
+    fn quoting_is_go_style() {
+        assert_eq!(quote(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(quote("x\ny"), "\"x\\x0ay\"");
+    }
+
+    #[test]
+    fn basic_header_parses() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic YWxpY2U6cGE6c3M="));
+        assert_eq!(basic_credentials(&h), Some(("alice".into(), "pa:ss".into())));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(basic_credentials(&h), None);
+    }
+}

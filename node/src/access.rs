@@ -1,0 +1,51 @@
+//! Builds the request authorizer from `auth:`: reads the htpasswd file, the certificate
+//! bundle and the JWKS file, so that a key or file Berth cannot use stops the start.
+
+use anyhow::{anyhow, bail, Context};
+use berth_api::auth::{self, Authorizer, Htpasswd, LoginLimits, Mode, Realm, TokenVerifier};
+
+use crate::config::auth::{AuthConfig, AuthKind};
+
+/// An algorithm name from `signingalgorithms`.
+pub fn algorithm(name: &str) -> anyhow::Result<auth::token::Algorithm> {
+    auth::token::algorithm(name).map_err(|e| anyhow!("{e}"))
+}
+
+/// The authorizer the configuration asks for, with its counters in `registry`.
+pub fn authorizer(cfg: &AuthConfig, registry: &prometheus::Registry) -> anyhow::Result<Authorizer> {
+    let mode = match cfg.kind()? {
+        AuthKind::Default | AuthKind::None => Mode::Open,
+        AuthKind::Htpasswd(h) => {
+            let file = Htpasswd::open(&h.path).map_err(|e| anyhow!("auth.htpasswd.path: {e}"))?;
+            Mode::Htpasswd { realm: h.realm.unwrap_or_else(|| "basic-realm".into()), file }
+        }
+        AuthKind::Token(t) => {
+            let mut keys = auth::keys::TrustedKeys::default();
+            if let Some(p) = &t.rootcertbundle {
+                let pem = std::fs::read(p).with_context(|| format!("auth.token.rootcertbundle: {}", p.display()))?;
+                let n = keys.add_cert_bundle(&pem).map_err(|e| anyhow!("auth.token.rootcertbundle: {}: {e}", p.display()))?;
+                tracing::info!(certificates = n, "token signing certificates loaded");
+            }
+            if let Some(p) = &t.jwks {
+                let json = std::fs::read(p).with_context(|| format!("auth.token.jwks: {}", p.display()))?;
+                let n = keys.add_jwks(&json).map_err(|e| anyhow!("auth.token.jwks: {}: {e}", p.display()))?;
+                tracing::info!(keys = n, "token signing keys loaded");
+            }
+            if keys.is_empty() {
+                bail!("auth.token: no key found in rootcertbundle or jwks");
+            }
+            let algorithms = t.signingalgorithms.as_ref().map(|a| a.iter().map(|n| algorithm(n)).collect::<anyhow::Result<Vec<_>>>()).transpose()?;
+            let realm = if t.autoredirect == Some(true) {
+                Realm::FromRequest(t.autoredirectpath.clone().unwrap_or_else(|| "/auth/token".into()))
+            } else {
+                Realm::Fixed(t.realm.clone())
+            };
+            Mode::Token {
+                realm,
+                service: t.service.clone(),
+                verifier: TokenVerifier { issuer: t.issuer, service: t.service, keys, algorithms },
+            }
+        }
+    };
+    Ok(Authorizer::new(mode, LoginLimits::default(), registry)?)
+}
