@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use berth_proto::identity::Identity;
 use berth_proto::{Command, Digest, ManifestRecord, Outcome, Reference, RepoName};
 use bytes::Bytes;
 use futures::Stream;
@@ -50,6 +51,9 @@ pub trait Metadata: Send + Sync + 'static {
         -> Result<Vec<(Digest, Arc<ManifestRecord>)>, MetaError>;
     /// The cluster secret that signs upload state.
     async fn http_secret(&self) -> Result<Arc<Vec<u8>>, MetaError>;
+    /// Identity as this node last saw it, without waiting: kept fresh in the background
+    /// (within a second of a change) and right after this node applies a change.
+    fn identity(&self) -> Arc<Identity>;
 }
 
 /// Why a blob storage call failed. Callers match on the variant, never on the message.

@@ -52,7 +52,11 @@ pub struct Api {
 /// The distribution API router. Every path goes through one dispatcher, which parses the
 /// endpoint first (repository names contain slashes).
 pub fn router(api: Arc<Api>) -> Router {
-    Router::new().fallback(dispatch).with_state(api)
+    Router::new()
+        .route("/jwt/auth", axum::routing::get(handlers::token::issue))
+        .nest("/api/v4", handlers::v4::router())
+        .fallback(dispatch)
+        .with_state(api)
 }
 
 async fn dispatch(State(api): State<Arc<Api>>, req: Request) -> Response {
@@ -116,7 +120,7 @@ async fn authorize(api: &Api, ep: &Endpoint, req: &axum::http::request::Parts) -
     let needs = auth::needs(ep, &req.method, from.as_deref());
     let client = req.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let caller = auth::Caller { headers: &req.headers, client, method: &req.method, path: req.uri.path() };
-    api.auth.authorize(caller, &needs).await
+    api.auth.authorize(caller, &needs, api.meta.as_ref()).await
 }
 
 /// The `Allow` header for an endpoint: its methods less those the configuration turns off.

@@ -12,12 +12,27 @@ pub fn algorithm(name: &str) -> anyhow::Result<auth::token::Algorithm> {
 }
 
 /// The authorizer the configuration asks for, with its counters in `registry`.
-pub fn authorizer(cfg: &AuthConfig, registry: &prometheus::Registry) -> anyhow::Result<Authorizer> {
+/// `tls`: the HTTP listener serves TLS (the scheme of a realm derived from requests).
+pub fn authorizer(cfg: &AuthConfig, tls: bool, registry: &prometheus::Registry) -> anyhow::Result<Authorizer> {
     let mode = match cfg.kind()? {
         AuthKind::Default | AuthKind::None => Mode::Open,
         AuthKind::Htpasswd(h) => {
             let file = Htpasswd::open(&h.path).map_err(|e| anyhow!("auth.htpasswd.path: {e}"))?;
             Mode::Htpasswd { realm: h.realm.unwrap_or_else(|| "basic-realm".into()), file }
+        }
+        AuthKind::Token(t) if t.rootcertbundle.is_none() && t.jwks.is_none() => {
+            // No outside keys: Berth is the issuer, with keys kept in Raft.
+            let realm = match &t.realm {
+                Some(r) => Realm::Fixed(r.clone()),
+                None => Realm::FromRequest { scheme: if tls { "https".into() } else { "http".into() }, path: "/jwt/auth".into() },
+            };
+            let verifier = TokenVerifier {
+                issuer: t.issuer.clone().unwrap_or_else(|| "berth".into()),
+                service: t.service.clone().unwrap_or_else(|| "container_registry".into()),
+                algorithms: Some(vec![auth::token::Algorithm::ES256]),
+            };
+            tracing::info!(issuer = %verifier.issuer, service = %verifier.service, "Berth issues registry tokens at /jwt/auth");
+            Mode::Issuer { realm, verifier }
         }
         AuthKind::Token(t) => {
             let mut keys = auth::keys::TrustedKeys::default();
@@ -36,15 +51,13 @@ pub fn authorizer(cfg: &AuthConfig, registry: &prometheus::Registry) -> anyhow::
             }
             let algorithms = t.signingalgorithms.as_ref().map(|a| a.iter().map(|n| algorithm(n)).collect::<anyhow::Result<Vec<_>>>()).transpose()?;
             let realm = if t.autoredirect == Some(true) {
-                Realm::FromRequest(t.autoredirectpath.clone().unwrap_or_else(|| "/auth/token".into()))
+                Realm::FromRequest { scheme: "https".into(), path: t.autoredirectpath.clone().unwrap_or_else(|| "/auth/token".into()) }
             } else {
-                Realm::Fixed(t.realm.clone())
+                Realm::Fixed(t.realm.clone().ok_or_else(|| anyhow!("auth.token.realm: required with rootcertbundle or jwks"))?)
             };
-            Mode::Token {
-                realm,
-                service: t.service.clone(),
-                verifier: TokenVerifier { issuer: t.issuer, service: t.service, keys, algorithms },
-            }
+            let issuer = t.issuer.clone().ok_or_else(|| anyhow!("auth.token.issuer: required with rootcertbundle or jwks"))?;
+            let service = t.service.clone().ok_or_else(|| anyhow!("auth.token.service: required with rootcertbundle or jwks"))?;
+            Mode::Token { realm, verifier: TokenVerifier { issuer, service, algorithms }, keys }
         }
     };
     Ok(Authorizer::new(mode, LoginLimits::default(), registry)?)

@@ -2,6 +2,7 @@
 //! background workers. This crate only wires; behaviour lives in `api` and `raft-store`.
 
 pub mod access;
+pub mod admin_cli;
 pub mod cluster_cli;
 pub mod cluster_token;
 pub mod config;
@@ -143,7 +144,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     let limits = config::Limits::from_config(&cfg.berth.limits)?;
     let registry = prometheus::Registry::new();
-    let authorizer = access::authorizer(&cfg.auth, &registry)?;
+    let authorizer = access::authorizer(&cfg.auth, cfg.http.tls.as_ref().is_some_and(|t| t.certificate.is_some()), &registry)?;
     let (site, driver) = build_store(&cfg, &data_dir)?;
     site.probe().await.with_context(|| format!("storage.{driver}: the blob store failed its start-up check"))?;
     let blob_space = SpaceGuard::new(site.local_root().into_iter().map(Into::into).collect(), limits.disk_reserve);
@@ -167,7 +168,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             let voters = cfg.berth.peers.clone().unwrap_or_default().0;
             tracing::info!(?voters, "frontend: metadata is served by the voters");
             let remote = metadata::frontend::RemoteMetadata::new(peers, voters, &registry)?;
-            (Arc::new(ClusterMetadata::new(Arc::new(remote))), None)
+            let meta = Arc::new(ClusterMetadata::new(Arc::new(remote)));
+            workers::spawn_identity_refresher(meta.clone(), stop_rx.clone());
+            (meta, None)
         }
     };
 
@@ -311,7 +314,7 @@ async fn start_voter(
     let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers, space.clone(), registry)?);
     if let Some((grpc_listener, grpc_local)) = grpc {
         let (raft, state, voter, tls, token, mut stop) =
-            (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop);
+            (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop.clone());
         let space = space.clone();
         tokio::spawn(async move {
             let shutdown = async move {
@@ -323,11 +326,15 @@ async fn start_voter(
         });
         eprintln!("berth: grpc listening on {grpc_local}");
     }
-    let meta: Arc<dyn Metadata> = Arc::new(ClusterMetadata::new(voter));
-    // The secret is seeded by the node that bootstraps the cluster; members that join later
-    // receive it through the log.
+    let cluster = Arc::new(ClusterMetadata::new(voter));
+    workers::spawn_identity_refresher(cluster.clone(), stop.clone());
+    let meta: Arc<dyn Metadata> = cluster;
+    // Cluster secrets are seeded by the node that bootstraps the cluster; members that join
+    // later receive them through the log.
     if node.sole_voter {
         metadata::ensure_http_secret(meta.as_ref(), cfg.http.secret.as_deref()).await?;
+        metadata::ensure_signing_key(meta.as_ref()).await?;
+        metadata::ensure_admin(meta.as_ref(), &cfg.berth.admin).await?;
     }
     Ok((meta, node.raft))
 }

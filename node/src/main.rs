@@ -35,6 +35,62 @@ enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
+    /// Bootstrap and recover identity (users, passwords, tokens, the token signing key)
+    /// through a voter's gRPC address and the cluster token.
+    Admin {
+        /// Config file (its `berth.tls` and `berth.clustertokenfile` secure the calls).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// gRPC address of a voter.
+        #[arg(long, global = true, default_value = berth_node::DEFAULT_GRPC_ADDR)]
+        node: String,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Make a user; the password is read from stdin.
+    CreateUser {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// Make an administrator.
+        #[arg(long)]
+        admin: bool,
+        /// No password: the user logs in with tokens only.
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Set a user's password (read from stdin), e.g. a locked-out administrator's.
+    SetPassword {
+        /// Login name.
+        #[arg(long)]
+        username: String,
+        /// Also make (true) or unmake (false) an administrator.
+        #[arg(long)]
+        admin: Option<bool>,
+    },
+    /// Make a personal access token and print it (shown this once).
+    CreateToken {
+        /// Whose.
+        #[arg(long)]
+        username: String,
+        /// A name for people.
+        #[arg(long, default_value = "admin-cli")]
+        name: String,
+        /// Comma-separated: api, read_registry, write_registry.
+        #[arg(long, value_delimiter = ',', default_value = "api")]
+        scopes: Vec<String>,
+        /// Expiry date (ISO 8601).
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// Sign new registry tokens with a fresh key (the old one verifies until its tokens expire).
+    RotateSigningKey,
+    /// List users.
+    Users,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +131,34 @@ enum ClusterAction {
         #[arg(long)]
         id: u64,
     },
+}
+
+fn admin(config: Option<PathBuf>, node: String, action: AdminAction) -> std::process::ExitCode {
+    use berth_node::admin_cli::IdentityAdmin;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async {
+        let cfg = Config::load(config.as_deref(), std::env::vars())?.0;
+        let a = IdentityAdmin::connect(&cfg, &node).await?;
+        match action {
+            AdminAction::CreateUser { username, admin, no_password } => a.create_user(&username, admin, no_password).await,
+            AdminAction::SetPassword { username, admin } => a.set_password(&username, admin).await,
+            AdminAction::CreateToken { username, name, scopes, expires_at } => {
+                a.create_token(&username, &name, &scopes, expires_at.as_deref()).await
+            }
+            AdminAction::RotateSigningKey => a.rotate_signing_key().await,
+            AdminAction::Users => {
+                a.users();
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn cluster(config: Option<PathBuf>, action: ClusterAction) -> std::process::ExitCode {
@@ -122,6 +206,7 @@ fn main() -> std::process::ExitCode {
     let (config, config_file, data_dir) = match cli.command {
         Command::Serve { config, config_file, data_dir } => (config, config_file, data_dir),
         Command::Cluster { config, action } => return cluster(config, action),
+        Command::Admin { config, node, action } => return admin(config, node, action),
     };
     let file = config.or(config_file);
     let (cfg, unknown) = match Config::load(file.as_deref(), std::env::vars()) {

@@ -78,3 +78,32 @@ pub fn spawn_raft_metrics(raft: berth_raft_store::Raft, registry: &prometheus::R
     });
     Ok(())
 }
+
+/// How often a node looks for identity changes: a revoked token stops working on every node
+/// within about this long (plus one read).
+pub const IDENTITY_REFRESH: Duration = Duration::from_millis(250);
+
+/// Keeps the node's copy of identity (users, tokens, signing keys) fresh.
+pub fn spawn_identity_refresher<B: crate::metadata::MetadataBackend>(
+    meta: std::sync::Arc<crate::metadata::ClusterMetadata<B>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            match meta.refresh_identity().await {
+                Ok(()) => failing = false,
+                // Without a leader for a while: say so once, not four times a second.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::info!("identity not refreshed (retrying): {e}");
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(IDENTITY_REFRESH) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::IdentityChange;
 use crate::{Digest, RepoName, Tag};
 
 /// A metadata change, proposed by any node and applied by every state machine in log order.
@@ -66,6 +67,8 @@ pub enum Command {
         /// The tag.
         tag: Tag,
     },
+    /// Changes users, projects, members, tokens or signing keys.
+    Identity(IdentityChange),
 }
 
 impl Command {
@@ -78,6 +81,7 @@ impl Command {
             Command::PutManifest { .. } => "put_manifest",
             Command::DeleteManifest { .. } => "delete_manifest",
             Command::DeleteTag { .. } => "delete_tag",
+            Command::Identity(_) => "identity",
         }
     }
 }
@@ -124,5 +128,15 @@ pub enum Outcome {
     InUse {
         /// Manifests that reference the blob.
         manifests: Vec<Digest>,
+    },
+    /// A record was created with this id.
+    Created {
+        /// Its id.
+        id: u64,
+    },
+    /// Refused: it would clash with what exists (a taken name, a nested project).
+    Conflict {
+        /// Why, for people.
+        reason: String,
     },
 }

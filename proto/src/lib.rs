@@ -5,6 +5,7 @@
 pub mod command;
 pub mod digest;
 pub mod hashing;
+pub mod identity;
 pub mod manifest;
 pub mod names;
 pub mod query;

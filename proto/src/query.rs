@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::Identity;
 use crate::{Digest, ManifestRecord, Reference, RepoName};
 
 /// One read of the registry state.
@@ -50,6 +51,10 @@ pub enum Query {
     },
     /// The cluster HTTP secret.
     HttpSecret,
+    /// The version of identity (bumped by every change).
+    IdentityVersion,
+    /// All of identity (small: users and tokens, not tags).
+    Identity,
 }
 
 /// The answer to a [`Query`]; the variant matches the query's.
@@ -67,4 +72,8 @@ pub enum Answer {
     Referrers(Vec<(Digest, Arc<ManifestRecord>)>),
     /// For [`Query::HttpSecret`].
     HttpSecret(Option<Vec<u8>>),
+    /// For [`Query::IdentityVersion`].
+    IdentityVersion(u64),
+    /// For [`Query::Identity`].
+    Identity(Arc<Identity>),
 }

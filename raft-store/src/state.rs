@@ -1,11 +1,12 @@
 //! The registry state that Raft replicates: repositories, blob links, manifests, tags, the
-//! referrers index and cluster secrets. `apply` is the only way it changes; everything else
+//! referrers index, identity and cluster secrets. `apply` is the only way it changes; everything else
 //! here is a read-only query.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use berth_proto::identity::Identity;
 use berth_proto::{Answer, Command, Digest, ManifestRecord, Outcome, Query, Reference, RepoName, Request, Tag};
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +58,14 @@ pub struct RegistryState {
     /// oldest first, so that a client retrying a delete whose answer it lost gets the same
     /// answer again instead of a 404.
     pub recent_deletes: VecDeque<Tombstone>,
+    /// Users, projects, members, tokens and token signing keys (shared: queries hand out the
+    /// same copy until the next change).
+    pub identity: Arc<Identity>,
 }
+
+/// What an encoded state starts with since identity joined it (format 2). Formats 0 and 1
+/// had no marker; they are told apart by their length.
+pub const FORMAT_MAGIC: &[u8; 8] = b"BERTHST2";
 
 /// How long a delete is remembered for retries.
 pub const TOMBSTONE_TTL_MS: u64 = 10 * 60 * 1000;
@@ -75,7 +83,7 @@ pub struct Tombstone {
     pub at_ms: u64,
 }
 
-/// The state as snapshots stored it before tombstones existed; read and upgraded on load.
+/// The state as snapshots stored it before tombstones existed (format 0).
 #[derive(Deserialize)]
 struct RegistryStateV0 {
     last_applied: Option<LogId>,
@@ -85,20 +93,43 @@ struct RegistryStateV0 {
     node_ids_used: BTreeSet<u64>,
 }
 
+/// The state before identity (format 1).
+#[derive(Deserialize)]
+struct RegistryStateV1 {
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    http_secret: Option<Vec<u8>>,
+    repos: BTreeMap<RepoName, Repo>,
+    node_ids_used: BTreeSet<u64>,
+    recent_deletes: VecDeque<Tombstone>,
+}
+
 impl RegistryState {
-    /// Decodes a snapshot's state, of this format or the one before it.
+    /// Encodes the state for a snapshot (format 2: the marker, then postcard).
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let mut out = FORMAT_MAGIC.to_vec();
+        postcard::to_io(self, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes a snapshot's state of this format or an older one, upgrading it.
     pub fn decode(bytes: &[u8]) -> Result<RegistryState, postcard::Error> {
-        match postcard::from_bytes::<RegistryState>(bytes) {
-            Ok(s) => Ok(s),
+        if let Some(body) = bytes.strip_prefix(FORMAT_MAGIC.as_slice()) {
+            return postcard::from_bytes::<RegistryState>(body);
+        }
+        let upgrade = |last_applied, last_membership, http_secret, repos, node_ids_used, recent_deletes| RegistryState {
+            last_applied,
+            last_membership,
+            http_secret,
+            repos,
+            node_ids_used,
+            recent_deletes,
+            identity: Arc::default(),
+        };
+        match postcard::from_bytes::<RegistryStateV1>(bytes) {
+            Ok(v) => Ok(upgrade(v.last_applied, v.last_membership, v.http_secret, v.repos, v.node_ids_used, v.recent_deletes)),
             Err(e) => match postcard::from_bytes::<RegistryStateV0>(bytes) {
-                Ok(v0) => Ok(RegistryState {
-                    last_applied: v0.last_applied,
-                    last_membership: v0.last_membership,
-                    http_secret: v0.http_secret,
-                    repos: v0.repos,
-                    node_ids_used: v0.node_ids_used,
-                    recent_deletes: VecDeque::new(),
-                }),
+                Ok(v) => Ok(upgrade(v.last_applied, v.last_membership, v.http_secret, v.repos, v.node_ids_used, VecDeque::new())),
                 Err(_) => Err(e),
             },
         }
@@ -212,6 +243,7 @@ impl RegistryState {
                     Outcome::NotFound
                 }
             }
+            Command::Identity(change) => crate::identity::apply(Arc::make_mut(&mut self.identity), change, req.at_ms),
         }
     }
 
@@ -267,6 +299,8 @@ impl RegistryState {
             Query::Catalog { last, n } => Answer::Catalog(self.catalog(last.as_deref(), *n as usize)),
             Query::Referrers { repo, subject } => Answer::Referrers(self.referrers(repo, subject)),
             Query::HttpSecret => Answer::HttpSecret(self.http_secret.clone()),
+            Query::IdentityVersion => Answer::IdentityVersion(self.identity.version),
+            Query::Identity => Answer::Identity(self.identity.clone()),
         }
     }
 
@@ -366,7 +400,7 @@ mod tests {
                 }
             }
             prop_assert!(s.recent_deletes.len() <= MAX_TOMBSTONES);
-            let bytes = postcard::to_stdvec(&s).unwrap();
+            let bytes = s.encode().unwrap();
             let back = RegistryState::decode(&bytes).unwrap();
             prop_assert_eq!(back, s);
         }
@@ -433,6 +467,41 @@ mod tests {
         .unwrap();
         assert_eq!(RegistryState::decode(&old).unwrap(), s);
         assert!(RegistryState::decode(&old[..old.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn snapshots_from_before_identity_still_load() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            last_applied: &'a Option<LogId>,
+            last_membership: &'a StoredMembership,
+            http_secret: &'a Option<Vec<u8>>,
+            repos: &'a BTreeMap<RepoName, Repo>,
+            node_ids_used: &'a BTreeSet<u64>,
+            recent_deletes: &'a VecDeque<Tombstone>,
+        }
+        let mut s = RegistryState::default();
+        let r = RepoName::parse("a/b").unwrap();
+        s.apply(&Request { command: Command::LinkBlob { repo: r.clone(), digest: digest(1), size: 7 }, at_ms: 0 });
+        s.apply(&Request { command: Command::UnlinkBlob { repo: r.clone(), digest: digest(1) }, at_ms: 0 });
+        s.apply(&Request { command: Command::LinkBlob { repo: r, digest: digest(2), size: 7 }, at_ms: 0 });
+        s.http_secret = Some(vec![9]);
+        let old = postcard::to_stdvec(&V1 {
+            last_applied: &s.last_applied,
+            last_membership: &s.last_membership,
+            http_secret: &s.http_secret,
+            repos: &s.repos,
+            node_ids_used: &s.node_ids_used,
+            recent_deletes: &s.recent_deletes,
+        })
+        .unwrap();
+        assert_eq!(RegistryState::decode(&old).unwrap(), s);
+        // And the current format round-trips with identity in it.
+        s.apply(&Request {
+            command: Command::Identity(berth_proto::identity::IdentityChange::CreateUser { username: "u".into(), password_hash: None, admin: true }),
+            at_ms: 1,
+        });
+        assert_eq!(RegistryState::decode(&s.encode().unwrap()).unwrap(), s);
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let _guard = self.snapshot_lock.lock().await;
         // Cloning is cheap (manifests are shared); serialization happens outside the lock.
         let state = self.state.read().unwrap().clone();
-        let data = postcard::to_stdvec(&state).map_err(snap_write_err)?;
+        let data = state.encode().map_err(snap_write_err)?;
         let snapshot_id = match state.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, berth_proto::now_ms()),
             None => format!("none-{}", berth_proto::now_ms()),

@@ -9,22 +9,29 @@
 //! counted.
 
 pub mod htpasswd;
+pub mod issuer;
 pub mod keys;
 pub mod limiter;
+pub mod policy;
 pub mod scope;
 pub mod token;
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
+use berth_proto::identity::Identity;
 use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::error::{ApiError, Code};
+use crate::backend::Metadata;
 pub use htpasswd::Htpasswd;
+pub use issuer::IdentityView;
+pub use keys::TrustedKeys;
+pub use policy::Principal;
 pub use limiter::{LoginLimiter, LoginLimits};
 pub use scope::{needs, Needs, Scope};
 pub use token::{TokenError, TokenVerifier};
@@ -34,8 +41,27 @@ pub use token::{TokenError, TokenVerifier};
 pub enum Realm {
     /// A fixed URL (`auth.token.realm`).
     Fixed(String),
-    /// `autoredirect`: the scheme and host of the request, then this path.
-    FromRequest(String),
+    /// The request's host (and `X-Forwarded-Proto`, else `scheme`), then `path`
+    /// (`autoredirect`, or Berth's own `/jwt/auth` when no realm is configured).
+    FromRequest {
+        /// Scheme when no proxy names one.
+        scheme: String,
+        /// Path on that host.
+        path: String,
+    },
+}
+
+impl Realm {
+    /// The realm URL for a request with these headers.
+    pub fn url(&self, headers: &HeaderMap) -> String {
+        match self {
+            Realm::Fixed(r) => r.clone(),
+            Realm::FromRequest { scheme, path } => {
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+                format!("{}://{}{path}", h("x-forwarded-proto").unwrap_or(scheme), h("host").unwrap_or("localhost"))
+            }
+        }
+    }
 }
 
 /// How callers are identified.
@@ -50,13 +76,20 @@ pub enum Mode {
         /// The users.
         file: Arc<Htpasswd>,
     },
-    /// Bearer tokens.
+    /// Bearer tokens from an issuer Berth trusts (GitLab, or another token server).
     Token {
         /// Where to get one.
         realm: Realm,
-        /// `service` (the expected audience).
-        service: String,
         /// Checks them.
+        verifier: TokenVerifier,
+        /// The keys they may be signed with.
+        keys: TrustedKeys,
+    },
+    /// Bearer tokens Berth issues itself at `/jwt/auth`, from identity kept in Raft.
+    Issuer {
+        /// Where to get one.
+        realm: Realm,
+        /// Checks them (`iss` and `aud` are Berth's own).
         verifier: TokenVerifier,
     },
 }
@@ -116,7 +149,14 @@ pub struct Authorizer {
     limiter: LoginLimiter,
     decisions: IntCounterVec,
     refusals: IntCounterVec,
+    /// The prepared identity of the last version seen (issuer mode).
+    view: Mutex<Option<Arc<IdentityView>>>,
+    /// A bcrypt hash of the usual cost, checked for unknown users.
+    decoy: Arc<str>,
 }
+
+/// bcrypt cost of passwords Berth stores (GitLab's).
+pub const PASSWORD_COST: u32 = 10;
 
 impl std::fmt::Debug for Authorizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,13 +185,117 @@ impl Authorizer {
         )?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(refusals.clone()))?;
-        Ok(Authorizer { mode, limiter: LoginLimiter::new(limits), decisions, refusals })
+        let decoy: Arc<str> = match mode {
+            Mode::Issuer { .. } => Arc::from(bcrypt::hash(rand::random::<[u8; 16]>(), PASSWORD_COST).expect("bcrypt").as_str()),
+            _ => Arc::from(""),
+        };
+        Ok(Authorizer { mode, limiter: LoginLimiter::new(limits), decisions, refusals, view: Mutex::new(None), decoy })
     }
 
     /// An authorizer that lets everyone in, registering nothing (tests, tools).
     pub fn open() -> Authorizer {
         let c = || IntCounterVec::new(Opts::new("unregistered", "unregistered"), &["x"]).expect("valid metric");
-        Authorizer { mode: Mode::Open, limiter: LoginLimiter::new(LoginLimits::default()), decisions: c(), refusals: c() }
+        Authorizer {
+            mode: Mode::Open,
+            limiter: LoginLimiter::new(LoginLimits::default()),
+            decisions: c(),
+            refusals: c(),
+            view: Mutex::new(None),
+            decoy: Arc::from(""),
+        }
+    }
+
+    /// `(issuer, service)` when Berth issues its own tokens.
+    pub fn issuer(&self) -> Option<(&str, &str)> {
+        match &self.mode {
+            Mode::Issuer { verifier, .. } => Some((&verifier.issuer, &verifier.service)),
+            _ => None,
+        }
+    }
+
+    /// Identity prepared for decisions, rebuilt when its version moves.
+    pub fn view(&self, identity: Arc<Identity>) -> Arc<IdentityView> {
+        let mut slot = self.view.lock().expect("view lock");
+        match &*slot {
+            Some(v) if v.identity.version == identity.version => v.clone(),
+            _ => {
+                let v = Arc::new(IdentityView::new(identity, self.decoy.clone()));
+                *slot = Some(v.clone());
+                v
+            }
+        }
+    }
+
+    /// Checks a Basic login against identity (rate-limited per address and account): the
+    /// principal, or the refusal to send (401 or 429). No credentials at all is anonymous.
+    pub async fn login(&self, caller: Caller<'_>, view: &IdentityView) -> Result<Principal, Response> {
+        let Some((user, secret)) = basic_credentials(caller.headers) else { return Ok(Principal::Anonymous) };
+        if let Err(wait) = self.limiter.check(&user, caller.client) {
+            self.refused_login(caller, &user, "rate_limited");
+            return Err(ApiError::new(Code::TooManyRequests, "too many failed logins; try again later")
+                .header(header::RETRY_AFTER, wait.as_secs().max(1).to_string())
+                .into_response());
+        }
+        let now = now_ms();
+        let found = match view.login(&user, &secret, now) {
+            issuer::Login::Principal(p) => Some(p),
+            issuer::Login::Password { user: id, hash } => {
+                let ok = tokio::task::spawn_blocking(move || bcrypt::verify(secret, &hash).unwrap_or(false)).await.unwrap_or(false);
+                ok.then_some(Principal::User { user: id, token: None })
+            }
+            issuer::Login::Unknown { decoy } => {
+                let _ = tokio::task::spawn_blocking(move || bcrypt::verify(secret, &decoy)).await;
+                None
+            }
+        };
+        match found {
+            Some(p) => Ok(p),
+            None => {
+                self.limiter.failed(&user, caller.client);
+                self.refused_login(caller, &user, "bad_credentials");
+                Err(ApiError::new(Code::Unauthorized, "HTTP Basic: Access denied. Check your username and password or token")
+                    .header(header::WWW_AUTHENTICATE, "Basic realm=\"berth\"".to_string())
+                    .into_response())
+            }
+        }
+    }
+
+    fn refused_login(&self, caller: Caller<'_>, user: &str, reason: &'static str) {
+        self.decisions.with_label_values(&["refused"]).inc();
+        self.refusals.with_label_values(&[reason]).inc();
+        tracing::info!(target: "audit", decision = "refused", reason, user, client = %client_text(&caller),
+            method = %caller.method, path = caller.path, scope = "");
+    }
+
+    /// Records an `/api/v4` request's authentication.
+    pub fn audit_api(&self, caller: Caller<'_>, user: Option<&str>, granted: bool) {
+        let decision = if granted { "granted" } else { "refused" };
+        self.decisions.with_label_values(&[decision]).inc();
+        if !granted {
+            self.refusals.with_label_values(&["insufficient_scope"]).inc();
+        }
+        tracing::info!(target: "audit", decision, user = user.unwrap_or("-"), client = %client_text(&caller),
+            method = %caller.method, path = caller.path, scope = "api");
+    }
+
+    /// Records an `/api/v4` request with a token that is not one; counts toward the limits
+    /// of its address.
+    pub fn failed_api_login(&self, caller: Caller<'_>) {
+        self.limiter.failed("", caller.client);
+        self.refused_login(caller, "-", "bad_credentials");
+    }
+
+    /// `Err(retry_after)` when the caller's address has failed too often.
+    pub fn check_address(&self, client: Option<IpAddr>) -> Result<(), std::time::Duration> {
+        self.limiter.check("", client)
+    }
+
+    /// Records a token issued by `/jwt/auth`.
+    pub fn audit_issued(&self, caller: Caller<'_>, user: Option<&str>, granted: &[Scope]) {
+        self.decisions.with_label_values(&["granted"]).inc();
+        let scope = granted.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
+        tracing::info!(target: "audit", decision = "token_issued", user = user.unwrap_or("-"), client = %client_text(&caller),
+            method = %caller.method, path = caller.path, scope = %scope);
     }
 
     /// True when every caller may do everything.
@@ -161,11 +305,20 @@ impl Authorizer {
 
     /// What the caller may do, if they may do what `needs` requires; otherwise the response
     /// that refuses them.
-    pub async fn authorize(&self, caller: Caller<'_>, needs: &Needs) -> Result<Grant, Response> {
+    pub async fn authorize(&self, caller: Caller<'_>, needs: &Needs, meta: &dyn Metadata) -> Result<Grant, Response> {
         let outcome = match &self.mode {
             Mode::Open => return Ok(Grant::everything(None)),
             Mode::Htpasswd { file, .. } => self.basic(caller, file).await,
-            Mode::Token { verifier, .. } => bearer(caller, verifier, needs),
+            Mode::Token { verifier, keys, .. } => bearer(caller, verifier, keys, needs, |_| true),
+            Mode::Issuer { verifier, .. } => {
+                let view = self.view(meta.identity());
+                let now = now_ms();
+                // The credential behind the token must still hold: revoking a token or
+                // ending a job takes effect now, not when the JWT expires.
+                bearer(caller, verifier, &view.keys, needs, |claims| {
+                    issuer::principal_of(claims.berth.as_ref()).is_some_and(|p| p.still_valid(&view.identity, now))
+                })
+            }
         };
         match outcome {
             Ok(grant) => {
@@ -207,15 +360,8 @@ impl Authorizer {
         let challenge = match &self.mode {
             Mode::Open => unreachable!("open mode refuses nothing"),
             Mode::Htpasswd { realm, .. } => format!("Basic realm={}", quote(realm)),
-            Mode::Token { realm, service, .. } => {
-                let realm = match realm {
-                    Realm::Fixed(r) => r.clone(),
-                    Realm::FromRequest(path) => {
-                        let h = |n: &str| caller.headers.get(n).and_then(|v| v.to_str().ok());
-                        format!("{}://{}{path}", h("x-forwarded-proto").unwrap_or("https"), h("host").unwrap_or("localhost"))
-                    }
-                };
-                let mut c = format!("Bearer realm={},service={}", quote(&realm), quote(service));
+            Mode::Token { realm, verifier, .. } | Mode::Issuer { realm, verifier } => {
+                let mut c = format!("Bearer realm={},service={}", quote(&realm.url(caller.headers)), quote(&verifier.service));
                 let scopes = scope_text(needs);
                 if !scopes.is_empty() {
                     c.push_str(&format!(",scope={}", quote(&scopes)));
@@ -241,7 +387,18 @@ impl Authorizer {
     }
 }
 
-fn bearer(caller: Caller<'_>, verifier: &TokenVerifier, needs: &Needs) -> Result<Grant, Refusal> {
+/// Milliseconds since the epoch.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn bearer(
+    caller: Caller<'_>,
+    verifier: &TokenVerifier,
+    keys: &TrustedKeys,
+    needs: &Needs,
+    still_valid: impl FnOnce(&token::Claims) -> bool,
+) -> Result<Grant, Refusal> {
     let refusal = |reason, error| Refusal { reason, error, subject: None, retry_after: None };
     let token = caller
         .headers
@@ -250,7 +407,10 @@ fn bearer(caller: Caller<'_>, verifier: &TokenVerifier, needs: &Needs) -> Result
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(|| refusal("no_credentials", None))?;
-    let claims = verifier.verify(token, SystemTime::now()).map_err(|e| refusal(e.as_str(), e.challenge_error()))?;
+    let claims = verifier.verify(keys, token, SystemTime::now()).map_err(|e| refusal(e.as_str(), e.challenge_error()))?;
+    if !still_valid(&claims) {
+        return Err(Refusal { reason: "credential_revoked", error: Some("invalid_token"), subject: claims.subject, retry_after: None });
+    }
     let grant = Grant::scoped(claims.subject, claims.access);
     if !needs.required.iter().all(|s| grant.covers(s)) {
         return Err(Refusal { reason: "insufficient_scope", error: Some("insufficient_scope"), subject: grant.subject, retry_after: None });

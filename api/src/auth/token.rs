@@ -102,6 +102,8 @@ struct RawClaims {
     nbf: Option<f64>,
     #[serde(default)]
     access: Vec<AccessEntry>,
+    #[serde(default)]
+    berth: Option<serde_json::Value>,
 }
 
 /// What a valid token says.
@@ -113,47 +115,47 @@ pub struct Claims {
     pub access: Vec<Scope>,
     /// Expiry, seconds since the epoch.
     pub expires: u64,
+    /// The credential behind a token Berth issued itself.
+    pub berth: Option<serde_json::Value>,
 }
 
-/// Checks tokens against trusted keys for one service and issuer.
+/// Checks tokens for one service and issuer.
 #[derive(Debug)]
 pub struct TokenVerifier {
     /// Expected `iss`.
     pub issuer: String,
     /// Expected `aud` (the `service`).
     pub service: String,
-    /// Keys tokens may be signed with.
-    pub keys: TrustedKeys,
     /// `signingalgorithms`: when set, only these.
     pub algorithms: Option<Vec<Algorithm>>,
 }
 
 impl TokenVerifier {
-    /// Validates `token` at `now`.
-    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
+    /// Validates `token` at `now` against `keys`.
+    pub fn verify(&self, keys: &TrustedKeys, token: &str, now: SystemTime) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let chain_key;
         let key: &PublicKey = if let Some(x5c) = header.x5c.as_ref().filter(|c| !c.is_empty()) {
-            chain_key = self.keys.verify_chain(x5c, now).map_err(|_| TokenError::UnknownKey)?;
+            chain_key = keys.verify_chain(x5c, now).map_err(|_| TokenError::UnknownKey)?;
             &chain_key
         } else if let Some(jwk) = &header.jwk {
             let embedded = serde_json::to_value(jwk).map_err(|_| TokenError::Malformed)?;
             if let Some(x5c) = embedded.get("x5c").and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok()) {
-                chain_key = self.keys.verify_chain(&x5c, now).map_err(|_| TokenError::UnknownKey)?;
+                chain_key = keys.verify_chain(&x5c, now).map_err(|_| TokenError::UnknownKey)?;
                 &chain_key
             } else {
                 // A key the token carries is never trusted for itself: it only names a trusted
                 // one, which must be the same key.
                 let given = PublicKey::from_jwk(&embedded).map_err(|_| TokenError::UnknownKey)?;
                 let ids = jwk.common.key_id.iter().cloned().chain(given.thumbprints());
-                let found = ids.filter_map(|id| self.keys.get(&id)).next().ok_or(TokenError::UnknownKey)?;
+                let found = ids.filter_map(|id| keys.get(&id)).next().ok_or(TokenError::UnknownKey)?;
                 if found.material != given.material {
                     return Err(TokenError::UnknownKey);
                 }
                 found
             }
         } else if let Some(kid) = &header.kid {
-            self.keys.get(kid).ok_or(TokenError::UnknownKey)?
+            keys.get(kid).ok_or(TokenError::UnknownKey)?
         } else {
             return Err(TokenError::UnknownKey);
         };
@@ -200,6 +202,6 @@ impl TokenVerifier {
                 actions: a.actions,
             })
             .collect();
-        Ok(Claims { subject: c.sub.filter(|s| !s.is_empty()), access, expires: exp.max(0.0) as u64 })
+        Ok(Claims { subject: c.sub.filter(|s| !s.is_empty()), access, expires: exp.max(0.0) as u64, berth: c.berth })
     }
 }

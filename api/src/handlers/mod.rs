@@ -3,7 +3,9 @@
 pub mod blobs;
 pub mod listing;
 pub mod manifests;
+pub mod token;
 pub mod uploads;
+pub mod v4;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

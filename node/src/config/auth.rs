@@ -24,16 +24,19 @@ pub struct HtpasswdConfig {
     pub path: PathBuf,
 }
 
-/// `auth.token`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `auth.token`. With `rootcertbundle` or `jwks`, tokens come from that issuer (GitLab)
+/// and `realm`, `service` and `issuer` are required; without either, Berth issues its own
+/// tokens at `/jwt/auth` (`service` defaults to `container_registry`, `issuer` to `berth`,
+/// `realm` to `/jwt/auth` on the host the client used).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TokenConfig {
     /// Where clients get tokens.
-    pub realm: String,
+    pub realm: Option<String>,
     /// The audience tokens must name.
-    pub service: String,
+    pub service: Option<String>,
     /// The issuer tokens must name.
-    pub issuer: String,
+    pub issuer: Option<String>,
     /// PEM certificates whose keys sign tokens (and roots for `x5c` chains).
     pub rootcertbundle: Option<PathBuf>,
     /// A JWKS file of keys that sign tokens.
@@ -89,8 +92,12 @@ impl AuthConfig {
             "htpasswd" => Ok(AuthKind::Htpasswd(serde_path_to_error::deserialize(params).map_err(at)?)),
             "token" => {
                 let t: TokenConfig = serde_path_to_error::deserialize(params).map_err(at)?;
-                if t.rootcertbundle.is_none() && t.jwks.is_none() {
-                    bail!("invalid configuration value at auth.token: rootcertbundle or jwks is required (the keys tokens are signed with)");
+                if t.rootcertbundle.is_some() || t.jwks.is_some() {
+                    for (key, v) in [("realm", &t.realm), ("service", &t.service), ("issuer", &t.issuer)] {
+                        if v.as_deref().unwrap_or("").is_empty() {
+                            bail!("invalid configuration value at auth.token.{key}: required with rootcertbundle or jwks");
+                        }
+                    }
                 }
                 if let Some(algs) = &t.signingalgorithms {
                     for a in algs {
@@ -129,7 +136,7 @@ mod tests {
             ("auth:\n  ldap: {}\n", "auth.ldap"),
             ("auth:\n  htpasswd:\n    realm: r\n", "auth.htpasswd"),
             ("auth:\n  htpasswd:\n    path: /x\n    pth: /y\n", "auth.htpasswd"),
-            ("auth:\n  token:\n    realm: https://gitlab/jwt/auth\n    service: container_registry\n", "auth.token"),
+            ("auth:\n  token:\n    service: container_registry\n    jwks: /k\n", "auth.token.realm"),
             (
                 "auth:\n  token:\n    realm: r\n    service: s\n    issuer: i\n    jwks: /k\n    signingalgorithms: [HS256]\n",
                 "auth.token.signingalgorithms",

@@ -11,9 +11,11 @@ use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 use serde_norway::Value;
 
+pub mod admin;
 pub mod auth;
 pub mod limits;
 
+pub use admin::AdminConfig;
 pub use auth::AuthConfig;
 pub use limits::{Limits, LimitsConfig};
 
@@ -331,6 +333,8 @@ pub struct BerthConfig {
     pub clustertokenfile: Option<PathBuf>,
     /// Per-connection and per-request resource limits of the HTTP listener.
     pub limits: LimitsConfig,
+    /// The first administrator.
+    pub admin: AdminConfig,
 }
 
 /// What a node does in the cluster.
@@ -470,6 +474,7 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.auth.validate()?;
+        self.berth.admin.credentials()?;
         Limits::from_config(&self.berth.limits)?;
         let s = &self.storage;
         let drivers = [s.filesystem.is_some(), s.s3.is_some(), s.gcs.is_some(), s.azure.is_some(), s.inmemory.is_some()];
@@ -700,7 +705,10 @@ mod lenient {
         pub datadir: Option<Value>, pub nodeid: Option<Value>, pub snapshotlogs: Option<Value>, pub grpcaddr: Option<Value>,
         pub bootstrap: Option<Value>, pub role: Option<Value>, pub peers: Option<Value>, pub tls: Option<ClusterTls>,
         pub insecureplaintext: Option<Value>, pub clustertokenfile: Option<Value>, pub limits: Option<Limits>,
+        pub admin: Option<Admin>,
     }
+    #[derive(Deserialize)]
+    pub struct Admin { pub username: Option<Value>, pub password: Option<Value>, pub passwordfile: Option<Value> }
     #[derive(Deserialize)]
     pub struct Limits {
         pub headertimeout: Option<Value>, pub idletimeout: Option<Value>, pub maxconnections: Option<Value>,

@@ -9,10 +9,11 @@ pub mod frontend;
 pub mod remote;
 pub mod voter;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use berth_api::{MetaError, Metadata};
+use berth_proto::identity::Identity;
 use berth_proto::{Answer, Command, Digest, ManifestRecord, Outcome, Query, Reference, RepoName, Request};
 
 /// What a node can do with registry metadata.
@@ -22,19 +23,6 @@ pub trait MetadataBackend: Send + Sync + 'static {
     async fn apply(&self, req: Request) -> Result<Outcome, MetaError>;
     /// A linearizable read.
     async fn query(&self, q: Query) -> Result<Answer, MetaError>;
-}
-
-/// The API's view of a [`MetadataBackend`].
-pub struct ClusterMetadata<B> {
-    backend: Arc<B>,
-    secret: OnceLock<Arc<Vec<u8>>>,
-}
-
-impl<B: MetadataBackend> ClusterMetadata<B> {
-    /// Wraps a backend.
-    pub fn new(backend: Arc<B>) -> Self {
-        ClusterMetadata { backend, secret: OnceLock::new() }
-    }
 }
 
 /// Sends `query` to the backend and takes the one kind of answer it allows.
@@ -47,10 +35,47 @@ macro_rules! ask {
     };
 }
 
+/// The API's view of a [`MetadataBackend`].
+pub struct ClusterMetadata<B> {
+    backend: Arc<B>,
+    secret: OnceLock<Arc<Vec<u8>>>,
+    identity: RwLock<Arc<Identity>>,
+}
+
+impl<B: MetadataBackend> ClusterMetadata<B> {
+    /// Wraps a backend.
+    pub fn new(backend: Arc<B>) -> Self {
+        ClusterMetadata { backend, secret: OnceLock::new(), identity: RwLock::default() }
+    }
+
+    /// Fetches identity if its version moved since the copy held here.
+    pub async fn refresh_identity(&self) -> Result<(), MetaError> {
+        let held = self.identity.read().expect("identity lock").version;
+        let version = ask!(self, Query::IdentityVersion, Answer::IdentityVersion)?;
+        if version != held {
+            let fresh = ask!(self, Query::Identity, Answer::Identity)?;
+            let mut slot = self.identity.write().expect("identity lock");
+            // Two refreshes may race; the newer copy wins.
+            if fresh.version >= slot.version {
+                *slot = fresh;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl<B: MetadataBackend> Metadata for ClusterMetadata<B> {
     async fn apply(&self, command: Command) -> Result<Outcome, MetaError> {
-        self.backend.apply(Request { command, at_ms: berth_proto::now_ms() }).await
+        let identity = matches!(command, Command::Identity(_));
+        let outcome = self.backend.apply(Request { command, at_ms: berth_proto::now_ms() }).await?;
+        if identity {
+            // This node sees its own change at once; the others within a refresh interval.
+            if let Err(e) = self.refresh_identity().await {
+                tracing::warn!("identity not refreshed after a change: {e}");
+            }
+        }
+        Ok(outcome)
     }
 
     async fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<Option<u64>, MetaError> {
@@ -72,6 +97,10 @@ impl<B: MetadataBackend> Metadata for ClusterMetadata<B> {
 
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, Arc<ManifestRecord>)>, MetaError> {
         ask!(self, Query::Referrers { repo: repo.clone(), subject: subject.clone() }, Answer::Referrers)
+    }
+
+    fn identity(&self) -> Arc<Identity> {
+        self.identity.read().expect("identity lock").clone()
     }
 
     async fn http_secret(&self) -> Result<Arc<Vec<u8>>, MetaError> {
@@ -99,6 +128,35 @@ pub async fn ensure_http_secret(meta: &dyn Metadata, configured: Option<&str>) -
     let outcome = meta.apply(Command::InitHttpSecret { secret: secret.clone() }).await?;
     if outcome == Outcome::Unchanged && configured.is_some() && *meta.http_secret().await? != secret {
         tracing::warn!("http.secret differs from the cluster's secret; the cluster's secret is used");
+    }
+    Ok(())
+}
+
+/// Makes sure the cluster has a key to sign registry tokens with.
+pub async fn ensure_signing_key(meta: &dyn Metadata) -> anyhow::Result<()> {
+    use berth_proto::identity::IdentityChange;
+    if meta.identity().current_key().is_some() {
+        return Ok(());
+    }
+    let (kid, pkcs8) = berth_api::auth::issuer::generate_key();
+    meta.apply(Command::Identity(IdentityChange::AddSigningKey { kid: kid.clone(), pkcs8 })).await?;
+    tracing::info!(%kid, "made the cluster's token signing key");
+    Ok(())
+}
+
+/// Makes the first administrator from `berth.admin` if the cluster has no user yet.
+pub async fn ensure_admin(meta: &dyn Metadata, cfg: &crate::config::AdminConfig) -> anyhow::Result<()> {
+    use berth_proto::identity::IdentityChange;
+    let Some((username, password)) = cfg.credentials()? else {
+        if meta.identity().users.is_empty() {
+            tracing::info!("no users yet; set berth.admin.password (or REGISTRY_BERTH_ADMIN_PASSWORD) or run `berth admin create-user --admin` to make one");
+        }
+        return Ok(());
+    };
+    let hash = tokio::task::spawn_blocking(move || bcrypt::hash(password, berth_api::auth::PASSWORD_COST)).await??;
+    match meta.apply(Command::Identity(IdentityChange::BootstrapAdmin { username: username.clone(), password_hash: hash })).await? {
+        Outcome::Created { .. } => tracing::info!(%username, "made the first administrator"),
+        _ => tracing::debug!("users exist already; berth.admin is not applied again"),
     }
     Ok(())
 }
