@@ -54,6 +54,9 @@ pub trait Metadata: Send + Sync + 'static {
     /// Identity as this node last saw it, without waiting: kept fresh in the background
     /// (within a second of a change) and right after this node applies a change.
     fn identity(&self) -> Arc<Identity>;
+    /// Identity as the cluster has it now (a linearizable read; concurrent callers share
+    /// one), for a credential this node's copy does not know yet.
+    async fn identity_now(&self) -> Result<Arc<Identity>, MetaError>;
 }
 
 /// Why a blob storage call failed. Callers match on the variant, never on the message.

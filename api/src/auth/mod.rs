@@ -227,9 +227,12 @@ impl Authorizer {
     }
 
     /// Checks a Basic login against identity (rate-limited per address and account): the
-    /// principal, or the refusal to send (401 or 429). No credentials at all is anonymous.
-    pub async fn login(&self, caller: Caller<'_>, view: &IdentityView) -> Result<Principal, Response> {
-        let Some((user, secret)) = basic_credentials(caller.headers) else { return Ok(Principal::Anonymous) };
+    /// principal and the identity it was found in, or the refusal to send (401 or 429). No
+    /// credentials at all is anonymous. A credential this node does not know yet is looked
+    /// up again in the cluster's current identity before it is refused.
+    pub async fn login(&self, caller: Caller<'_>, meta: &dyn Metadata) -> Result<(Principal, Arc<IdentityView>), Response> {
+        let mut view = self.view(meta.identity());
+        let Some((user, secret)) = basic_credentials(caller.headers) else { return Ok((Principal::Anonymous, view)) };
         if let Err(wait) = self.limiter.check(&user, caller.client) {
             self.refused_login(caller, &user, "rate_limited");
             return Err(ApiError::new(Code::TooManyRequests, "too many failed logins; try again later")
@@ -237,7 +240,14 @@ impl Authorizer {
                 .into_response());
         }
         let now = now_ms();
-        let found = match view.login(&user, &secret, now) {
+        let mut attempt = view.login(&user, &secret, now);
+        if matches!(attempt, issuer::Login::Unknown { .. }) {
+            if let Ok(fresh) = meta.identity_now().await {
+                view = self.view(fresh);
+                attempt = view.login(&user, &secret, now);
+            }
+        }
+        let found = match attempt {
             issuer::Login::Principal(p) => Some(p),
             issuer::Login::Password { user: id, hash } => {
                 let ok = tokio::task::spawn_blocking(move || bcrypt::verify(secret, &hash).unwrap_or(false)).await.unwrap_or(false);
@@ -249,7 +259,7 @@ impl Authorizer {
             }
         };
         match found {
-            Some(p) => Ok(p),
+            Some(p) => Ok((p, view)),
             None => {
                 self.limiter.failed(&user, caller.client);
                 self.refused_login(caller, &user, "bad_credentials");
@@ -311,13 +321,23 @@ impl Authorizer {
             Mode::Htpasswd { file, .. } => self.basic(caller, file).await,
             Mode::Token { verifier, keys, .. } => bearer(caller, verifier, keys, needs, |_| true),
             Mode::Issuer { verifier, .. } => {
-                let view = self.view(meta.identity());
                 let now = now_ms();
                 // The credential behind the token must still hold: revoking a token or
                 // ending a job takes effect now, not when the JWT expires.
-                bearer(caller, verifier, &view.keys, needs, |claims| {
-                    issuer::principal_of(claims.berth.as_ref()).is_some_and(|p| p.still_valid(&view.identity, now))
-                })
+                let check = |view: &IdentityView| {
+                    bearer(caller, verifier, &view.keys, needs, |claims| {
+                        issuer::principal_of(claims.berth.as_ref()).is_some_and(|p| p.still_valid(&view.identity, now))
+                    })
+                };
+                let view = self.view(meta.identity());
+                match check(&view) {
+                    // A key or credential made on another node a moment ago: ask the cluster.
+                    Err(r) if matches!(r.reason, "token_unknown_key" | "credential_revoked") => match meta.identity_now().await {
+                        Ok(fresh) if fresh.version != view.identity.version => check(&self.view(fresh)),
+                        _ => Err(r),
+                    },
+                    other => other,
+                }
             }
         };
         match outcome {

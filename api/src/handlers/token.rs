@@ -30,9 +30,8 @@ pub async fn issue(State(api): State<Arc<Api>>, req: axum::extract::Request) -> 
     }
     let scopes = Scope::parse_all(pairs.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str()));
     let caller = Caller { headers, client, method, path: uri.path() };
-    let view = api.auth.view(api.meta.identity());
-    let who = match api.auth.login(caller, &view).await {
-        Ok(p) => p,
+    let (who, view) = match api.auth.login(caller, api.meta.as_ref()).await {
+        Ok(found) => found,
         Err(refused) => return refused,
     };
     let now_ms = berth_proto::now_ms();

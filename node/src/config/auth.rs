@@ -161,6 +161,6 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert!(matches!(c.auth.kind().unwrap(), AuthKind::Token(t) if t.issuer == "gitlab-issuer"));
+        assert!(matches!(c.auth.kind().unwrap(), AuthKind::Token(t) if t.issuer.as_deref() == Some("gitlab-issuer")));
     }
 }

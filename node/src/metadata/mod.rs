@@ -40,12 +40,14 @@ pub struct ClusterMetadata<B> {
     backend: Arc<B>,
     secret: OnceLock<Arc<Vec<u8>>>,
     identity: RwLock<Arc<Identity>>,
+    /// Serializes on-demand refreshes; holds when the last one started.
+    refreshing: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl<B: MetadataBackend> ClusterMetadata<B> {
     /// Wraps a backend.
     pub fn new(backend: Arc<B>) -> Self {
-        ClusterMetadata { backend, secret: OnceLock::new(), identity: RwLock::default() }
+        ClusterMetadata { backend, secret: OnceLock::new(), identity: RwLock::default(), refreshing: tokio::sync::Mutex::new(None) }
     }
 
     /// Fetches identity if its version moved since the copy held here.
@@ -101,6 +103,17 @@ impl<B: MetadataBackend> Metadata for ClusterMetadata<B> {
 
     fn identity(&self) -> Arc<Identity> {
         self.identity.read().expect("identity lock").clone()
+    }
+
+    async fn identity_now(&self) -> Result<Arc<Identity>, MetaError> {
+        let asked = std::time::Instant::now();
+        let mut last = self.refreshing.lock().await;
+        // A refresh that started after this caller asked already saw what it needs.
+        if last.is_none_or(|started| started < asked) {
+            *last = Some(std::time::Instant::now());
+            self.refresh_identity().await?;
+        }
+        Ok(self.identity())
     }
 
     async fn http_secret(&self) -> Result<Arc<Vec<u8>>, MetaError> {

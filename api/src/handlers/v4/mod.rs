@@ -120,7 +120,7 @@ pub async fn session(api: &Api, req: &Parts) -> Result<Session, V4Error> {
         .and_then(|v| v.to_str().ok())
         .or_else(|| h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")))
         .map(str::trim);
-    let view = api.auth.view(api.meta.identity());
+    let mut view = api.auth.view(api.meta.identity());
     let client = req.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let caller = Caller { headers: h, client, method: &req.method, path: req.uri.path() };
     if let Err(wait) = api.auth.check_address(client) {
@@ -129,6 +129,10 @@ pub async fn session(api: &Api, req: &Parts) -> Result<Session, V4Error> {
     let unauthorized = || V4Error::new(StatusCode::UNAUTHORIZED, "401 Unauthorized");
     let Some(secret) = secret else { return Err(unauthorized()) };
     let now = berth_proto::now_ms();
+    if view.token_by_secret(secret, now).is_none() {
+        // Made on another node a moment ago? Ask the cluster before refusing.
+        view = api.auth.view(api.meta.identity_now().await?);
+    }
     match view.token_by_secret(secret, now) {
         Some(t) => match t.kind {
             berth_proto::identity::TokenKind::Personal { user } if t.scopes.contains(&TokenScope::Api) => {

@@ -173,6 +173,7 @@ pub async fn add_member(State(api): State<Arc<Api>>, Path(key): Path<String>, re
     let p = find(&s, &key)?.clone();
     let b = body(req_body).await?;
     let user = b["user_id"].as_u64().or_else(|| b["user_id"].as_str().and_then(|v| v.parse().ok())).ok_or_else(|| V4Error::bad("user_id is missing"))?;
+    require(&s, &p, Role::Maintainer)?;
     if s.id().role(p.id, user).is_some() {
         return Err(V4Error::new(StatusCode::CONFLICT, "Member already exists"));
     }

@@ -1,0 +1,276 @@
+//! Berth as its own token issuer: identity through `/api/v4` and `berth admin`, real clients
+//! logging in with passwords, personal access tokens, deploy tokens and CI job tokens, roles
+//! deciding who pulls and pushes, and revocation reaching every node within a second.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_tests::{berth_command, init_tracing, random_bytes, require_tool, run, voter_cluster, write_oci_layout, Berth};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const ADMIN_PASSWORD: &str = "correct-horse-battery";
+
+fn issuer_env() -> Vec<(&'static str, &'static str)> {
+    vec![("REGISTRY_AUTH_TOKEN_SERVICE", "container_registry"), ("REGISTRY_BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)]
+}
+
+/// A personal access token for `root`, made with `berth admin` over the cluster plane.
+fn admin_token(node: &Berth) -> String {
+    let out = run(berth_command().args(["admin", "--node", &node.grpc_addr, "create-token", "--username", "root", "--scopes", "api"]));
+    out.trim().to_string()
+}
+
+/// `/api/v4` as a client with a personal access token.
+struct V4 {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl V4 {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = self.http.request(method, format!("{}/api/v4{path}", self.base)).header("PRIVATE-TOKEN", &self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "POST {path}: {v}");
+        v
+    }
+}
+
+fn skopeo_ok(args: &[&str]) {
+    run(Command::new("skopeo").args(args));
+}
+
+fn skopeo_fails(args: &[&str]) -> String {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    assert!(!out.status.success(), "skopeo {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_tokens_with_real_clients() {
+    init_tracing();
+    if !require_tool("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = issuer_env();
+    let node = Berth::start(&dir.path().join("data"), None, &env);
+    let http = reqwest::Client::new();
+
+    tracing::info!("the registry challenges with Berth's own realm");
+    let r = http.get(format!("{}/v2/", node.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"].to_str().unwrap(),
+        format!(r#"Bearer realm="http://{}/jwt/auth",service="container_registry""#, node.addr)
+    );
+
+    tracing::info!("the administrator from berth.admin sets up users, a project and tokens");
+    let root = V4 { http: http.clone(), base: node.url.clone(), token: admin_token(&node) };
+    let (s, me) = root.call(reqwest::Method::GET, "/user", None).await;
+    assert_eq!((s, me["username"].clone(), me["is_admin"].clone()), (StatusCode::OK, json!("root"), json!(true)));
+    let dev = root.post("/users", json!({"username": "dev", "password": "dev-password-1"})).await["id"].as_u64().unwrap();
+    let rep = root.post("/users", json!({"username": "rep", "password": "rep-password-1"})).await["id"].as_u64().unwrap();
+    let project = root.post("/projects", json!({"path": "grp/app", "visibility": "private"})).await;
+    assert_eq!(project["path_with_namespace"], "grp/app");
+    let pid = project["id"].as_u64().unwrap();
+    root.post(&format!("/projects/{pid}/members"), json!({"user_id": dev, "access_level": 30})).await;
+    root.post("/projects/grp%2Fapp/members", json!({"user_id": rep, "access_level": 20})).await;
+    let deploy = root.post(&format!("/projects/{pid}/deploy_tokens"), json!({"name": "pull", "scopes": ["read_registry"]})).await;
+    let deploy_user = deploy["username"].as_str().unwrap().to_string();
+    assert_eq!(deploy_user, format!("gitlab+deploy-token-{}", deploy["id"]));
+    let deploy_secret = deploy["token"].as_str().unwrap().to_string();
+    let read_pat = root.post(&format!("/users/{dev}/personal_access_tokens"), json!({"name": "ro", "scopes": ["read_registry"]})).await;
+    let read_pat = read_pat["token"].as_str().unwrap().to_string();
+    let api_pat = root.post(&format!("/users/{dev}/personal_access_tokens"), json!({"name": "all", "scopes": ["api"], "expires_at": "2099-01-01"})).await;
+    assert_eq!(api_pat["expires_at"], "2099-01-01");
+    let api_pat = api_pat["token"].as_str().unwrap().to_string();
+    // Secrets are shown once: listing them never does.
+    let (_, list) = root.call(reqwest::Method::GET, &format!("/personal_access_tokens?user_id={dev}"), None).await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(list.to_string().find("berth_pat_").is_none());
+
+    let src = dir.path().join("src");
+    write_oci_layout(&src, "v1", &[random_bytes(41, 120_000)]);
+    let from = format!("oci:{}:v1", src.display());
+    let image = |tag: &str| format!("docker://{}/grp/app:{tag}", node.addr);
+
+    tracing::info!("a Developer pushes with a password; a Reporter and a deploy token pull");
+    skopeo_ok(&["copy", "--dest-tls-verify=false", "--dest-creds", "dev:dev-password-1", &from, &image("v1")]);
+    skopeo_ok(&["inspect", "--raw", "--tls-verify=false", "--creds", "rep:rep-password-1", &image("v1")]);
+    skopeo_ok(&["inspect", "--raw", "--tls-verify=false", "--creds", &format!("{deploy_user}:{deploy_secret}"), &image("v1")]);
+
+    tracing::info!("read-only credentials, wrong users and strangers cannot push");
+    for creds in [
+        "rep:rep-password-1".to_string(),
+        format!("{deploy_user}:{deploy_secret}"),
+        format!("dev:{read_pat}"),
+        format!("someone-else:{deploy_secret}"),
+    ] {
+        let err = skopeo_fails(&["copy", "--dest-tls-verify=false", "--dest-creds", &creds, &from, &image("nope")]);
+        assert!(err.contains("unauthorized") || err.contains("denied") || err.contains("authentication required"), "{creds}: {err}");
+    }
+    skopeo_fails(&["inspect", "--raw", "--tls-verify=false", "--no-creds", &image("v1")]);
+    skopeo_fails(&["inspect", "--raw", "--tls-verify=false", "--creds", "dev:wrong-password", &image("v1")]);
+
+    tracing::info!("the token endpoint grants the intersection, 200 even when empty");
+    let t: Value = http
+        .get(format!("{}/jwt/auth?service=container_registry&scope=repository:grp/app:pull,push,delete&scope=registry:catalog:*", node.url))
+        .basic_auth("rep", Some("rep-password-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let claims: Value = {
+        use base64::Engine as _;
+        let part = t["token"].as_str().unwrap().split('.').nth(1).unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    };
+    assert_eq!(claims["access"], json!([{"type": "repository", "name": "grp/app", "actions": ["pull"]}]));
+    assert_eq!(claims["sub"], "rep");
+    let r = http.get(format!("{}/jwt/auth?service=other", node.url)).send().await.unwrap();
+    assert_eq!(r.status(), 404, "GitLab answers an unknown service with 404");
+
+    tracing::info!("docker logs in with a personal access token");
+    if require_tool("docker") {
+        let cfg = dir.path().join("docker-config");
+        std::fs::create_dir_all(&cfg).unwrap();
+        let mut login = Command::new("docker")
+            .env("DOCKER_CONFIG", &cfg)
+            .args(["login", &node.addr, "-u", "dev", "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        login.stdin.take().unwrap().write_all(api_pat.as_bytes()).unwrap();
+        let out = login.wait_with_output().unwrap();
+        assert!(out.status.success(), "docker login: {}", String::from_utf8_lossy(&out.stderr));
+        let rootfs = dir.path().join("rootfs.tar");
+        std::fs::write(&rootfs, berth_tests::tar_with_file("f", &random_bytes(42, 30_000))).unwrap();
+        let local = format!("berth-identity-local:{}", std::process::id());
+        let remote = format!("{}/grp/app:docker", node.addr);
+        let docker = |args: &[&str]| run(Command::new("docker").env("DOCKER_CONFIG", &cfg).args(args));
+        docker(&["import", rootfs.to_str().unwrap(), &local]);
+        docker(&["tag", &local, &remote]);
+        docker(&["push", &remote]);
+        docker(&["rmi", &local, &remote]);
+        docker(&["pull", &remote]);
+        docker(&["rmi", &remote]);
+    }
+
+    tracing::info!("a CI job token pushes to its project until its job ends");
+    let dev_api = V4 { http: http.clone(), base: node.url.clone(), token: api_pat.clone() };
+    let job = dev_api.post(&format!("/projects/{pid}/job_tokens"), json!({})).await;
+    let job_creds = format!("gitlab-ci-token:{}", job["token"].as_str().unwrap());
+    skopeo_ok(&["copy", "--dest-tls-verify=false", "--dest-creds", &job_creds, &from, &image("ci")]);
+    let (s, _) = dev_api.call(reqwest::Method::DELETE, &format!("/projects/{pid}/job_tokens/{}", job["id"]), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    skopeo_fails(&["inspect", "--raw", "--tls-verify=false", "--creds", &job_creds, &image("ci")]);
+
+    tracing::info!("a Developer cannot manage members or see the catalog; the admin can");
+    let (s, _) = dev_api.call(reqwest::Method::POST, &format!("/projects/{pid}/members"), Some(json!({"user_id": rep, "access_level": 40}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = dev_api.call(reqwest::Method::POST, "/users", Some(json!({"username": "x", "password": "long-enough"}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let catalog = |user: &'static str, secret: String| {
+        let http = http.clone();
+        let url = node.url.clone();
+        async move {
+            let t: Value = http
+                .get(format!("{url}/jwt/auth?service=container_registry&scope=registry:catalog:*"))
+                .basic_auth(user, Some(secret))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            http.get(format!("{url}/v2/_catalog")).bearer_auth(t["token"].as_str().unwrap()).send().await.unwrap().status()
+        }
+    };
+    assert_eq!(catalog("dev", api_pat.clone()).await, 401);
+    assert_eq!(catalog("root", ADMIN_PASSWORD.to_string()).await, 200);
+
+    tracing::info!("a public project is pulled anonymously");
+    let (s, _) = root.call(reqwest::Method::PUT, &format!("/projects/{pid}"), Some(json!({"visibility": "public"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    skopeo_ok(&["inspect", "--raw", "--tls-verify=false", "--no-creds", &image("v1")]);
+    skopeo_fails(&["copy", "--dest-tls-verify=false", "--dest-creds", "rep:rep-password-1", &from, &image("nope")]);
+
+    tracing::info!("bad API credentials are refused");
+    let (s, _) = V4 { http: http.clone(), base: node.url.clone(), token: "berth_pat_forged".into() }.call(reqwest::Method::GET, "/user", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = V4 { http: http.clone(), base: node.url.clone(), token: read_pat.clone() }.call(reqwest::Method::GET, "/user", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a read_registry token is not an API token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_stops_on_every_node_within_a_second() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let env = issuer_env();
+    let nodes = voter_cluster(dir.path(), 3, &env);
+    let http = reqwest::Client::new();
+    let root = V4 { http: http.clone(), base: nodes[0].url.clone(), token: admin_token(&nodes[0]) };
+    let user = root.post("/users", json!({"username": "ci", "password": "ci-password-1"})).await["id"].as_u64().unwrap();
+    root.post("/projects", json!({"path": "team/svc"})).await;
+    root.post("/projects/team%2Fsvc/members", json!({"user_id": user, "access_level": 30})).await;
+    let pat = root.post(&format!("/users/{user}/personal_access_tokens"), json!({"name": "ci", "scopes": ["read_registry", "write_registry"]})).await;
+    let (pat_id, secret) = (pat["id"].as_u64().unwrap(), pat["token"].as_str().unwrap().to_string());
+
+    tracing::info!("a registry token from node 2 works on nodes 1, 2 and 3");
+    let token_from = |node: &Berth| {
+        let (http, url, secret) = (http.clone(), node.url.clone(), secret.clone());
+        async move {
+            let r = http.get(format!("{url}/jwt/auth?service=container_registry&scope=repository:team/svc:pull")).basic_auth("ci", Some(secret)).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null)["token"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    // Node 2 learns of the token within a refresh.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let jwt = loop {
+        let (s, t) = token_from(&nodes[1]).await;
+        if s == 200 && !t.is_empty() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "node 2 never accepted the new token: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tags = |node: &Berth, jwt: &str| {
+        let (http, url, jwt) = (http.clone(), node.url.clone(), jwt.to_string());
+        async move { http.get(format!("{url}/v2/team/svc/tags/list")).bearer_auth(jwt).send().await.unwrap().status() }
+    };
+    for n in &nodes {
+        assert_eq!(tags(n, &jwt).await, 404, "authorized (the repository is empty) at {}", n.url);
+    }
+
+    tracing::info!("revoked at node 1: every node refuses it within a second");
+    let (s, _) = root.call(reqwest::Method::DELETE, &format!("/personal_access_tokens/{pat_id}"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let revoked = Instant::now();
+    for n in &nodes {
+        loop {
+            let status = tags(n, &jwt).await;
+            if status == 401 {
+                break;
+            }
+            assert!(revoked.elapsed() < Duration::from_secs(1), "{} still accepts the revoked token after {:?}", n.url, revoked.elapsed());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(token_from(n).await.0, 401, "a revoked token logs in at {}", n.url);
+    }
+    tracing::info!("refused everywhere {:?} after the revocation", revoked.elapsed());
+}
