@@ -12,6 +12,7 @@ pub struct LocalCluster {
     /// The cluster's directory (`DIR` of cluster.sh).
     pub dir: PathBuf,
     berth_bin: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 /// One line of `DIR/nodes`.
@@ -33,7 +34,14 @@ impl LocalCluster {
     /// A handle on the cluster in `dir`; `script` is cluster.sh, `berth_bin` the binary it runs
     /// (None: the script finds one itself).
     pub fn new(script: &Path, dir: &Path, berth_bin: Option<&Path>) -> Self {
-        LocalCluster { script: script.to_path_buf(), dir: dir.to_path_buf(), berth_bin: berth_bin.map(Path::to_path_buf) }
+        LocalCluster { script: script.to_path_buf(), dir: dir.to_path_buf(), berth_bin: berth_bin.map(Path::to_path_buf), env: vec![] }
+    }
+
+    /// Adds a variable to the environment of cluster.sh and so of every node it starts
+    /// (`REGISTRY_AUTH_*`, ...).
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// Runs `cluster.sh ARGS --dir DIR` and returns its output.
@@ -43,6 +51,7 @@ impl LocalCluster {
         if let Some(b) = &self.berth_bin {
             cmd.env("BERTH_BIN", b);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let out = cmd.output().with_context(|| format!("running {}", self.script.display()))?;
         if !out.status.success() {
             bail!(

@@ -73,7 +73,8 @@ launch() {
 wait_http() {
   local addr="$1" log="$2"
   for _ in $(seq 1 300); do
-    curl -fso /dev/null "http://$addr/v2/" && return 0
+    # 200, or 401 when auth is configured (REGISTRY_AUTH_* in the environment reach every node).
+    case "$(curl -so /dev/null -w '%{http_code}' "http://$addr/v2/")" in 200|401) return 0 ;; esac
     sleep 0.1
   done
   tail -20 "$log" >&2

@@ -49,9 +49,11 @@ fn an_auth_block_berth_cannot_honour_stops_the_start() {
     let out = berth()
         .args(["serve", "--data-dir"])
         .arg(dir.path())
+        // Outside keys without the issuer they belong to.
         .env("REGISTRY_AUTH_TOKEN_REALM", "https://gitlab.example/jwt/auth")
+        .env("REGISTRY_AUTH_TOKEN_JWKS", "/etc/gitlab/jwks.json")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.token"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth.token.service"));
 }

@@ -71,3 +71,81 @@ async fn skopeo_and_docker_through_the_load_balancer() {
     run(Command::new("docker").args(["rmi", &remote]));
     assert_eq!(id.trim(), pulled.trim());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_through_the_load_balancer() {
+    init_tracing();
+    if !require_tool("nginx") || !require_tool("skopeo") || !require_tool("docker") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("deploy/local/cluster.sh");
+    let password = "lb-admin-password";
+    let cluster = LocalCluster::new(&script, &dir.path().join("cluster"), Some(&berth_bin()))
+        .with_env("REGISTRY_AUTH_TOKEN_SERVICE", "container_registry")
+        .with_env("REGISTRY_BERTH_ADMIN_PASSWORD", password);
+    cluster.up(3, 2).unwrap();
+    let _down = cluster.down_on_drop();
+    let lb = cluster.lb().unwrap();
+    let host = lb.trim_start_matches("http://").to_string();
+    let voter = cluster.nodes().unwrap().into_iter().find(|n| n.role == "voter").unwrap();
+
+    tracing::info!("identity set up through the load balancer (every request may hit another node)");
+    let root_pat = run(Command::new(berth_bin())
+        .env("REGISTRY_BERTH_CLUSTERTOKENFILE", cluster.dir.join("cluster-token"))
+        .args(["admin", "--node", &voter.grpc, "create-token", "--username", "root"]));
+    let http = reqwest::Client::new();
+    let api = |path: &str, body: serde_json::Value| {
+        let (http, url, pat) = (http.clone(), format!("{lb}/api/v4{path}"), root_pat.trim().to_string());
+        async move {
+            let r = http.post(url).header("PRIVATE-TOKEN", pat).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let dev = api("/users", serde_json::json!({"username": "dev", "password": "dev-password-1"})).await["id"].clone();
+    api("/projects", serde_json::json!({"path": "lb/app"})).await;
+    api("/projects/lb%2Fapp/members", serde_json::json!({"user_id": dev, "access_level": 30})).await;
+    let pat = api(&format!("/users/{dev}/personal_access_tokens"), serde_json::json!({"name": "ci", "scopes": ["read_registry", "write_registry"]})).await;
+    let pat = pat["token"].as_str().unwrap().to_string();
+    let deploy = api("/projects/lb%2Fapp/deploy_tokens", serde_json::json!({"name": "k8s", "scopes": ["read_registry"]})).await;
+    let deploy_creds = format!("{}:{}", deploy["username"].as_str().unwrap(), deploy["token"].as_str().unwrap());
+
+    tracing::info!("docker login with a personal access token, push, pull, through the load balancer");
+    let cfg = dir.path().join("docker-config");
+    std::fs::create_dir_all(&cfg).unwrap();
+    let mut login = Command::new("docker")
+        .env("DOCKER_CONFIG", &cfg)
+        .args(["login", &host, "-u", "dev", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    login.stdin.take().unwrap().write_all(pat.as_bytes()).unwrap();
+    let out = login.wait_with_output().unwrap();
+    assert!(out.status.success(), "docker login: {}", String::from_utf8_lossy(&out.stderr));
+    let rootfs = dir.path().join("rootfs.tar");
+    std::fs::write(&rootfs, tar_with_file("payload.bin", &random_bytes(65, 300_000))).unwrap();
+    let local = format!("berth-lb-auth:{}", std::process::id());
+    let remote = format!("{host}/lb/app:1");
+    let docker = |args: &[&str]| run(Command::new("docker").env("DOCKER_CONFIG", &cfg).args(args));
+    docker(&["import", rootfs.to_str().unwrap(), &local]);
+    docker(&["tag", &local, &remote]);
+    docker(&["push", &remote]);
+    docker(&["rmi", &local, &remote]);
+    docker(&["pull", &remote]);
+    docker(&["rmi", &remote]);
+
+    tracing::info!("a read-only deploy token pulls through the load balancer and cannot push");
+    let out = dir.path().join("pulled");
+    run(Command::new("skopeo").args(["copy", "--src-tls-verify=false", "--src-creds", &deploy_creds, &format!("docker://{remote}")]).arg(format!("dir:{}", out.display())));
+    assert!(out.join("manifest.json").exists());
+    let push = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false", "--src-creds", &deploy_creds, "--dest-creds", &deploy_creds])
+        .arg(format!("docker://{remote}"))
+        .arg(format!("docker://{host}/lb/app:2"))
+        .output()
+        .unwrap();
+    assert!(!push.status.success(), "a read-only deploy token pushed");
+}

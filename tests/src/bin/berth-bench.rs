@@ -3,7 +3,8 @@
 //! `name value unit` line per figure. Manifest GET throughput is measured with `wrk`
 //! by `tests/bench/compare.sh`, against the manifest this tool leaves at `bench/app:bench`.
 //!
-//! Usage: berth-bench URL [SIZE_MIB] [TAGS]
+//! Usage: berth-bench URL [SIZE_MIB] [TAGS]. With `BENCH_AUTHORIZATION` set, every request
+//! carries it as its `Authorization` header (a registry token for the repositories used).
 
 use std::time::Instant;
 
@@ -43,7 +44,12 @@ async fn main() {
     let url = args.get(1).expect("usage: berth-bench URL [SIZE_MIB] [TAGS]");
     let size_mib: usize = args.get(2).map(|s| s.parse().unwrap()).unwrap_or(1024);
     let tags: usize = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(10_000);
-    let reg = Registry::new(url);
+    let mut reg = Registry::new(url);
+    if let Ok(auth) = std::env::var("BENCH_AUTHORIZATION") {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::AUTHORIZATION, auth.parse().expect("a header value"));
+        reg.http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).default_headers(h).build().unwrap();
+    }
     let mib = size_mib as f64;
 
     // Distinct content per run so no registry can skip work it already did.
