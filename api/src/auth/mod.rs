@@ -240,24 +240,16 @@ impl Authorizer {
                 .into_response());
         }
         let now = now_ms();
-        let mut attempt = view.login(&user, &secret, now);
-        if matches!(attempt, issuer::Login::Unknown { .. }) {
+        let mut found = check_login(&view, &user, &secret, now).await;
+        if found.is_none() {
+            // A credential made on another node a moment ago? Ask the cluster before refusing.
             if let Ok(fresh) = meta.identity_now().await {
-                view = self.view(fresh);
-                attempt = view.login(&user, &secret, now);
+                if fresh.version != view.identity.version {
+                    view = self.view(fresh);
+                    found = check_login(&view, &user, &secret, now).await;
+                }
             }
         }
-        let found = match attempt {
-            issuer::Login::Principal(p) => Some(p),
-            issuer::Login::Password { user: id, hash } => {
-                let ok = tokio::task::spawn_blocking(move || bcrypt::verify(secret, &hash).unwrap_or(false)).await.unwrap_or(false);
-                ok.then_some(Principal::User { user: id, token: None })
-            }
-            issuer::Login::Unknown { decoy } => {
-                let _ = tokio::task::spawn_blocking(move || bcrypt::verify(secret, &decoy)).await;
-                None
-            }
-        };
         match found {
             Some(p) => Ok((p, view)),
             None => {
@@ -404,6 +396,22 @@ impl Authorizer {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
         }
         resp
+    }
+}
+
+/// The principal `user`/`secret` logs in as in `view`, bcrypt included (off the runtime).
+async fn check_login(view: &IdentityView, user: &str, secret: &str, now: u64) -> Option<Principal> {
+    let secret = secret.to_string();
+    match view.login(user, &secret, now) {
+        issuer::Login::Principal(p) => Some(p),
+        issuer::Login::Password { user: id, hash } => {
+            let ok = tokio::task::spawn_blocking(move || bcrypt::verify(secret, &hash).unwrap_or(false)).await.unwrap_or(false);
+            ok.then_some(Principal::User { user: id, token: None })
+        }
+        issuer::Login::Unknown { decoy } => {
+            let _ = tokio::task::spawn_blocking(move || bcrypt::verify(secret, &decoy)).await;
+            None
+        }
     }
 }
 
