@@ -14,6 +14,7 @@ pub mod rpc_server;
 pub mod server;
 pub mod space;
 pub mod storage;
+pub mod tls;
 pub mod workers;
 
 use std::path::PathBuf;
@@ -205,7 +206,14 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }));
     }
     let http_tls = match &cfg.http.tls {
-        Some(t) => server::tls_acceptor(t)?,
+        Some(t) => match tls::acceptor(t)? {
+            Some(a) => {
+                let shared = tls::SharedTls::new(a);
+                shared.reload_on_sighup(t.clone())?;
+                Some(shared)
+            }
+            None => None,
+        },
         None => None,
     };
 

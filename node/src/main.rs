@@ -47,6 +47,28 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// TLS helpers.
+    Tls {
+        #[command(subcommand)]
+        action: TlsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsAction {
+    /// Write a self-signed certificate and key for a first try with TLS (not for production:
+    /// clients must be told to trust it, e.g. docker's certs.d/HOST:PORT/ca.crt).
+    SelfSigned {
+        /// Names and IP addresses the certificate is for.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Where the certificate (PEM) goes.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Where the key (PEM, mode 0600) goes.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -161,6 +183,26 @@ fn admin(config: Option<PathBuf>, node: String, action: AdminAction) -> std::pro
     }
 }
 
+fn self_signed(hosts: &[String], cert: &std::path::Path, key: &std::path::Path) -> std::process::ExitCode {
+    let write = || -> anyhow::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let (c, k) = berth_node::tls::self_signed(hosts)?;
+        std::fs::write(cert, c)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(key)?;
+        f.write_all(k.as_bytes())?;
+        println!("wrote {} and {} for {}", cert.display(), key.display(), hosts.join(", "));
+        Ok(())
+    };
+    match write() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn cluster(config: Option<PathBuf>, action: ClusterAction) -> std::process::ExitCode {
     use berth_node::cluster_cli::Admin;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
@@ -207,6 +249,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve { config, config_file, data_dir } => (config, config_file, data_dir),
         Command::Cluster { config, action } => return cluster(config, action),
         Command::Admin { config, node, action } => return admin(config, node, action),
+        Command::Tls { action: TlsAction::SelfSigned { hosts, cert, key } } => return self_signed(&hosts, &cert, &key),
     };
     let file = config.or(config_file);
     let (cfg, unknown) = match Config::load(file.as_deref(), std::env::vars()) {

@@ -17,9 +17,8 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Limits, TlsConfig};
+use crate::config::Limits;
 
 
 
@@ -29,7 +28,7 @@ use crate::config::{Limits, TlsConfig};
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    tls: Option<TlsAcceptor>,
+    tls: Option<crate::tls::SharedTls>,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -76,7 +75,9 @@ pub async fn serve(
                     let conn = builder.serve_connection(TokioIo::new(io), svc);
                     watcher.watch(conn.into_owned()).await
                 }
-                Some(acceptor) => {
+                Some(shared) => {
+                    // The acceptor current at accept: a reload never touches open connections.
+                    let acceptor = shared.current();
                     let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => return tracing::info!(%peer, "TLS handshake failed: {e}"),
@@ -216,42 +217,6 @@ pub fn raise_fd_limit() {
             }
         }
     }
-}
-
-/// Builds a rustls acceptor from `http.tls`.
-pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<Option<TlsAcceptor>> {
-    let (Some(cert), Some(key)) = (&tls.certificate, &tls.key) else { return Ok(None) };
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("http.tls.certificate: {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .context("http.tls.certificate: not PEM")?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("http.tls.key: {}", key.display()))?,
-    ))
-    .context("http.tls.key: not PEM")?
-    .context("http.tls.key: no private key found")?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = match tls.minimumtls.as_deref() {
-        Some("tls1.3") => &[&rustls::version::TLS13],
-        _ => &[&rustls::version::TLS12, &rustls::version::TLS13],
-    };
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
-    let builder = if tls.clientcas.is_empty() {
-        builder.with_no_client_auth()
-    } else {
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in &tls.clientcas {
-            for c in rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(ca)?)) {
-                roots.add(c?)?;
-            }
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
-        builder.with_client_cert_verifier(verifier)
-    };
-    let mut cfg = builder.with_single_cert(certs, key).context("http.tls: certificate and key do not match")?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(TlsAcceptor::from(Arc::new(cfg))))
 }
 
 /// The debug listener's router: `/debug/health` and Prometheus metrics.

@@ -136,3 +136,81 @@ async fn serves_tls_from_distribution_config() {
     tracing::info!("a client that does not trust it is refused");
     assert!(reqwest::get(format!("{}/v2/", node.url)).await.is_err());
 }
+
+fn curl_tls(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}"]).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_speaks_http2_reloads_on_sighup_and_checks_client_certificates() {
+    init_tracing();
+    if !berth_tests::require_tool("openssl") || !berth_tests::require_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (cert, key) = (d.join("tls.crt"), d.join("tls.key"));
+
+    tracing::info!("berth makes a self-signed certificate for a first try");
+    berth_tests::run(berth_tests::berth_command().args(["tls", "self-signed", "--host", "127.0.0.1", "--host", "localhost"]).arg("--cert").arg(&cert).arg("--key").arg(&key));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let cfg = d.join("config.yml");
+    std::fs::write(&cfg, format!("version: 0.1\nhttp:\n  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())).unwrap();
+    let node = Berth::start(&d.join("data"), Some(&cfg), &[]);
+    let url = format!("{}/v2/", node.url);
+    let self_signed = d.join("self-signed.pem");
+    std::fs::copy(&cert, &self_signed).unwrap();
+    let ss = self_signed.to_str().unwrap();
+    assert_eq!(curl_tls(&["--cacert", ss, "--http2", &url]), (true, "200 2".into()), "HTTP/2 by ALPN");
+    assert_eq!(curl_tls(&["--cacert", ss, "--http1.1", &url]), (true, "200 1.1".into()));
+
+    tracing::info!("a new certificate on disk and SIGHUP: new connections get it, an open one goes on");
+    let pinned = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&self_signed).unwrap()).unwrap())
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap();
+    assert_eq!(pinned.get(&url).send().await.unwrap().status(), 200);
+    let ca = berth_tests::TestCa::new(d, "rotated-ca");
+    let (new_cert, new_key) = ca.issue("rotated");
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    // SAFETY: kill(2) on a child process of this test.
+    unsafe { libc::kill(node.pid() as i32, libc::SIGHUP) };
+    let ca_path = ca.cert.to_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !curl_tls(&["--cacert", &ca_path, &url]).0 {
+        assert!(std::time::Instant::now() < deadline, "the new certificate was not served after SIGHUP");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!curl_tls(&["--cacert", ss, &url]).0, "new connections still get the old certificate");
+    assert_eq!(pinned.get(&url).send().await.unwrap().status(), 200, "the connection opened before the reload was dropped");
+
+    tracing::info!("a broken file and SIGHUP: the certificate in use stays");
+    std::fs::write(&key, "not a key").unwrap();
+    unsafe { libc::kill(node.pid() as i32, libc::SIGHUP) };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(curl_tls(&["--cacert", &ca_path, &url]).0);
+    drop(node);
+
+    tracing::info!("clientcas: a client without a certificate from those CAs is refused");
+    let (client_cert, client_key) = ca.issue("client");
+    let cfg = d.join("mtls.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nhttp:\n  tls:\n    certificate: {}\n    key: {}\n    clientcas: [{}]\n",
+            new_cert.display(),
+            new_key.display(),
+            ca_path
+        ),
+    )
+    .unwrap();
+    let node = Berth::start(&d.join("data2"), Some(&cfg), &[]);
+    let url = format!("{}/v2/", node.url);
+    assert!(!curl_tls(&["--cacert", &ca_path, &url]).0, "no client certificate, yet served");
+    let (cc, ck) = (client_cert.to_str().unwrap(), client_key.to_str().unwrap());
+    assert_eq!(curl_tls(&["--cacert", &ca_path, "--cert", cc, "--key", ck, &url]), (true, "200 2".into()));
+}
