@@ -8,6 +8,7 @@ cd "$(dirname "$0")/../.."
 SIZE=${1:-1024}
 TAGS=${2:-2000}
 WORK=${WORK:-$(mktemp -d /var/tmp/berth-auth-bench.XXXX)}
+mkdir -p "$WORK"
 command -v wrk >/dev/null || apt-get install -y -qq wrk
 cargo build --release -q -p berth-node -p berth-tests --bin berth --bin berth-bench
 BENCH=target/release/berth-bench

@@ -210,6 +210,40 @@ async fn roles_and_tokens_with_real_clients() {
     skopeo_ok(&["inspect", "--raw", "--tls-verify=false", "--no-creds", &image("v1")]);
     skopeo_fails(&["copy", "--dest-tls-verify=false", "--dest-creds", "rep:rep-password-1", &from, &image("nope")]);
 
+    tracing::info!("the signing key rotates: tokens signed by the old key keep working until they expire");
+    let token_for = |user: &'static str, secret: &'static str| {
+        let (http, url) = (http.clone(), node.url.clone());
+        async move {
+            let t: Value = http
+                .get(format!("{url}/jwt/auth?service=container_registry&scope=repository:grp/app:pull"))
+                .basic_auth(user, Some(secret))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            t["token"].as_str().unwrap().to_string()
+        }
+    };
+    let kid = |jwt: &str| jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
+    let before = token_for("rep", "rep-password-1").await;
+    let rotated = run(berth_command().args(["admin", "--node", &node.grpc_addr, "rotate-signing-key"]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let t = token_for("rep", "rep-password-1").await;
+        if kid(&t) != kid(&before) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "still signing with the old key after: {rotated}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(rotated.contains(&kid(&after)), "{rotated}");
+    for t in [&before, &after] {
+        let r = http.get(format!("{}/v2/grp/app/tags/list", node.url)).bearer_auth(t).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
     tracing::info!("bad API credentials are refused");
     let (s, _) = V4 { http: http.clone(), base: node.url.clone(), token: "berth_pat_forged".into() }.call(reqwest::Method::GET, "/user", None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod scope;
 pub mod token;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -153,6 +154,7 @@ pub struct Authorizer {
     view: Mutex<Option<Arc<IdentityView>>>,
     /// A bcrypt hash of the usual cost, checked for unknown users.
     decoy: Arc<str>,
+    verified: VerifiedTokens,
 }
 
 /// bcrypt cost of passwords Berth stores (GitLab's).
@@ -189,7 +191,7 @@ impl Authorizer {
             Mode::Issuer { .. } => Arc::from(bcrypt::hash(rand::random::<[u8; 16]>(), PASSWORD_COST).expect("bcrypt").as_str()),
             _ => Arc::from(""),
         };
-        Ok(Authorizer { mode, limiter: LoginLimiter::new(limits), decisions, refusals, view: Mutex::new(None), decoy })
+        Ok(Authorizer { mode, limiter: LoginLimiter::new(limits), decisions, refusals, view: Mutex::new(None), decoy, verified: VerifiedTokens::default() })
     }
 
     /// An authorizer that lets everyone in, registering nothing (tests, tools).
@@ -202,6 +204,7 @@ impl Authorizer {
             refusals: c(),
             view: Mutex::new(None),
             decoy: Arc::from(""),
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -311,13 +314,13 @@ impl Authorizer {
         let outcome = match &self.mode {
             Mode::Open => return Ok(Grant::everything(None)),
             Mode::Htpasswd { file, .. } => self.basic(caller, file).await,
-            Mode::Token { verifier, keys, .. } => bearer(caller, verifier, keys, needs, |_| true),
+            Mode::Token { verifier, keys, .. } => bearer(caller, &self.verified, verifier, keys, needs, |_| true),
             Mode::Issuer { verifier, .. } => {
                 let now = now_ms();
                 // The credential behind the token must still hold: revoking a token or
                 // ending a job takes effect now, not when the JWT expires.
                 let check = |view: &IdentityView| {
-                    bearer(caller, verifier, &view.keys, needs, |claims| {
+                    bearer(caller, &self.verified, verifier, &view.keys, needs, |claims| {
                         issuer::principal_of(claims.berth.as_ref()).is_some_and(|p| p.still_valid(&view.identity, now))
                     })
                 };
@@ -420,8 +423,42 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Tokens whose signature and claims were checked, by SHA-256 of the token: a client sends
+/// the same token with every request of a push or pull, and an ECDSA or RSA verification
+/// costs more than the rest of a manifest GET. Expiry is checked again on every use.
+#[derive(Default)]
+struct VerifiedTokens(Mutex<HashMap<[u8; 32], Arc<token::Claims>>>);
+
+/// The most tokens remembered; the memory is dropped whole when it fills.
+const VERIFIED_MAX: usize = 16_384;
+
+impl VerifiedTokens {
+    fn check(&self, verifier: &TokenVerifier, keys: &TrustedKeys, token: &str) -> Result<Arc<token::Claims>, TokenError> {
+        use sha2::Digest as _;
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let known = self.0.lock().expect("verified tokens").get(&key).cloned();
+        if let Some(c) = known {
+            if secs > c.expires + token::LEEWAY_SECS {
+                self.0.lock().expect("verified tokens").remove(&key);
+                return Err(TokenError::Expired);
+            }
+            return Ok(c);
+        }
+        let claims = Arc::new(verifier.verify(keys, token, now)?);
+        let mut map = self.0.lock().expect("verified tokens");
+        if map.len() >= VERIFIED_MAX {
+            map.clear();
+        }
+        map.insert(key, claims.clone());
+        Ok(claims)
+    }
+}
+
 fn bearer(
     caller: Caller<'_>,
+    verified: &VerifiedTokens,
     verifier: &TokenVerifier,
     keys: &TrustedKeys,
     needs: &Needs,
@@ -435,11 +472,11 @@ fn bearer(
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .ok_or_else(|| refusal("no_credentials", None))?;
-    let claims = verifier.verify(keys, token, SystemTime::now()).map_err(|e| refusal(e.as_str(), e.challenge_error()))?;
+    let claims = verified.check(verifier, keys, token).map_err(|e| refusal(e.as_str(), e.challenge_error()))?;
     if !still_valid(&claims) {
-        return Err(Refusal { reason: "credential_revoked", error: Some("invalid_token"), subject: claims.subject, retry_after: None });
+        return Err(Refusal { reason: "credential_revoked", error: Some("invalid_token"), subject: claims.subject.clone(), retry_after: None });
     }
-    let grant = Grant::scoped(claims.subject, claims.access);
+    let grant = Grant::scoped(claims.subject.clone(), claims.access.clone());
     if !needs.required.iter().all(|s| grant.covers(s)) {
         return Err(Refusal { reason: "insufficient_scope", error: Some("insufficient_scope"), subject: grant.subject, retry_after: None });
     }
