@@ -138,7 +138,11 @@ async fn roles_and_tokens_with_real_clients() {
         let part = t["token"].as_str().unwrap().split('.').nth(1).unwrap();
         serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
     };
-    assert_eq!(claims["access"], json!([{"type": "repository", "name": "grp/app", "actions": ["pull"]}]));
+    // Pull only (a Reporter), and the catalog (which will list only what rep may pull).
+    assert_eq!(
+        claims["access"],
+        json!([{"type": "repository", "name": "grp/app", "actions": ["pull"]}, {"type": "registry", "name": "catalog", "actions": ["*"]}])
+    );
     assert_eq!(claims["sub"], "rep");
     let r = http.get(format!("{}/jwt/auth?service=other", node.url)).send().await.unwrap();
     assert_eq!(r.status(), 404, "GitLab answers an unknown service with 404");
@@ -180,11 +184,30 @@ async fn roles_and_tokens_with_real_clients() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     skopeo_fails(&["inspect", "--raw", "--tls-verify=false", "--creds", &job_creds, &image("ci")]);
 
-    tracing::info!("a Developer cannot manage members or see the catalog; the admin can");
+    tracing::info!("a Developer cannot manage members or users; the catalog shows each caller what they may pull");
     let (s, _) = dev_api.call(reqwest::Method::POST, &format!("/projects/{pid}/members"), Some(json!({"user_id": rep, "access_level": 40}))).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = dev_api.call(reqwest::Method::POST, "/users", Some(json!({"username": "x", "password": "long-enough"}))).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    // A repository dev may not see: root pushes a blob to it.
+    let root_token: Value = http
+        .get(format!("{}/jwt/auth?service=container_registry&scope=repository:hidden/thing:pull,push", node.url))
+        .basic_auth("root", Some(ADMIN_PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let blob = random_bytes(43, 100);
+    let r = http
+        .post(format!("{}/v2/hidden/thing/blobs/uploads/?digest={}", node.url, berth_proto::Digest::sha256_of(&blob)))
+        .bearer_auth(root_token["token"].as_str().unwrap())
+        .body(blob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     let catalog = |user: &'static str, secret: String| {
         let http = http.clone();
         let url = node.url.clone();
@@ -198,11 +221,15 @@ async fn roles_and_tokens_with_real_clients() {
                 .json()
                 .await
                 .unwrap();
-            http.get(format!("{url}/v2/_catalog")).bearer_auth(t["token"].as_str().unwrap()).send().await.unwrap().status()
+            let r = http.get(format!("{url}/v2/_catalog")).bearer_auth(t["token"].as_str().unwrap()).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null)["repositories"].clone())
         }
     };
-    assert_eq!(catalog("dev", api_pat.clone()).await, 401);
-    assert_eq!(catalog("root", ADMIN_PASSWORD.to_string()).await, 200);
+    // The catalog lists what the caller may pull; an administrator sees everything.
+    assert_eq!(catalog("dev", api_pat.clone()).await, (StatusCode::OK, json!(["grp/app"])));
+    assert_eq!(catalog("root", ADMIN_PASSWORD.to_string()).await, (StatusCode::OK, json!(["grp/app", "hidden/thing"])));
+    let r = http.get(format!("{}/v2/_catalog", node.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401, "anonymous gets no catalog");
 
     tracing::info!("a public project is pulled anonymously");
     let (s, _) = root.call(reqwest::Method::PUT, &format!("/projects/{pid}"), Some(json!({"visibility": "public"}))).await;

@@ -136,8 +136,9 @@ impl IdentityView {
     }
 
     /// What `who` gets of `requested`: each repository scope cut to the allowed actions
-    /// (`*` only with pull, push and delete all allowed), `registry:catalog:*` for admins;
-    /// scopes left with no action are dropped.
+    /// (`*` only with pull, push and delete all allowed), `registry:catalog:*` for anyone
+    /// signed in (the catalog then lists only what they may pull); scopes left with no
+    /// action are dropped.
     pub fn grant(&self, who: &Principal, requested: &[Scope], now_ms: u64) -> Vec<Scope> {
         let id = &self.identity;
         let mut out: Vec<Scope> = vec![];
@@ -151,7 +152,7 @@ impl IdentityView {
                         .cloned()
                         .collect()
                 }
-                "registry" if s.name == "catalog" && who.is_admin(id) && who.still_valid(id, now_ms) => {
+                "registry" if s.name == "catalog" && *who != Principal::Anonymous && who.still_valid(id, now_ms) => {
                     s.actions.iter().filter(|a| *a == "*").cloned().collect()
                 }
                 _ => vec![],
@@ -249,7 +250,7 @@ mod tests {
         assert!(matches!(view.login(JOB_USER, &secret, 1), Login::Unknown { .. }), "a PAT is not a job token");
         let asked = Scope::parse_all(["repository:grp/app:pull,push", "repository:other:pull", "registry:catalog:*"]);
         let granted = view.grant(&who, &asked, 1);
-        assert_eq!(granted, vec![Scope::repository("grp/app", &["pull"])]);
+        assert_eq!(granted, vec![Scope::repository("grp/app", &["pull"]), Scope::catalog()]);
         let token = view.mint("berth", "container_registry", &who, &granted, 1_700_000_000).unwrap();
         let v = TokenVerifier { issuer: "berth".into(), service: "container_registry".into(), algorithms: None };
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_010);
