@@ -538,3 +538,40 @@ pub fn run(cmd: &mut Command) -> String {
     }
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// `docker login HOST -u USER --password-stdin` with its credentials kept in `config_dir`
+/// (`DOCKER_CONFIG`), so tests never touch the machine's docker login.
+pub fn docker_login(config_dir: &Path, host: &str, user: &str, secret: &str) {
+    use std::io::Write;
+    std::fs::create_dir_all(config_dir).unwrap();
+    let mut login = Command::new("docker")
+        .env("DOCKER_CONFIG", config_dir)
+        .args(["login", host, "-u", user, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    login.stdin.take().unwrap().write_all(secret.as_bytes()).unwrap();
+    let out = login.wait_with_output().unwrap();
+    assert!(out.status.success(), "docker login: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// docker imports a one-file image made from `seed`, pushes it as `remote`, removes it
+/// locally and pulls it back, with the logins of `config_dir` (`DOCKER_CONFIG`); returns
+/// the image id pushed and the one pulled.
+pub fn docker_push_pull(config_dir: &Path, work: &Path, seed: u64, remote: &str) -> (String, String) {
+    let rootfs = work.join(format!("rootfs-{seed}.tar"));
+    std::fs::write(&rootfs, tar_with_file("payload.bin", &random_bytes(seed, 50_000))).unwrap();
+    let local = format!("berth-test-local-{seed}:{}", std::process::id());
+    let docker = |args: &[&str]| run(Command::new("docker").env("DOCKER_CONFIG", config_dir).args(args));
+    docker(&["import", rootfs.to_str().unwrap(), &local]);
+    let pushed = docker(&["image", "inspect", "-f", "{{.Id}}", &local]);
+    docker(&["tag", &local, remote]);
+    docker(&["push", remote]);
+    docker(&["rmi", &local, remote]);
+    docker(&["pull", remote]);
+    let pulled = docker(&["image", "inspect", "-f", "{{.Id}}", remote]);
+    docker(&["rmi", remote]);
+    (pushed.trim().to_string(), pulled.trim().to_string())
+}

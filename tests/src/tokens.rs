@@ -240,3 +240,19 @@ fn urldecode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).to_string()
 }
+
+/// A registry token from `/jwt/auth` at `url` for `user`/`secret` and `scopes`
+/// (space-separated), as a client would ask for it.
+pub async fn registry_token(http: &reqwest::Client, url: &str, user: &str, secret: &str, scopes: &str) -> String {
+    let scope: String = scopes.split(' ').map(|s| format!("&scope={s}")).collect();
+    let t: Value = http
+        .get(format!("{url}/jwt/auth?service=container_registry{scope}"))
+        .basic_auth(user, Some(secret))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    t["token"].as_str().expect("a token").to_string()
+}

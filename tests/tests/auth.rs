@@ -141,30 +141,9 @@ async fn htpasswd_with_skopeo_and_docker() {
     }
     tracing::info!("docker login, push, pull");
     let cfg = dir.path().join("docker-config");
-    std::fs::create_dir_all(&cfg).unwrap();
-    let docker = |args: &[&str]| run(Command::new("docker").env("DOCKER_CONFIG", &cfg).args(args));
-    let mut login = Command::new("docker")
-        .env("DOCKER_CONFIG", &cfg)
-        .args(["login", addr, "-u", "ci", "--password-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    login.stdin.take().unwrap().write_all(b"s3cret").unwrap();
-    let out = login.wait_with_output().unwrap();
-    assert!(out.status.success(), "docker login: {}", String::from_utf8_lossy(&out.stderr));
-    let rootfs = dir.path().join("rootfs.tar");
-    std::fs::write(&rootfs, berth_tests::tar_with_file("f.bin", &random_bytes(12, 50_000))).unwrap();
-    let local = format!("berth-auth-local:{}", std::process::id());
-    let remote = format!("{addr}/team/docker:1");
-    docker(&["import", rootfs.to_str().unwrap(), &local]);
-    docker(&["tag", &local, &remote]);
-    docker(&["push", &remote]);
-    docker(&["rmi", &local, &remote]);
-    docker(&["pull", &remote]);
-    docker(&["rmi", &remote]);
+    berth_tests::docker_login(&cfg, addr, "ci", "s3cret");
+    let (pushed, pulled) = berth_tests::docker_push_pull(&cfg, dir.path(), 12, &format!("{addr}/team/docker:1"));
+    assert_eq!(pushed, pulled);
 }
 
 /// A node in token mode trusting `bundle` (certificates) and/or `jwks`.

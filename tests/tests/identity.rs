@@ -5,7 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_tests::{berth_command, init_tracing, random_bytes, require_tool, run, voter_cluster, write_oci_layout, Berth};
+use berth_tests::tokens::registry_token;
+use berth_tests::{berth_command, docker_login, init_tracing, random_bytes, require_tool, run, voter_cluster, write_oci_layout, Berth};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -150,29 +151,9 @@ async fn roles_and_tokens_with_real_clients() {
     tracing::info!("docker logs in with a personal access token");
     if require_tool("docker") {
         let cfg = dir.path().join("docker-config");
-        std::fs::create_dir_all(&cfg).unwrap();
-        let mut login = Command::new("docker")
-            .env("DOCKER_CONFIG", &cfg)
-            .args(["login", &node.addr, "-u", "dev", "--password-stdin"])
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        login.stdin.take().unwrap().write_all(api_pat.as_bytes()).unwrap();
-        let out = login.wait_with_output().unwrap();
-        assert!(out.status.success(), "docker login: {}", String::from_utf8_lossy(&out.stderr));
-        let rootfs = dir.path().join("rootfs.tar");
-        std::fs::write(&rootfs, berth_tests::tar_with_file("f", &random_bytes(42, 30_000))).unwrap();
-        let local = format!("berth-identity-local:{}", std::process::id());
-        let remote = format!("{}/grp/app:docker", node.addr);
-        let docker = |args: &[&str]| run(Command::new("docker").env("DOCKER_CONFIG", &cfg).args(args));
-        docker(&["import", rootfs.to_str().unwrap(), &local]);
-        docker(&["tag", &local, &remote]);
-        docker(&["push", &remote]);
-        docker(&["rmi", &local, &remote]);
-        docker(&["pull", &remote]);
-        docker(&["rmi", &remote]);
+        docker_login(&cfg, &node.addr, "dev", &api_pat);
+        let (pushed, pulled) = berth_tests::docker_push_pull(&cfg, dir.path(), 42, &format!("{}/grp/app:docker", node.addr));
+        assert_eq!(pushed, pulled);
     }
 
     tracing::info!("a CI job token pushes to its project until its job ends");
@@ -190,19 +171,11 @@ async fn roles_and_tokens_with_real_clients() {
     let (s, _) = dev_api.call(reqwest::Method::POST, "/users", Some(json!({"username": "x", "password": "long-enough"}))).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // A repository dev may not see: root pushes a blob to it.
-    let root_token: Value = http
-        .get(format!("{}/jwt/auth?service=container_registry&scope=repository:hidden/thing:pull,push", node.url))
-        .basic_auth("root", Some(ADMIN_PASSWORD))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let root_token = registry_token(&http, &node.url, "root", ADMIN_PASSWORD, "repository:hidden/thing:pull,push").await;
     let blob = random_bytes(43, 100);
     let r = http
         .post(format!("{}/v2/hidden/thing/blobs/uploads/?digest={}", node.url, berth_proto::Digest::sha256_of(&blob)))
-        .bearer_auth(root_token["token"].as_str().unwrap())
+        .bearer_auth(&root_token)
         .body(blob)
         .send()
         .await
@@ -212,16 +185,8 @@ async fn roles_and_tokens_with_real_clients() {
         let http = http.clone();
         let url = node.url.clone();
         async move {
-            let t: Value = http
-                .get(format!("{url}/jwt/auth?service=container_registry&scope=registry:catalog:*"))
-                .basic_auth(user, Some(secret))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let r = http.get(format!("{url}/v2/_catalog")).bearer_auth(t["token"].as_str().unwrap()).send().await.unwrap();
+            let t = registry_token(&http, &url, user, &secret, "registry:catalog:*").await;
+            let r = http.get(format!("{url}/v2/_catalog")).bearer_auth(t).send().await.unwrap();
             (r.status(), r.json::<Value>().await.unwrap_or(Value::Null)["repositories"].clone())
         }
     };
@@ -240,18 +205,7 @@ async fn roles_and_tokens_with_real_clients() {
     tracing::info!("the signing key rotates: tokens signed by the old key keep working until they expire");
     let token_for = |user: &'static str, secret: &'static str| {
         let (http, url) = (http.clone(), node.url.clone());
-        async move {
-            let t: Value = http
-                .get(format!("{url}/jwt/auth?service=container_registry&scope=repository:grp/app:pull"))
-                .basic_auth(user, Some(secret))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            t["token"].as_str().unwrap().to_string()
-        }
+        async move { registry_token(&http, &url, user, secret, "repository:grp/app:pull").await }
     };
     let kid = |jwt: &str| jsonwebtoken::decode_header(jwt).unwrap().kid.unwrap();
     let before = token_for("rep", "rep-password-1").await;

@@ -113,29 +113,10 @@ async fn tokens_through_the_load_balancer() {
 
     tracing::info!("docker login with a personal access token, push, pull, through the load balancer");
     let cfg = dir.path().join("docker-config");
-    std::fs::create_dir_all(&cfg).unwrap();
-    let mut login = Command::new("docker")
-        .env("DOCKER_CONFIG", &cfg)
-        .args(["login", &host, "-u", "dev", "--password-stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    login.stdin.take().unwrap().write_all(pat.as_bytes()).unwrap();
-    let out = login.wait_with_output().unwrap();
-    assert!(out.status.success(), "docker login: {}", String::from_utf8_lossy(&out.stderr));
-    let rootfs = dir.path().join("rootfs.tar");
-    std::fs::write(&rootfs, tar_with_file("payload.bin", &random_bytes(65, 300_000))).unwrap();
-    let local = format!("berth-lb-auth:{}", std::process::id());
+    berth_tests::docker_login(&cfg, &host, "dev", &pat);
     let remote = format!("{host}/lb/app:1");
-    let docker = |args: &[&str]| run(Command::new("docker").env("DOCKER_CONFIG", &cfg).args(args));
-    docker(&["import", rootfs.to_str().unwrap(), &local]);
-    docker(&["tag", &local, &remote]);
-    docker(&["push", &remote]);
-    docker(&["rmi", &local, &remote]);
-    docker(&["pull", &remote]);
-    docker(&["rmi", &remote]);
+    let (pushed, pulled) = berth_tests::docker_push_pull(&cfg, dir.path(), 65, &remote);
+    assert_eq!(pushed, pulled);
 
     tracing::info!("a read-only deploy token pulls through the load balancer and cannot push");
     let out = dir.path().join("pulled");

@@ -233,28 +233,25 @@ impl Authorizer {
 
     /// Checks a Basic login against identity (rate-limited per address and account): the
     /// principal and the identity it was found in, or the refusal to send (401 or 429). No
-    /// credentials at all is anonymous. A credential this node does not know yet is looked
-    /// up again in the cluster's current identity before it is refused.
+    /// credentials at all is anonymous.
     pub async fn login(&self, caller: Caller<'_>, meta: &dyn Metadata) -> Result<(Principal, Arc<IdentityView>), Response> {
-        let mut view = self.view(meta.identity());
-        let Some((user, secret)) = basic_credentials(caller.headers) else { return Ok((Principal::Anonymous, view)) };
+        let Some((user, secret)) = basic_credentials(caller.headers) else {
+            return Ok((Principal::Anonymous, self.view(meta.identity())));
+        };
         if let Err(wait) = self.limiter.check(&user, caller.client) {
             self.refused_login(caller, &user, "rate_limited");
             return Err(ApiError::new(Code::TooManyRequests, "too many failed logins; try again later")
                 .header(header::RETRY_AFTER, wait.as_secs().max(1).to_string())
                 .into_response());
         }
-        let now = now_ms();
-        let mut found = check_login(&view, &user, &secret, now).await;
-        if found.is_none() {
-            // A credential made on another node a moment ago? Ask the cluster before refusing.
-            if let Ok(fresh) = meta.identity_now().await {
-                if fresh.version != view.identity.version {
-                    view = self.view(fresh);
-                    found = check_login(&view, &user, &secret, now).await;
-                }
-            }
-        }
+        // A login is decided on identity as the cluster has it now: a token, a user or a
+        // membership made through another node a moment ago counts (one read per token
+        // request, not per registry request).
+        let view = match meta.identity_now().await {
+            Ok(fresh) => self.view(fresh),
+            Err(e) => return Err(ApiError::from(e).into_response()),
+        };
+        let found = check_login(&view, &user, &secret, now_ms()).await;
         match found {
             Some(p) => Ok((p, view)),
             None => {
