@@ -6,11 +6,6 @@ use berth_api::auth::{self, Authorizer, Htpasswd, LoginLimits, Mode, Realm, Toke
 
 use crate::config::auth::{AuthConfig, AuthKind};
 
-/// An algorithm name from `signingalgorithms`.
-pub fn algorithm(name: &str) -> anyhow::Result<auth::token::Algorithm> {
-    auth::token::algorithm(name).map_err(|e| anyhow!("{e}"))
-}
-
 /// The authorizer the configuration asks for, with its counters in `registry`.
 /// `tls`: the HTTP listener serves TLS (the scheme of a realm derived from requests).
 pub fn authorizer(cfg: &AuthConfig, tls: bool, registry: &prometheus::Registry) -> anyhow::Result<Authorizer> {
@@ -49,7 +44,7 @@ pub fn authorizer(cfg: &AuthConfig, tls: bool, registry: &prometheus::Registry) 
             if keys.is_empty() {
                 bail!("auth.token: no key found in rootcertbundle or jwks");
             }
-            let algorithms = t.signingalgorithms.as_ref().map(|a| a.iter().map(|n| algorithm(n)).collect::<anyhow::Result<Vec<_>>>()).transpose()?;
+            let algorithms = t.signingalgorithms.as_ref().map(|a| a.iter().map(|n| auth::token::algorithm(n).map_err(|e| anyhow!("auth.token.signingalgorithms: {e}"))).collect::<anyhow::Result<Vec<_>>>()).transpose()?;
             let realm = if t.autoredirect == Some(true) {
                 Realm::FromRequest { scheme: "https".into(), path: t.autoredirectpath.clone().unwrap_or_else(|| "/auth/token".into()) }
             } else {

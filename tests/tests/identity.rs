@@ -125,18 +125,10 @@ async fn roles_and_tokens_with_real_clients() {
     skopeo_fails(&["inspect", "--raw", "--tls-verify=false", "--creds", "dev:wrong-password", &image("v1")]);
 
     tracing::info!("the token endpoint grants the intersection, 200 even when empty");
-    let t: Value = http
-        .get(format!("{}/jwt/auth?service=container_registry&scope=repository:grp/app:pull,push,delete&scope=registry:catalog:*", node.url))
-        .basic_auth("rep", Some("rep-password-1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t = registry_token(&http, &node.url, "rep", "rep-password-1", "repository:grp/app:pull,push,delete registry:catalog:*").await;
     let claims: Value = {
         use base64::Engine as _;
-        let part = t["token"].as_str().unwrap().split('.').nth(1).unwrap();
+        let part = t.split('.').nth(1).unwrap();
         serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
     };
     // Pull only (a Reporter), and the catalog (which will list only what rep may pull).

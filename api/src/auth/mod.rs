@@ -196,20 +196,6 @@ impl Authorizer {
         Ok(Authorizer { mode, limiter: LoginLimiter::new(limits), decisions, refusals, view: Mutex::new(None), decoy, verified: VerifiedTokens::default() })
     }
 
-    /// An authorizer that lets everyone in, registering nothing (tests, tools).
-    pub fn open() -> Authorizer {
-        let c = || IntCounterVec::new(Opts::new("unregistered", "unregistered"), &["x"]).expect("valid metric");
-        Authorizer {
-            mode: Mode::Open,
-            limiter: LoginLimiter::new(LoginLimits::default()),
-            decisions: c(),
-            refusals: c(),
-            view: Mutex::new(None),
-            decoy: Arc::from(""),
-            verified: VerifiedTokens::default(),
-        }
-    }
-
     /// `(issuer, service)` when Berth issues its own tokens.
     pub fn issuer(&self) -> Option<(&str, &str)> {
         match &self.mode {
@@ -239,10 +225,8 @@ impl Authorizer {
             return Ok((Principal::Anonymous, self.view(meta.identity())));
         };
         if let Err(wait) = self.limiter.check(&user, caller.client) {
-            self.refused_login(caller, &user, "rate_limited");
-            return Err(ApiError::new(Code::TooManyRequests, "too many failed logins; try again later")
-                .header(header::RETRY_AFTER, wait.as_secs().max(1).to_string())
-                .into_response());
+            self.audit(caller, "refused", Some("rate_limited"), Some(&user), "");
+            return Err(too_many(wait));
         }
         // A login is decided on identity as the cluster has it now: a token, a user or a
         // membership made through another node a moment ago counts (one read per token
@@ -256,7 +240,7 @@ impl Authorizer {
             Some(p) => Ok((p, view)),
             None => {
                 self.limiter.failed(&user, caller.client);
-                self.refused_login(caller, &user, "bad_credentials");
+                self.audit(caller, "refused", Some("bad_credentials"), Some(&user), "");
                 Err(ApiError::new(Code::Unauthorized, "HTTP Basic: Access denied. Check your username and password or token")
                     .header(header::WWW_AUTHENTICATE, "Basic realm=\"berth\"".to_string())
                     .into_response())
@@ -264,29 +248,36 @@ impl Authorizer {
         }
     }
 
-    fn refused_login(&self, caller: Caller<'_>, user: &str, reason: &'static str) {
-        self.decisions.with_label_values(&["refused"]).inc();
-        self.refusals.with_label_values(&[reason]).inc();
-        tracing::info!(target: "audit", decision = "refused", reason, user, client = %client_text(&caller),
-            method = %caller.method, path = caller.path, scope = "");
+    /// One audit line per decision, and its counts: `decision` is `granted`, `token_issued`
+    /// or `refused`; a refusal names its `reason`.
+    fn audit(&self, caller: Caller<'_>, decision: &'static str, reason: Option<&'static str>, user: Option<&str>, scope: &str) {
+        let (user, client) = (user.unwrap_or("-"), client_text(&caller));
+        match reason {
+            None => {
+                self.decisions.with_label_values(&["granted"]).inc();
+                tracing::info!(target: "audit", decision, user, client = %client, method = %caller.method, path = caller.path, scope = %scope);
+            }
+            Some(reason) => {
+                self.decisions.with_label_values(&["refused"]).inc();
+                self.refusals.with_label_values(&[reason]).inc();
+                tracing::info!(target: "audit", decision, reason, user, client = %client, method = %caller.method, path = caller.path, scope = %scope);
+            }
+        }
     }
 
     /// Records an `/api/v4` request's authentication.
     pub fn audit_api(&self, caller: Caller<'_>, user: Option<&str>, granted: bool) {
-        let decision = if granted { "granted" } else { "refused" };
-        self.decisions.with_label_values(&[decision]).inc();
-        if !granted {
-            self.refusals.with_label_values(&["insufficient_scope"]).inc();
+        match granted {
+            true => self.audit(caller, "granted", None, user, "api"),
+            false => self.audit(caller, "refused", Some("insufficient_scope"), user, "api"),
         }
-        tracing::info!(target: "audit", decision, user = user.unwrap_or("-"), client = %client_text(&caller),
-            method = %caller.method, path = caller.path, scope = "api");
     }
 
     /// Records an `/api/v4` request with a token that is not one; counts toward the limits
     /// of its address.
     pub fn failed_api_login(&self, caller: Caller<'_>) {
         self.limiter.failed("", caller.client);
-        self.refused_login(caller, "-", "bad_credentials");
+        self.audit(caller, "refused", Some("bad_credentials"), None, "");
     }
 
     /// `Err(retry_after)` when the caller's address has failed too often.
@@ -296,10 +287,8 @@ impl Authorizer {
 
     /// Records a token issued by `/jwt/auth`.
     pub fn audit_issued(&self, caller: Caller<'_>, user: Option<&str>, granted: &[Scope]) {
-        self.decisions.with_label_values(&["granted"]).inc();
         let scope = granted.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
-        tracing::info!(target: "audit", decision = "token_issued", user = user.unwrap_or("-"), client = %client_text(&caller),
-            method = %caller.method, path = caller.path, scope = %scope);
+        self.audit(caller, "token_issued", None, user, &scope);
     }
 
     /// True when every caller may do everything.
@@ -339,16 +328,11 @@ impl Authorizer {
         };
         match outcome {
             Ok(grant) => {
-                self.decisions.with_label_values(&["granted"]).inc();
-                tracing::info!(target: "audit", decision = "granted", user = grant.subject.as_deref().unwrap_or("-"),
-                    client = %client_text(&caller), method = %caller.method, path = caller.path, scope = %scope_text(needs));
+                self.audit(caller, "granted", None, grant.subject.as_deref(), &scope_text(needs));
                 Ok(grant)
             }
             Err(r) => {
-                self.decisions.with_label_values(&["refused"]).inc();
-                self.refusals.with_label_values(&[r.reason]).inc();
-                tracing::info!(target: "audit", decision = "refused", reason = r.reason, user = r.subject.as_deref().unwrap_or("-"),
-                    client = %client_text(&caller), method = %caller.method, path = caller.path, scope = %scope_text(needs));
+                self.audit(caller, "refused", Some(r.reason), r.subject.as_deref(), &scope_text(needs));
                 Err(self.refuse(caller, needs, r))
             }
         }
@@ -370,9 +354,7 @@ impl Authorizer {
 
     fn refuse(&self, caller: Caller<'_>, needs: &Needs, r: Refusal) -> Response {
         if let Some(wait) = r.retry_after {
-            return ApiError::new(Code::TooManyRequests, "too many failed logins; try again later")
-                .header(header::RETRY_AFTER, wait.as_secs().max(1).to_string())
-                .into_response();
+            return too_many(wait);
         }
         let challenge = match &self.mode {
             Mode::Open => unreachable!("open mode refuses nothing"),
@@ -402,6 +384,13 @@ impl Authorizer {
         }
         resp
     }
+}
+
+/// 429 with `Retry-After` for a caller that failed to log in too often.
+fn too_many(wait: std::time::Duration) -> Response {
+    ApiError::new(Code::TooManyRequests, "too many failed logins; try again later")
+        .header(header::RETRY_AFTER, wait.as_secs().max(1).to_string())
+        .into_response()
 }
 
 /// The principal `user`/`secret` logs in as in `view`, bcrypt included (off the runtime).

@@ -101,7 +101,7 @@ impl AuthConfig {
                 }
                 if let Some(algs) = &t.signingalgorithms {
                     for a in algs {
-                        crate::access::algorithm(a).map_err(|e| anyhow!("invalid configuration value at auth.token.signingalgorithms: {e}"))?;
+                        berth_api::auth::token::algorithm(a).map_err(|e| anyhow!("invalid configuration value at auth.token.signingalgorithms: {e}"))?;
                     }
                 }
                 Ok(AuthKind::Token(t))
