@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod client;
 pub mod endpoint;
 pub mod error;
 pub mod handlers;
@@ -33,6 +34,8 @@ pub struct ApiConfig {
     pub read_only: bool,
     /// The slowest an upload body may arrive before it is cut.
     pub body_rate: handlers::BodyRate,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: client::TrustedProxies,
 }
 
 /// Everything a request handler needs.
@@ -118,7 +121,7 @@ async fn authorize(api: &Api, ep: &Endpoint, req: &axum::http::request::Parts) -
         _ => None,
     };
     let needs = auth::needs(ep, &req.method, from.as_deref());
-    let client = req.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let client = api.config.trusted_proxies.client_of(req);
     let caller = auth::Caller { headers: &req.headers, client, method: &req.method, path: req.uri.path() };
     api.auth.authorize(caller, &needs, api.meta.as_ref()).await
 }

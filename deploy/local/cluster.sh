@@ -94,6 +94,9 @@ write_config() {
     echo "berth:"
     echo "  role: $role"
     echo "  clustertokenfile: $token"
+    # nginx below connects from loopback and names the client in X-Forwarded-For, so that
+    # login limits and the audit log see each client, not the balancer.
+    echo "  trustedproxies: 127.0.0.1"
     if [[ "$role" == voter ]]; then
       echo "  nodeid: $n"
       echo "  grpcaddr: $grpc"
@@ -135,6 +138,7 @@ write_nginx() {
     echo "      proxy_set_header Connection \"\";"
     echo "      proxy_set_header Host \$http_host;"
     echo "      proxy_set_header X-Forwarded-Proto \$scheme;"
+    echo "      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;"
     echo "      proxy_request_buffering off;"
     echo "      proxy_buffering off;"
     echo "      proxy_read_timeout 900;"

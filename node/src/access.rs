@@ -15,7 +15,7 @@ pub fn authorizer(cfg: &AuthConfig, tls: bool, registry: &prometheus::Registry) 
             let file = Htpasswd::open(&h.path).map_err(|e| anyhow!("auth.htpasswd.path: {e}"))?;
             Mode::Htpasswd { realm: h.realm.unwrap_or_else(|| "basic-realm".into()), file }
         }
-        AuthKind::Token(t) if t.rootcertbundle.is_none() && t.jwks.is_none() => {
+        AuthKind::Issuer(t) => {
             // No outside keys: Berth is the issuer, with keys kept in Raft.
             let realm = match &t.realm {
                 Some(r) => Realm::Fixed(r.clone()),
@@ -24,12 +24,14 @@ pub fn authorizer(cfg: &AuthConfig, tls: bool, registry: &prometheus::Registry) 
             let verifier = TokenVerifier {
                 issuer: t.issuer.clone().unwrap_or_else(|| "berth".into()),
                 service: t.service.clone().unwrap_or_else(|| "container_registry".into()),
-                algorithms: Some(vec![auth::token::Algorithm::ES256]),
+                // The algorithms of the keys Berth signs with.
+                algorithms: Some(vec![auth::token::Algorithm::ES256, auth::token::Algorithm::RS256]),
             };
             tracing::info!(issuer = %verifier.issuer, service = %verifier.service, "Berth issues registry tokens at /jwt/auth");
             Mode::Issuer { realm, verifier }
         }
-        AuthKind::Token(t) => {
+        AuthKind::External(e) => {
+            let t = &e.token;
             let mut keys = auth::keys::TrustedKeys::default();
             if let Some(p) = &t.rootcertbundle {
                 let pem = std::fs::read(p).with_context(|| format!("auth.token.rootcertbundle: {}", p.display()))?;
@@ -44,15 +46,13 @@ pub fn authorizer(cfg: &AuthConfig, tls: bool, registry: &prometheus::Registry) 
             if keys.is_empty() {
                 bail!("auth.token: no key found in rootcertbundle or jwks");
             }
-            let algorithms = t.signingalgorithms.as_ref().map(|a| a.iter().map(|n| auth::token::algorithm(n).map_err(|e| anyhow!("auth.token.signingalgorithms: {e}"))).collect::<anyhow::Result<Vec<_>>>()).transpose()?;
             let realm = if t.autoredirect == Some(true) {
                 Realm::FromRequest { scheme: "https".into(), path: t.autoredirectpath.clone().unwrap_or_else(|| "/auth/token".into()) }
             } else {
-                Realm::Fixed(t.realm.clone().ok_or_else(|| anyhow!("auth.token.realm: required with rootcertbundle or jwks"))?)
+                Realm::Fixed(e.realm.clone())
             };
-            let issuer = t.issuer.clone().ok_or_else(|| anyhow!("auth.token.issuer: required with rootcertbundle or jwks"))?;
-            let service = t.service.clone().ok_or_else(|| anyhow!("auth.token.service: required with rootcertbundle or jwks"))?;
-            Mode::Token { realm, verifier: TokenVerifier { issuer, service, algorithms }, keys }
+            let verifier = TokenVerifier { issuer: e.issuer.clone(), service: e.service.clone(), algorithms: e.algorithms.clone() };
+            Mode::Token { realm, verifier, keys }
         }
     };
     Ok(Authorizer::new(mode, LoginLimits::default(), registry)?)

@@ -90,14 +90,22 @@ impl IdentityAdmin {
         Ok(())
     }
 
-    /// Starts signing with a new key; the old one keeps verifying until its tokens expire.
-    pub async fn rotate_signing_key(&self) -> anyhow::Result<()> {
-        let (kid, pkcs8) = berth_api::auth::issuer::generate_key();
+    /// Starts signing with a new key (made here, or read from `key_file`); the old one keeps
+    /// verifying until its tokens expire.
+    pub async fn rotate_signing_key(&self, key_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+        let (kid, pkcs8) = match key_file {
+            None => berth_api::auth::signing::generate_key(),
+            Some(f) => {
+                let pem = std::fs::read(f).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+                berth_api::auth::signing::import_pem(&pem).map_err(|e| anyhow!("{}: {e}", f.display()))?
+            }
+        };
         // Keys retired more than an hour ago verify nothing anymore: their tokens expired.
         let before_ms = berth_proto::now_ms().saturating_sub(3_600_000);
         self.change(IdentityChange::DropRetiredKeys { before_ms }).await?;
+        let alg = berth_api::auth::signing::SigningPair::from_pkcs8(&pkcs8).map(|p| p.algorithm()).unwrap_or("?");
         self.change(IdentityChange::AddSigningKey { kid: kid.clone(), pkcs8 }).await?;
-        println!("tokens are now signed with key {kid}");
+        println!("tokens are now signed with key {kid} ({alg})");
         Ok(())
     }
 

@@ -110,7 +110,15 @@ enum AdminAction {
         expires_at: Option<String>,
     },
     /// Sign new registry tokens with a fresh key (the old one verifies until its tokens expire).
-    RotateSigningKey,
+    ///
+    /// Berth makes a P-256 key (ES256) unless given one: `--key-file` takes a PKCS#8 PEM
+    /// private key, RSA of 2048 bits and up (RS256) or P-256, for example one made with
+    /// `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out registry.key`.
+    RotateSigningKey {
+        /// A PKCS#8 PEM private key to sign with instead of a new P-256 key.
+        #[arg(long)]
+        key_file: Option<std::path::PathBuf>,
+    },
     /// List users.
     Users,
 }
@@ -167,7 +175,7 @@ fn admin(config: Option<PathBuf>, node: String, action: AdminAction) -> std::pro
             AdminAction::CreateToken { username, name, scopes, expires_at } => {
                 a.create_token(&username, &name, &scopes, expires_at.as_deref()).await
             }
-            AdminAction::RotateSigningKey => a.rotate_signing_key().await,
+            AdminAction::RotateSigningKey { key_file } => a.rotate_signing_key(key_file.as_deref()).await,
             AdminAction::Users => {
                 a.users();
                 Ok(())

@@ -143,6 +143,17 @@ pub struct Project {
     pub created_ms: u64,
 }
 
+/// A group: a path prefix whose members and deploy tokens reach every project below it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// Id, never reused (shared with users, projects and tokens).
+    pub id: u64,
+    /// `group` or `group/subgroup`, lowercase.
+    pub path: String,
+    /// When created (ms since epoch).
+    pub created_ms: u64,
+}
+
 /// A secret that authenticates as someone, stored as its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
@@ -187,6 +198,23 @@ pub enum TokenKind {
         /// The user the job runs as.
         user: u64,
     },
+    /// A group's deploy token: every project below the group, used with its own username.
+    GroupDeploy {
+        /// The group.
+        group: u64,
+        /// The username it logs in with (`gitlab+deploy-token-N` unless given).
+        username: String,
+    },
+}
+
+impl TokenKind {
+    /// The username a deploy token (project or group) logs in with.
+    pub fn deploy_username(&self) -> Option<&str> {
+        match self {
+            TokenKind::Deploy { username, .. } | TokenKind::GroupDeploy { username, .. } => Some(username),
+            _ => None,
+        }
+    }
 }
 
 impl TokenRecord {
@@ -227,6 +255,10 @@ pub struct Identity {
     pub tokens: BTreeMap<u64, TokenRecord>,
     /// Signing keys, oldest first; the last unretired one signs.
     pub signing_keys: Vec<SigningKey>,
+    /// Groups by id.
+    pub groups: BTreeMap<u64, Group>,
+    /// (group, user) -> role, inherited by every project below the group.
+    pub group_members: BTreeMap<(u64, u64), Role>,
 }
 
 /// A change to identity; the proposer hashes secrets before proposing.
@@ -331,6 +363,34 @@ pub enum IdentityChange {
         /// Cut-off (ms since epoch).
         before_ms: u64,
     },
+    /// A new group (`Conflict` if the path is taken or lies at or below a project).
+    CreateGroup {
+        /// `group` or `group/subgroup`.
+        path: String,
+        /// Made Owner of it, if any.
+        owner: Option<u64>,
+    },
+    /// Deletes a group record, its members and its deploy tokens (projects stay).
+    DeleteGroup {
+        /// The group.
+        group: u64,
+    },
+    /// Adds or changes a group member.
+    SetGroupMember {
+        /// The group.
+        group: u64,
+        /// The user.
+        user: u64,
+        /// Their role, in the group and every project below it.
+        role: Role,
+    },
+    /// Removes a group member.
+    RemoveGroupMember {
+        /// The group.
+        group: u64,
+        /// The user.
+        user: u64,
+    },
 }
 
 impl Identity {
@@ -349,19 +409,49 @@ impl Identity {
     pub fn project_of(&self, repo: &str) -> Option<&Project> {
         self.projects
             .values()
-            .filter(|p| repo == p.path || (repo.starts_with(&p.path) && repo.as_bytes().get(p.path.len()) == Some(&b'/')))
+            .filter(|p| within(repo, &p.path))
             .max_by_key(|p| p.path.len())
     }
 
-    /// A user's role in a project.
+    /// A user's own membership of a project (not counting groups).
     pub fn role(&self, project: u64, user: u64) -> Option<Role> {
         self.members.get(&(project, user)).copied()
+    }
+
+    /// The group with exactly this path.
+    pub fn group_by_path(&self, path: &str) -> Option<&Group> {
+        self.groups.values().find(|g| g.path == path)
+    }
+
+    /// The groups `path` lies below (strictly), outermost first.
+    pub fn groups_above<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a Group> + 'a {
+        self.groups.values().filter(move |g| within(path, &g.path) && path != g.path)
+    }
+
+    /// A user's role in a group: their own, or the highest inherited from a parent group.
+    pub fn group_role(&self, group: u64, user: u64) -> Option<Role> {
+        let g = self.groups.get(&group)?;
+        let inherited = self.groups_above(&g.path).filter_map(|p| self.group_members.get(&(p.id, user)).copied()).max();
+        self.group_members.get(&(group, user)).copied().max(inherited)
+    }
+
+    /// A user's effective role in a project, as GitLab reckons access: the highest of their
+    /// own membership and those of the groups above the project.
+    pub fn access(&self, project: u64, user: u64) -> Option<Role> {
+        let p = self.projects.get(&project)?;
+        let inherited = self.groups_above(&p.path).filter_map(|g| self.group_members.get(&(g.id, user)).copied()).max();
+        self.role(project, user).max(inherited)
     }
 
     /// The key that signs new tokens.
     pub fn current_key(&self) -> Option<&SigningKey> {
         self.signing_keys.iter().rev().find(|k| k.retired_ms.is_none())
     }
+}
+
+/// True when `inner` is `outer` or lies below it (at a `/`).
+pub fn within(inner: &str, outer: &str) -> bool {
+    inner == outer || (inner.starts_with(outer) && inner.as_bytes().get(outer.len()) == Some(&b'/'))
 }
 
 #[cfg(test)]
@@ -380,5 +470,24 @@ mod tests {
         assert_eq!(id.project_of("grp/application/x").map(|p| p.id), Some(3));
         assert_eq!(id.project_of("other"), None);
         assert_eq!(id.project_of("gr"), None);
+    }
+
+    #[test]
+    fn group_members_reach_the_projects_below() {
+        let mut id = Identity::default();
+        id.projects.insert(1, Project { id: 1, path: "grp/sub/app".into(), visibility: Visibility::Private, created_ms: 0 });
+        id.projects.insert(2, Project { id: 2, path: "grpx/app".into(), visibility: Visibility::Private, created_ms: 0 });
+        id.groups.insert(3, Group { id: 3, path: "grp".into(), created_ms: 0 });
+        id.groups.insert(4, Group { id: 4, path: "grp/sub".into(), created_ms: 0 });
+        id.group_members.insert((3, 9), Role::Reporter);
+        id.group_members.insert((4, 9), Role::Developer);
+        id.members.insert((1, 8), Role::Maintainer);
+        id.group_members.insert((3, 8), Role::Guest);
+        assert_eq!(id.access(1, 9), Some(Role::Developer));
+        assert_eq!(id.role(1, 9), None);
+        assert_eq!(id.access(1, 8), Some(Role::Maintainer));
+        assert_eq!(id.access(2, 9), None, "grpx is not below grp");
+        assert_eq!(id.group_role(4, 8), Some(Role::Guest));
+        assert_eq!(id.group_role(3, 9), Some(Role::Reporter));
     }
 }

@@ -1,7 +1,7 @@
 //! Applies identity changes (users, projects, members, tokens, signing keys) in log order.
 //! Deterministic: ids come from a counter in the state, time from the proposer.
 
-use berth_proto::identity::{Identity, IdentityChange, SigningKey, TokenKind, User};
+use berth_proto::identity::{within, Group, Identity, IdentityChange, SigningKey, TokenKind, User};
 use berth_proto::Outcome;
 
 fn conflict(reason: impl Into<String>) -> Outcome {
@@ -17,7 +17,6 @@ fn next_id(id: &mut Identity) -> u64 {
 
 /// True when one path is the other or holds it.
 fn nests(a: &str, b: &str) -> bool {
-    let within = |inner: &str, outer: &str| inner == outer || (inner.starts_with(outer) && inner.as_bytes().get(outer.len()) == Some(&b'/'));
     within(a, b) || within(b, a)
 }
 
@@ -63,12 +62,16 @@ fn apply_inner(id: &mut Identity, change: &IdentityChange, at_ms: u64) -> Outcom
                 return Outcome::NotFound;
             }
             id.members.retain(|(_, u), _| u != user);
+            id.group_members.retain(|(_, u), _| u != user);
             id.tokens.retain(|_, t| !matches!(t.kind, TokenKind::Personal { user: u } | TokenKind::Job { user: u, .. } if u == *user));
             Outcome::Done
         }
         IdentityChange::CreateProject { path, visibility, owner } => {
             if let Some(p) = id.projects.values().find(|p| nests(&p.path, path)) {
                 return conflict(format!("{path} overlaps project {}", p.path));
+            }
+            if let Some(g) = id.groups.values().find(|g| within(&g.path, path)) {
+                return conflict(format!("{path} would hold group {}", g.path));
             }
             if owner.is_some_and(|o| !id.users.contains_key(&o)) {
                 return Outcome::NotFound;
@@ -109,11 +112,12 @@ fn apply_inner(id: &mut Identity, change: &IdentityChange, at_ms: u64) -> Outcom
                 TokenKind::Personal { user } => id.users.contains_key(user),
                 TokenKind::Deploy { project, .. } => id.projects.contains_key(project),
                 TokenKind::Job { project, user } => id.projects.contains_key(project) && id.users.contains_key(user),
+                TokenKind::GroupDeploy { group, .. } => id.groups.contains_key(group),
             };
             if !owner_exists {
                 return Outcome::NotFound;
             }
-            if let TokenKind::Deploy { username, .. } = kind {
+            if let Some(username) = kind.deploy_username() {
                 if id.user_by_name(username).is_some() {
                     return conflict(format!("username {username} belongs to a user"));
                 }
@@ -123,6 +127,9 @@ fn apply_inner(id: &mut Identity, change: &IdentityChange, at_ms: u64) -> Outcom
             let kind = match kind {
                 TokenKind::Deploy { project, username } if username.is_empty() => {
                     TokenKind::Deploy { project: *project, username: format!("gitlab+deploy-token-{n}") }
+                }
+                TokenKind::GroupDeploy { group, username } if username.is_empty() => {
+                    TokenKind::GroupDeploy { group: *group, username: format!("gitlab+deploy-token-{n}") }
                 }
                 k => k.clone(),
             };
@@ -168,6 +175,42 @@ fn apply_inner(id: &mut Identity, change: &IdentityChange, at_ms: u64) -> Outcom
                 Outcome::Done
             }
         }
+        IdentityChange::CreateGroup { path, owner } => {
+            if id.group_by_path(path).is_some() {
+                return conflict(format!("group {path} exists"));
+            }
+            if let Some(p) = id.projects.values().find(|p| within(path, &p.path)) {
+                return conflict(format!("{path} lies within project {}", p.path));
+            }
+            if owner.is_some_and(|o| !id.users.contains_key(&o)) {
+                return Outcome::NotFound;
+            }
+            let n = next_id(id);
+            id.groups.insert(n, Group { id: n, path: path.clone(), created_ms: at_ms });
+            if let Some(o) = owner {
+                id.group_members.insert((n, *o), berth_proto::identity::Role::Owner);
+            }
+            Outcome::Created { id: n }
+        }
+        IdentityChange::DeleteGroup { group } => {
+            if id.groups.remove(group).is_none() {
+                return Outcome::NotFound;
+            }
+            id.group_members.retain(|(g, _), _| g != group);
+            id.tokens.retain(|_, t| !matches!(t.kind, TokenKind::GroupDeploy { group: g, .. } if g == *group));
+            Outcome::Done
+        }
+        IdentityChange::SetGroupMember { group, user, role } => {
+            if !id.groups.contains_key(group) || !id.users.contains_key(user) {
+                return Outcome::NotFound;
+            }
+            id.group_members.insert((*group, *user), *role);
+            Outcome::Done
+        }
+        IdentityChange::RemoveGroupMember { group, user } => match id.group_members.remove(&(*group, *user)) {
+            Some(_) => Outcome::Done,
+            None => Outcome::NotFound,
+        },
     }
 }
 
@@ -215,5 +258,33 @@ mod tests {
         assert_eq!(apply(&mut id, &IdentityChange::DropRetiredKeys { before_ms: 13 }, 14), Outcome::Unchanged);
         assert_eq!(apply(&mut id, &IdentityChange::DropRetiredKeys { before_ms: 14 }, 14), Outcome::Done);
         assert_eq!(id.signing_keys.len(), 1);
+    }
+
+    #[test]
+    fn groups_hold_projects_members_and_deploy_tokens() {
+        let mut id = Identity::default();
+        let Outcome::Created { id: u } = apply(&mut id, &IdentityChange::CreateUser { username: "u".into(), password_hash: None, admin: false }, 1) else { panic!() };
+        let Outcome::Created { id: p } = apply(&mut id, &IdentityChange::CreateProject { path: "grp/app".into(), visibility: Visibility::Private, owner: None }, 2) else { panic!() };
+        // A group above a project is fine; at or inside one is not; nor a project holding a group.
+        let Outcome::Created { id: g } = apply(&mut id, &IdentityChange::CreateGroup { path: "grp".into(), owner: Some(u) }, 3) else { panic!() };
+        for bad in ["grp", "grp/app", "grp/app/x"] {
+            assert!(matches!(apply(&mut id, &IdentityChange::CreateGroup { path: bad.into(), owner: None }, 4), Outcome::Conflict { .. }), "{bad}");
+        }
+        let Outcome::Created { .. } = apply(&mut id, &IdentityChange::CreateGroup { path: "top/sub".into(), owner: None }, 4) else { panic!() };
+        assert!(matches!(apply(&mut id, &IdentityChange::CreateProject { path: "top".into(), visibility: Visibility::Private, owner: None }, 5), Outcome::Conflict { .. }));
+        assert_eq!(id.access(p, u), Some(Role::Owner), "the group's owner owns its projects");
+        assert_eq!(apply(&mut id, &IdentityChange::SetGroupMember { group: g, user: u, role: Role::Reporter }, 6), Outcome::Done);
+        assert_eq!(id.access(p, u), Some(Role::Reporter));
+        let tok = IdentityChange::CreateToken {
+            kind: TokenKind::GroupDeploy { group: g, username: String::new() },
+            name: "t".into(), hash: vec![2; 32], scopes: vec![TokenScope::ReadRegistry], expires_ms: None,
+        };
+        let Outcome::Created { id: t } = apply(&mut id, &tok, 7) else { panic!() };
+        assert_eq!(id.tokens[&t].kind.deploy_username(), Some(format!("gitlab+deploy-token-{t}").as_str()));
+        // Deleting the group takes its members and tokens; the project stays.
+        assert_eq!(apply(&mut id, &IdentityChange::DeleteGroup { group: g }, 8), Outcome::Done);
+        assert_eq!(id.access(p, u), None);
+        assert!(!id.tokens.contains_key(&t));
+        assert!(id.projects.contains_key(&p));
     }
 }

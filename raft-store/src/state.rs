@@ -63,9 +63,11 @@ pub struct RegistryState {
     pub identity: Arc<Identity>,
 }
 
-/// What an encoded state starts with since identity joined it (format 2). Formats 0 and 1
-/// had no marker; they are told apart by their length.
-pub const FORMAT_MAGIC: &[u8; 8] = b"BERTHST2";
+/// What an encoded state starts with (format 3, since groups joined identity). Format 2
+/// carried `BERTHST2`; formats 0 and 1 had no marker and are told apart by their length.
+pub const FORMAT_MAGIC: &[u8; 8] = b"BERTHST3";
+/// The marker of format 2 (identity without groups).
+const FORMAT2_MAGIC: &[u8; 8] = b"BERTHST2";
 
 /// How long a delete is remembered for retries.
 pub const TOMBSTONE_TTL_MS: u64 = 10 * 60 * 1000;
@@ -104,8 +106,32 @@ struct RegistryStateV1 {
     recent_deletes: VecDeque<Tombstone>,
 }
 
+/// Identity before groups (format 2).
+#[derive(Deserialize)]
+struct IdentityV2 {
+    version: u64,
+    next_id: u64,
+    users: BTreeMap<u64, berth_proto::identity::User>,
+    projects: BTreeMap<u64, berth_proto::identity::Project>,
+    members: BTreeMap<(u64, u64), berth_proto::identity::Role>,
+    tokens: BTreeMap<u64, berth_proto::identity::TokenRecord>,
+    signing_keys: Vec<berth_proto::identity::SigningKey>,
+}
+
+/// The state before groups (format 2).
+#[derive(Deserialize)]
+struct RegistryStateV2 {
+    last_applied: Option<LogId>,
+    last_membership: StoredMembership,
+    http_secret: Option<Vec<u8>>,
+    repos: BTreeMap<RepoName, Repo>,
+    node_ids_used: BTreeSet<u64>,
+    recent_deletes: VecDeque<Tombstone>,
+    identity: IdentityV2,
+}
+
 impl RegistryState {
-    /// Encodes the state for a snapshot (format 2: the marker, then postcard).
+    /// Encodes the state for a snapshot (format 3: the marker, then postcard).
     pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
         let mut out = FORMAT_MAGIC.to_vec();
         postcard::to_io(self, &mut out)?;
@@ -116,6 +142,30 @@ impl RegistryState {
     pub fn decode(bytes: &[u8]) -> Result<RegistryState, postcard::Error> {
         if let Some(body) = bytes.strip_prefix(FORMAT_MAGIC.as_slice()) {
             return postcard::from_bytes::<RegistryState>(body);
+        }
+        if let Some(body) = bytes.strip_prefix(FORMAT2_MAGIC.as_slice()) {
+            let v = postcard::from_bytes::<RegistryStateV2>(body)?;
+            let i = v.identity;
+            let identity = Identity {
+                version: i.version,
+                next_id: i.next_id,
+                users: i.users,
+                projects: i.projects,
+                members: i.members,
+                tokens: i.tokens,
+                signing_keys: i.signing_keys,
+                groups: BTreeMap::new(),
+                group_members: BTreeMap::new(),
+            };
+            return Ok(RegistryState {
+                last_applied: v.last_applied,
+                last_membership: v.last_membership,
+                http_secret: v.http_secret,
+                repos: v.repos,
+                node_ids_used: v.node_ids_used,
+                recent_deletes: v.recent_deletes,
+                identity: Arc::new(identity),
+            });
         }
         let upgrade = |last_applied, last_membership, http_secret, repos, node_ids_used, recent_deletes| RegistryState {
             last_applied,
@@ -501,6 +551,66 @@ mod tests {
             command: Command::Identity(berth_proto::identity::IdentityChange::CreateUser { username: "u".into(), password_hash: None, admin: true }),
             at_ms: 1,
         });
+        assert_eq!(RegistryState::decode(&s.encode().unwrap()).unwrap(), s);
+    }
+
+    #[test]
+    fn snapshots_from_before_groups_still_load() {
+        #[derive(Serialize)]
+        struct IdV2<'a> {
+            version: u64,
+            next_id: u64,
+            users: &'a BTreeMap<u64, berth_proto::identity::User>,
+            projects: &'a BTreeMap<u64, berth_proto::identity::Project>,
+            members: &'a BTreeMap<(u64, u64), berth_proto::identity::Role>,
+            tokens: &'a BTreeMap<u64, berth_proto::identity::TokenRecord>,
+            signing_keys: &'a Vec<berth_proto::identity::SigningKey>,
+        }
+        #[derive(Serialize)]
+        struct V2<'a> {
+            last_applied: &'a Option<LogId>,
+            last_membership: &'a StoredMembership,
+            http_secret: &'a Option<Vec<u8>>,
+            repos: &'a BTreeMap<RepoName, Repo>,
+            node_ids_used: &'a BTreeSet<u64>,
+            recent_deletes: &'a VecDeque<Tombstone>,
+            identity: IdV2<'a>,
+        }
+        use berth_proto::identity::{IdentityChange, Visibility};
+        let mut s = RegistryState::default();
+        let r = RepoName::parse("a/b").unwrap();
+        s.apply(&Request { command: Command::LinkBlob { repo: r, digest: digest(1), size: 7 }, at_ms: 0 });
+        for c in [
+            IdentityChange::CreateUser { username: "u".into(), password_hash: None, admin: true },
+            IdentityChange::CreateProject { path: "g/p".into(), visibility: Visibility::Public, owner: Some(1) },
+            IdentityChange::AddSigningKey { kid: "k".into(), pkcs8: vec![1, 2] },
+        ] {
+            s.apply(&Request { command: Command::Identity(c), at_ms: 1 });
+        }
+        let i = &s.identity;
+        let mut old = FORMAT2_MAGIC.to_vec();
+        old.extend(
+            postcard::to_stdvec(&V2 {
+                last_applied: &s.last_applied,
+                last_membership: &s.last_membership,
+                http_secret: &s.http_secret,
+                repos: &s.repos,
+                node_ids_used: &s.node_ids_used,
+                recent_deletes: &s.recent_deletes,
+                identity: IdV2 {
+                    version: i.version,
+                    next_id: i.next_id,
+                    users: &i.users,
+                    projects: &i.projects,
+                    members: &i.members,
+                    tokens: &i.tokens,
+                    signing_keys: &i.signing_keys,
+                },
+            })
+            .unwrap(),
+        );
+        assert_eq!(RegistryState::decode(&old).unwrap(), s);
+        s.apply(&Request { command: Command::Identity(IdentityChange::CreateGroup { path: "g".into(), owner: Some(1) }), at_ms: 2 });
         assert_eq!(RegistryState::decode(&s.encode().unwrap()).unwrap(), s);
     }
 

@@ -212,9 +212,33 @@ async fn roles_and_tokens_with_real_clients() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(rotated.contains(&kid(&after)), "{rotated}");
-    for t in [&before, &after] {
+
+    tracing::info!("an operator's RSA key takes over: tokens become RS256, and the ES256 ones still verify");
+    let rsa = dir.path().join("registry.key");
+    run(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]).arg(&rsa));
+    let rotated = run(berth_command().args(["admin", "--node", &node.grpc_addr, "rotate-signing-key", "--key-file"]).arg(&rsa));
+    assert!(rotated.contains("RS256"), "{rotated}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rs256 = loop {
+        let t = token_for("rep", "rep-password-1").await;
+        if jsonwebtoken::decode_header(&t).unwrap().alg == jsonwebtoken::Algorithm::RS256 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "not signing with the RSA key after: {rotated}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(rotated.contains(&kid(&rs256)), "{rotated}");
+    for t in [&before, &after, &rs256] {
         let r = http.get(format!("{}/v2/grp/app/tags/list", node.url)).bearer_auth(t).send().await.unwrap();
         assert_eq!(r.status(), 200);
+    }
+    skopeo_ok(&["inspect", "--raw", "--tls-verify=false", "--creds", "rep:rep-password-1", &image("v1")]);
+    // A key too weak, or not a key, is refused before it reaches the cluster.
+    let weak = dir.path().join("weak.key");
+    run(Command::new("openssl").args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out"]).arg(&weak));
+    for bad in [&weak, &dir.path().join("src/index.json")] {
+        let out = berth_command().args(["admin", "--node", &node.grpc_addr, "rotate-signing-key", "--key-file"]).arg(bad).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} accepted");
     }
 
     tracing::info!("bad API credentials are refused");
@@ -280,4 +304,97 @@ async fn a_revoked_token_stops_on_every_node_within_a_second() {
         assert_eq!(token_from(n).await.0, 401, "a revoked token logs in at {}", n.url);
     }
     tracing::info!("refused everywhere {:?} after the revocation", revoked.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_reach_their_projects() {
+    init_tracing();
+    if !require_tool("skopeo") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Berth::start(&dir.path().join("data"), None, &issuer_env());
+    let http = reqwest::Client::new();
+    let root = V4 { http: http.clone(), base: node.url.clone(), token: admin_token(&node) };
+
+    tracing::info!("a group with two projects, a Maintainer and a Developer of the group");
+    let group = root.post("/groups", json!({"path": "team"})).await;
+    assert_eq!((group["full_path"].clone(), group["parent_id"].clone()), (json!("team"), Value::Null));
+    let gid = group["id"].as_u64().unwrap();
+    for p in ["api", "web"] {
+        root.post("/projects", json!({"namespace": "team", "path": p})).await;
+    }
+    root.post("/projects", json!({"path": "other/app"})).await;
+    let user = |name: &'static str| {
+        let root = &root;
+        async move { root.post("/users", json!({"username": name, "password": format!("{name}-password")})).await["id"].as_u64().unwrap() }
+    };
+    let (lead, gdev, _stranger) = (user("lead").await, user("gdev").await, user("stranger").await);
+    root.post(&format!("/groups/{gid}/members"), json!({"user_id": lead, "access_level": 40})).await;
+    root.post("/groups/team/members", json!({"user_id": gdev, "access_level": 30})).await;
+    let (_, members) = root.call(reqwest::Method::GET, "/groups/team/members", None).await;
+    let levels: Vec<(Value, Value)> = members.as_array().unwrap().iter().map(|m| (m["username"].clone(), m["access_level"].clone())).collect();
+    assert_eq!(levels, [(json!("root"), json!(50)), (json!("lead"), json!(40)), (json!("gdev"), json!(30))]);
+    // Inherited roles are not direct project members.
+    let (s, _) = root.call(reqwest::Method::GET, &format!("/projects/team%2Fapi/members/{gdev}"), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    tracing::info!("group members push to every project below the group, and nowhere else");
+    let src = dir.path().join("src");
+    write_oci_layout(&src, "v1", &[random_bytes(51, 90_000)]);
+    let from = format!("oci:{}:v1", src.display());
+    let image = |repo: &str| format!("docker://{}/{repo}:v1", node.addr);
+    for repo in ["team/api", "team/web/frontend"] {
+        skopeo_ok(&["copy", "--dest-tls-verify=false", "--dest-creds", "gdev:gdev-password", &from, &image(repo)]);
+    }
+    skopeo_fails(&["copy", "--dest-tls-verify=false", "--dest-creds", "gdev:gdev-password", &from, &image("other/app")]);
+    skopeo_fails(&["inspect", "--raw", "--tls-verify=false", "--creds", "stranger:stranger-password", &image("team/api")]);
+
+    tracing::info!("a group Maintainer creates projects and subgroups in it; others cannot");
+    let pat_of = |user: u64| {
+        let root = &root;
+        async move { root.post(&format!("/users/{user}/personal_access_tokens"), json!({"name": "api", "scopes": ["api"]})).await["token"].as_str().unwrap().to_string() }
+    };
+    let lead_api = V4 { http: http.clone(), base: node.url.clone(), token: pat_of(lead).await };
+    let gdev_api = V4 { http: http.clone(), base: node.url.clone(), token: pat_of(gdev).await };
+    lead_api.post("/projects", json!({"namespace": "team", "path": "tools"})).await;
+    let sub = lead_api.post("/groups", json!({"path": "infra", "parent_id": gid})).await;
+    assert_eq!((sub["full_path"].clone(), sub["parent_id"].clone()), (json!("team/infra"), json!(gid)));
+    let (s, _) = gdev_api.call(reqwest::Method::POST, "/projects", Some(json!({"namespace": "team", "path": "mine"}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a Developer does not create projects in the group");
+    let (s, _) = lead_api.call(reqwest::Method::POST, "/groups", Some(json!({"path": "toplevel"}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "top-level groups are for administrators");
+    let (s, _) = root.call(reqwest::Method::POST, "/groups", Some(json!({"path": "team/api"}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "a group inside a project");
+
+    tracing::info!("a group deploy token pulls every project below the group; its Owner makes it, a Maintainer cannot");
+    let (s, _) = lead_api.call(reqwest::Method::POST, "/groups/team/deploy_tokens", Some(json!({"name": "k8s", "scopes": ["read_registry"]}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let dt = root.post("/groups/team/deploy_tokens", json!({"name": "k8s", "scopes": ["read_registry"]})).await;
+    let dt_creds = format!("{}:{}", dt["username"].as_str().unwrap(), dt["token"].as_str().unwrap());
+    for repo in ["team/api", "team/web/frontend"] {
+        skopeo_ok(&["inspect", "--raw", "--tls-verify=false", "--creds", &dt_creds, &image(repo)]);
+    }
+    skopeo_fails(&["copy", "--dest-tls-verify=false", "--dest-creds", &dt_creds, &from, &image("team/api")]);
+    let t = registry_token(&http, &node.url, dt["username"].as_str().unwrap(), dt["token"].as_str().unwrap(), "repository:other/app:pull").await;
+    let r = http.get(format!("{}/v2/other/app/tags/list", node.url)).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 401, "a group token outside its group");
+    let (s, list) = lead_api.call(reqwest::Method::GET, "/groups/team/deploy_tokens", None).await;
+    assert_eq!((s, list.as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
+    assert!(list.to_string().find("berth_dt_").is_none(), "secrets are shown once");
+
+    tracing::info!("administrators list every deploy token");
+    root.post("/projects/other%2Fapp/deploy_tokens", json!({"name": "p", "scopes": ["read_registry"]})).await;
+    let (s, all) = root.call(reqwest::Method::GET, "/deploy_tokens", None).await;
+    assert_eq!((s, all.as_array().map(Vec::len)), (StatusCode::OK, Some(2)));
+    let (s, _) = lead_api.call(reqwest::Method::GET, "/deploy_tokens", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    tracing::info!("deleting the group ends its members' reach and its deploy tokens; projects stay");
+    let (s, _) = root.call(reqwest::Method::DELETE, "/groups/team", None).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    skopeo_fails(&["inspect", "--raw", "--tls-verify=false", "--creds", &dt_creds, &image("team/api")]);
+    skopeo_fails(&["inspect", "--raw", "--tls-verify=false", "--creds", "gdev:gdev-password", &image("team/api")]);
+    let (s, _) = root.call(reqwest::Method::GET, "/projects/team%2Fapi", None).await;
+    assert_eq!(s, StatusCode::OK);
 }

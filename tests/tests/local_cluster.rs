@@ -108,7 +108,9 @@ async fn tokens_through_the_load_balancer() {
     api("/projects/lb%2Fapp/members", serde_json::json!({"user_id": dev, "access_level": 30})).await;
     let pat = api(&format!("/users/{dev}/personal_access_tokens"), serde_json::json!({"name": "ci", "scopes": ["read_registry", "write_registry"]})).await;
     let pat = pat["token"].as_str().unwrap().to_string();
-    let deploy = api("/projects/lb%2Fapp/deploy_tokens", serde_json::json!({"name": "k8s", "scopes": ["read_registry"]})).await;
+    // A deploy token of the group above the project (a group's tokens reach all its projects).
+    api("/groups", serde_json::json!({"path": "lb"})).await;
+    let deploy = api("/groups/lb/deploy_tokens", serde_json::json!({"name": "k8s", "scopes": ["read_registry"]})).await;
     let deploy_creds = format!("{}:{}", deploy["username"].as_str().unwrap(), deploy["token"].as_str().unwrap());
 
     tracing::info!("docker login with a personal access token, push, pull, through the load balancer");
@@ -118,7 +120,7 @@ async fn tokens_through_the_load_balancer() {
     let (pushed, pulled) = berth_tests::docker_push_pull(&cfg, dir.path(), 65, &remote);
     assert_eq!(pushed, pulled);
 
-    tracing::info!("a read-only deploy token pulls through the load balancer and cannot push");
+    tracing::info!("a read-only group deploy token pulls through the load balancer and cannot push");
     let out = dir.path().join("pulled");
     run(Command::new("skopeo").args(["copy", "--src-tls-verify=false", "--src-creds", &deploy_creds, &format!("docker://{remote}")]).arg(format!("dir:{}", out.display())));
     assert!(out.join("manifest.json").exists());
@@ -129,4 +131,23 @@ async fn tokens_through_the_load_balancer() {
         .output()
         .unwrap();
     assert!(!push.status.success(), "a read-only deploy token pushed");
+
+    tracing::info!("login limits see each client behind the balancer (X-Forwarded-For from a trusted proxy)");
+    // A guesser at 127.0.0.2 fails until every node limits it (each node counts on its own,
+    // and the balancer spreads the attempts over all five)...
+    let guesser = reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+    let mut limited = 0;
+    for _ in 0..400 {
+        let r = guesser.get(format!("{lb}/jwt/auth?service=container_registry")).basic_auth("dev", Some("not-the-password")).send().await.unwrap();
+        limited = if r.status() == 429 { limited + 1 } else { 0 };
+        if limited == 10 {
+            break;
+        }
+    }
+    assert_eq!(limited, 10, "the guesser was never limited on every node");
+    // ...while dev, whose requests reach the nodes from the same balancer address, gets in.
+    for _ in 0..10 {
+        let t = berth_tests::tokens::registry_token(&http, &lb, "dev", &pat, "repository:lb/app:pull").await;
+        assert!(!t.is_empty());
+    }
 }

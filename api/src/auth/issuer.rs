@@ -1,6 +1,6 @@
 //! Berth as its own token issuer (GitLab's `/jwt/auth`): checks a login against identity,
-//! grants the intersection of what was asked and what the policy allows, and signs an ES256
-//! token with the cluster's current key. The token names the credential it came from, so a
+//! grants the intersection of what was asked and what the policy allows, and signs a token
+//! (ES256, or RS256 with an RSA key an operator brought) with the cluster's current key. The token names the credential it came from, so a
 //! revoked token, or a finished job, stops working at once on every node, not when the JWT
 //! expires.
 
@@ -9,12 +9,11 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use berth_proto::identity::{Identity, TokenKind};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use super::keys::{libtrust_id, KeyMaterial, PublicKey, TrustedKeys};
+use super::keys::TrustedKeys;
+use super::signing::SigningPair;
 use super::policy::{self, Principal};
 use super::scope::Scope;
 
@@ -22,27 +21,6 @@ use super::scope::Scope;
 pub const TOKEN_LIFETIME_SECS: u64 = 300;
 /// The username CI job tokens log in with.
 pub const JOB_USER: &str = "gitlab-ci-token";
-
-/// DER prefix of a P-256 SubjectPublicKeyInfo, before the 65-byte point.
-const P256_SPKI_PREFIX: [u8; 26] =
-    [0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00];
-
-/// A new P-256 signing key: (libtrust key id, PKCS#8 DER).
-pub fn generate_key() -> (String, Vec<u8>) {
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("P-256 key generation");
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).expect("key just made");
-    let mut spki = P256_SPKI_PREFIX.to_vec();
-    spki.extend_from_slice(pair.public_key().as_ref());
-    (libtrust_id(&spki), pkcs8.as_ref().to_vec())
-}
-
-fn public_of(pkcs8: &[u8]) -> Option<PublicKey> {
-    let rng = ring::rand::SystemRandom::new();
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng).ok()?;
-    let point = pair.public_key().as_ref();
-    PublicKey::new(KeyMaterial::Ec { crv: "P-256", x: point[1..33].to_vec(), y: point[33..65].to_vec() }).ok()
-}
 
 /// SHA-256 of a token secret, as identity stores it.
 pub fn token_hash(secret: &str) -> Vec<u8> {
@@ -62,7 +40,7 @@ pub struct IdentityView {
     pub identity: Arc<Identity>,
     /// Every signing key's public half, by `kid`.
     pub keys: TrustedKeys,
-    signer: Option<(String, EncodingKey)>,
+    signer: Option<(String, SigningPair)>,
     by_hash: HashMap<Vec<u8>, u64>,
     /// A bcrypt hash checked when the user is unknown, so timing does not tell.
     decoy: Arc<str>,
@@ -91,12 +69,12 @@ impl IdentityView {
     pub fn new(identity: Arc<Identity>, decoy: Arc<str>) -> IdentityView {
         let mut keys = TrustedKeys::default();
         for k in &identity.signing_keys {
-            match public_of(&k.pkcs8) {
-                Some(p) => keys.insert(k.kid.clone(), Arc::new(p)),
-                None => tracing::warn!(kid = %k.kid, "a token signing key in the cluster state is unusable"),
+            match SigningPair::from_pkcs8(&k.pkcs8).and_then(|p| p.public()) {
+                Ok(p) => keys.insert(k.kid.clone(), Arc::new(p)),
+                Err(e) => tracing::warn!(kid = %k.kid, "a token signing key in the cluster state is unusable: {e}"),
             }
         }
-        let signer = identity.current_key().map(|k| (k.kid.clone(), EncodingKey::from_ec_der(&k.pkcs8)));
+        let signer = identity.current_key().and_then(|k| Some((k.kid.clone(), SigningPair::from_pkcs8(&k.pkcs8).ok()?)));
         let by_hash = identity.tokens.values().map(|t| (t.hash.clone(), t.id)).collect();
         IdentityView { identity, keys, signer, by_hash, decoy }
     }
@@ -122,7 +100,7 @@ impl IdentityView {
         if let Some(t) = token {
             match &t.kind {
                 TokenKind::Personal { user: u } => return Login::Principal(Principal::User { user: *u, token: Some(t.id) }),
-                TokenKind::Deploy { username, .. } if username == user => return Login::Principal(Principal::Deploy { token: t.id }),
+                k if k.deploy_username() == Some(user) => return Login::Principal(Principal::Deploy { token: t.id }),
                 _ => {}
             }
         }
@@ -171,8 +149,6 @@ impl IdentityView {
     /// Signs a token for `who` granting `access`, or `None` when the cluster has no key yet.
     pub fn mint(&self, issuer: &str, service: &str, who: &Principal, access: &[Scope], now_secs: u64) -> Option<String> {
         let (kid, key) = self.signer.as_ref()?;
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(kid.clone());
         let claims = MintedClaims {
             iss: issuer,
             sub: who.subject(&self.identity),
@@ -184,7 +160,7 @@ impl IdentityView {
             access: access.iter().map(|s| AccessClaim { kind: &s.kind, name: &s.name, actions: &s.actions }).collect(),
             berth: who,
         };
-        jsonwebtoken::encode(&header, &claims, key).ok()
+        key.sign_jws(kid, &serde_json::to_vec(&claims).ok()?).ok()
     }
 }
 
@@ -224,7 +200,7 @@ mod tests {
 
     #[test]
     fn login_grant_mint_verify() {
-        let (kid, pkcs8) = generate_key();
+        let (kid, pkcs8) = crate::auth::signing::generate_key();
         assert_eq!(kid.len(), 59);
         let mut id = Identity::default();
         id.users.insert(1, User { id: 1, username: "dev".into(), password_hash: Some("$2y$04$x".into()), admin: false, created_ms: 0 });

@@ -79,6 +79,12 @@ impl PublicKey {
         Ok(PublicKey { material, decoding })
     }
 
+    /// Reads a DER SubjectPublicKeyInfo.
+    pub fn from_spki_der(der: &[u8]) -> Result<PublicKey, String> {
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(der).map_err(|e| format!("malformed public key: {e}"))?;
+        Self::from_spki(&spki)
+    }
+
     /// Reads the key of a DER SubjectPublicKeyInfo's parts.
     fn from_spki(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<PublicKey, String> {
         let alg = spki.algorithm.algorithm.to_id_string();

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod limiter;
 pub mod policy;
 pub mod scope;
+pub mod signing;
 pub mod token;
 
 use std::collections::HashMap;

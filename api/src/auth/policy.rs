@@ -9,7 +9,8 @@
 //!
 //! Public projects are pulled by anyone, internal ones by any signed-in user. A token's
 //! scopes cut further: `read_registry` pulls, `write_registry` pushes, `api` does all; deploy
-//! tokens never delete. A CI job token acts in its own project while the job runs. A
+//! tokens never delete; a group's deploy token reaches every project below the group, as a
+//! group member's role does. A CI job token acts in its own project while the job runs. A
 //! repository under a user's name (`alice/...`) outside any project belongs to that user.
 
 use berth_proto::identity::{Identity, Role, TokenKind, TokenRecord, TokenScope, Visibility};
@@ -106,11 +107,12 @@ fn scope_allows(scopes: Option<&[TokenScope]>, action: &str) -> bool {
     })
 }
 
-/// The role `user` holds over `repo`, and the repository's visibility: a project's, or the
+/// The role `user` holds over `repo` (their own or through a group above its project), and
+/// the repository's visibility: a project's, or the
 /// user namespace `<username>/...` (private, its user the owner).
 fn standing(id: &Identity, user: Option<u64>, repo: &str) -> Option<(Visibility, Option<Role>, Option<u64>)> {
     if let Some(p) = id.project_of(repo) {
-        return Some((p.visibility, user.and_then(|u| id.role(p.id, u)), Some(p.id)));
+        return Some((p.visibility, user.and_then(|u| id.access(p.id, u)), Some(p.id)));
     }
     let first = repo.split('/').next()?;
     let owner = id.user_by_name(first)?;
@@ -147,11 +149,20 @@ fn allows(id: &Identity, who: &Principal, repo: &str, action: &str) -> bool {
             role_allows(standing, action)
         }
         Principal::Deploy { token } => {
-            let Some(TokenRecord { kind: TokenKind::Deploy { project, .. }, scopes, .. }) = id.tokens.get(token) else { return false };
+            let Some(TokenRecord { kind, scopes, .. }) = id.tokens.get(token) else { return false };
             if action == "delete" || !scope_allows(Some(scopes), action) {
                 return false;
             }
-            public_pull || standing.is_some_and(|(_, _, p)| p == Some(*project))
+            let project = standing.and_then(|(_, _, p)| p).and_then(|p| id.projects.get(&p));
+            let reaches = match kind {
+                TokenKind::Deploy { project: own, .. } => project.is_some_and(|p| p.id == *own),
+                // A group's token reaches every project below the group.
+                TokenKind::GroupDeploy { group, .. } => {
+                    project.zip(id.groups.get(group)).is_some_and(|(p, g)| berth_proto::identity::within(&p.path, &g.path))
+                }
+                _ => false,
+            };
+            public_pull || reaches
         }
         Principal::Job { token } => {
             let Some(TokenRecord { kind: TokenKind::Job { project, .. }, .. }) = id.tokens.get(token) else { return false };
@@ -208,7 +219,35 @@ mod tests {
         id.tokens.insert(21, tok(21, TokenKind::Deploy { project: 10, username: "gitlab+deploy-token-21".into() }, &[TokenScope::ReadRegistry, TokenScope::WriteRegistry], false));
         id.tokens.insert(22, tok(22, TokenKind::Job { project: 10, user: 3 }, &[], false));
         id.tokens.insert(23, tok(23, TokenKind::Personal { user: 2 }, &[TokenScope::Api], true));
+        // Group `grp` holds grp/app; user 5 is a Developer of the group.
+        id.groups.insert(30, berth_proto::identity::Group { id: 30, path: "grp".into(), created_ms: 0 });
+        id.groups.insert(31, berth_proto::identity::Group { id: 31, path: "gr".into(), created_ms: 0 });
+        id.group_members.insert((31, 3), Role::Owner);
+        id.tokens.insert(24, tok(24, TokenKind::GroupDeploy { group: 30, username: "gitlab+deploy-token-24".into() }, &[TokenScope::ReadRegistry], false));
+        id.tokens.insert(25, tok(25, TokenKind::GroupDeploy { group: 31, username: "gitlab+deploy-token-25".into() }, &[TokenScope::ReadRegistry], false));
         id
+    }
+
+    #[test]
+    fn groups_reach_the_projects_below_them() {
+        let mut id = world();
+        let a = |id: &Identity, who: &Principal, repo| allowed(id, who, repo, 10);
+        let five = Principal::User { user: 5, token: None };
+        assert_eq!(a(&id, &five, "grp/app"), Vec::<&str>::new());
+        id.group_members.insert((30, 5), Role::Developer);
+        assert_eq!(a(&id, &five, "grp/app/img"), ["pull", "push"]);
+        // A higher own role wins over the group's, and the group's over a lower own role.
+        id.group_members.insert((30, 4), Role::Reporter);
+        assert_eq!(a(&id, &Principal::User { user: 4, token: None }, "grp/app"), ["pull", "push", "delete"]);
+        id.group_members.insert((30, 3), Role::Maintainer);
+        assert_eq!(a(&id, &Principal::User { user: 3, token: None }, "grp/app"), ["pull", "push", "delete"]);
+        // Group `gr` is not above `grp/app`: its Owner gets nothing there from it.
+        id.group_members.remove(&(30, 3));
+        assert_eq!(a(&id, &Principal::User { user: 3, token: None }, "grp/app"), ["pull"]);
+        // A group deploy token pulls every project below its group, and nothing else.
+        assert_eq!(a(&id, &Principal::Deploy { token: 24 }, "grp/app/img"), ["pull"]);
+        assert_eq!(a(&id, &Principal::Deploy { token: 24 }, "corp/int"), Vec::<&str>::new());
+        assert_eq!(a(&id, &Principal::Deploy { token: 25 }, "grp/app"), Vec::<&str>::new());
     }
 
     #[test]

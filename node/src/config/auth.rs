@@ -58,8 +58,25 @@ pub enum AuthKind {
     None,
     /// `auth.htpasswd`.
     Htpasswd(HtpasswdConfig),
-    /// `auth.token`.
-    Token(TokenConfig),
+    /// `auth.token` without outside keys: Berth issues tokens at `/jwt/auth`.
+    Issuer(TokenConfig),
+    /// `auth.token` with `rootcertbundle` and/or `jwks`: tokens come from another issuer.
+    External(ExternalIssuer),
+}
+
+/// `auth.token` trusting an outside issuer, its required keys checked.
+#[derive(Debug, Clone)]
+pub struct ExternalIssuer {
+    /// Where clients get tokens.
+    pub realm: String,
+    /// The audience tokens must name.
+    pub service: String,
+    /// The issuer tokens must name.
+    pub issuer: String,
+    /// Only these algorithms, if given.
+    pub algorithms: Option<Vec<berth_api::auth::token::Algorithm>>,
+    /// The section as written (key files, `autoredirect`).
+    pub token: TokenConfig,
 }
 
 impl AuthConfig {
@@ -92,19 +109,26 @@ impl AuthConfig {
             "htpasswd" => Ok(AuthKind::Htpasswd(serde_path_to_error::deserialize(params).map_err(at)?)),
             "token" => {
                 let t: TokenConfig = serde_path_to_error::deserialize(params).map_err(at)?;
-                if t.rootcertbundle.is_some() || t.jwks.is_some() {
-                    for (key, v) in [("realm", &t.realm), ("service", &t.service), ("issuer", &t.issuer)] {
-                        if v.as_deref().unwrap_or("").is_empty() {
-                            bail!("invalid configuration value at auth.token.{key}: required with rootcertbundle or jwks");
-                        }
-                    }
+                let algorithms = t
+                    .signingalgorithms
+                    .as_ref()
+                    .map(|algs| algs.iter().map(|a| berth_api::auth::token::algorithm(a)).collect::<Result<Vec<_>, _>>())
+                    .transpose()
+                    .map_err(|e| anyhow!("invalid configuration value at auth.token.signingalgorithms: {e}"))?;
+                if t.rootcertbundle.is_none() && t.jwks.is_none() {
+                    return Ok(AuthKind::Issuer(t));
                 }
-                if let Some(algs) = &t.signingalgorithms {
-                    for a in algs {
-                        berth_api::auth::token::algorithm(a).map_err(|e| anyhow!("invalid configuration value at auth.token.signingalgorithms: {e}"))?;
-                    }
-                }
-                Ok(AuthKind::Token(t))
+                let required = |key: &str, v: &Option<String>| match v.as_deref() {
+                    Some(v) if !v.is_empty() => Ok(v.to_string()),
+                    _ => Err(anyhow!("invalid configuration value at auth.token.{key}: required with rootcertbundle or jwks")),
+                };
+                Ok(AuthKind::External(ExternalIssuer {
+                    realm: required("realm", &t.realm)?,
+                    service: required("service", &t.service)?,
+                    issuer: required("issuer", &t.issuer)?,
+                    algorithms,
+                    token: t,
+                }))
             }
             "silly" => bail!("invalid configuration value at auth.silly: a test mode that lets any Authorization header in; Berth will not serve it"),
             other => bail!("invalid configuration value at auth.{other}: unknown auth kind (htpasswd, token or none)"),
@@ -161,6 +185,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert!(matches!(c.auth.kind().unwrap(), AuthKind::Token(t) if t.issuer.as_deref() == Some("gitlab-issuer")));
+        assert!(matches!(c.auth.kind().unwrap(), AuthKind::External(t) if t.issuer == "gitlab-issuer"));
+        assert!(matches!(load("auth:\n  token: {}\n", &[]).unwrap().auth.kind().unwrap(), AuthKind::Issuer(_)));
     }
 }

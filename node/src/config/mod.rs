@@ -335,6 +335,11 @@ pub struct BerthConfig {
     pub limits: LimitsConfig,
     /// The first administrator.
     pub admin: AdminConfig,
+    /// Proxies (load balancers, ingress controllers) whose `X-Forwarded-For` names the
+    /// client, as addresses or CIDRs, a list or comma-separated. Login limits and the audit
+    /// log then see each client instead of the proxy. Empty (the default): the peer address
+    /// counts, whatever a request claims.
+    pub trustedproxies: Option<AddrList>,
 }
 
 /// What a node does in the cluster.
@@ -474,6 +479,7 @@ impl Config {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.auth.validate()?;
+        self.trusted_proxies()?;
         self.berth.admin.credentials()?;
         Limits::from_config(&self.berth.limits)?;
         let s = &self.storage;
@@ -583,6 +589,12 @@ impl Config {
     /// (Distribution's default is off; Berth's garbage collection makes deletes safe).
     pub fn delete_enabled(&self) -> bool {
         self.storage.delete.as_ref().and_then(|d| d.enabled).unwrap_or(true)
+    }
+
+    /// The proxies whose `X-Forwarded-For` is believed (`berth.trustedproxies`).
+    pub fn trusted_proxies(&self) -> anyhow::Result<berth_api::client::TrustedProxies> {
+        let items = self.berth.trustedproxies.as_ref().map(|l| l.0.as_slice()).unwrap_or_default();
+        berth_api::client::TrustedProxies::parse(items).map_err(|e| anyhow::anyhow!("invalid configuration value at berth.trustedproxies: {e}"))
     }
 
     /// Whether the registry refuses writes (`storage.maintenance.readonly.enabled`).
@@ -705,7 +717,7 @@ mod lenient {
         pub datadir: Option<Value>, pub nodeid: Option<Value>, pub snapshotlogs: Option<Value>, pub grpcaddr: Option<Value>,
         pub bootstrap: Option<Value>, pub role: Option<Value>, pub peers: Option<Value>, pub tls: Option<ClusterTls>,
         pub insecureplaintext: Option<Value>, pub clustertokenfile: Option<Value>, pub limits: Option<Limits>,
-        pub admin: Option<Admin>,
+        pub admin: Option<Admin>, pub trustedproxies: Option<Value>,
     }
     #[derive(Deserialize)]
     pub struct Admin { pub username: Option<Value>, pub password: Option<Value>, pub passwordfile: Option<Value> }

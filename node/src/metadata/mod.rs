@@ -151,7 +151,7 @@ pub async fn ensure_signing_key(meta: &dyn Metadata) -> anyhow::Result<()> {
     if meta.identity().current_key().is_some() {
         return Ok(());
     }
-    let (kid, pkcs8) = berth_api::auth::issuer::generate_key();
+    let (kid, pkcs8) = berth_api::auth::signing::generate_key();
     meta.apply(Command::Identity(IdentityChange::AddSigningKey { kid: kid.clone(), pkcs8 })).await?;
     tracing::info!(%kid, "made the cluster's token signing key");
     Ok(())

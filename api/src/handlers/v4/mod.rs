@@ -1,8 +1,11 @@
-//! GitLab-shaped REST under `/api/v4`: users, projects, members, personal access tokens,
-//! deploy tokens and CI job tokens, authenticated by a personal access token with the `api`
+//! GitLab-shaped REST under `/api/v4`: users, projects, groups, members, personal access
+//! tokens, deploy tokens and CI job tokens, authenticated by a personal access token with the `api`
 //! scope (`PRIVATE-TOKEN` or `Authorization: Bearer`). Changes go through Raft like every
 //! other write; each call reads identity as the cluster has it at that moment.
 
+mod groups;
+mod members;
+mod namespace;
 mod projects;
 mod tokens;
 mod users;
@@ -10,13 +13,13 @@ mod users;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::Path;
+use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use berth_proto::identity::{Identity, IdentityChange, TokenScope};
+use berth_proto::identity::{Group, Identity, IdentityChange, Project, TokenScope};
 use berth_proto::{Command, Outcome};
 use serde_json::{json, Value};
 
@@ -35,14 +38,24 @@ pub fn router() -> Router<Arc<Api>> {
         .route("/personal_access_tokens", get(tokens::list_pats))
         .route("/personal_access_tokens/{id}", get(tokens::one_pat).delete(tokens::revoke_pat))
         .route("/personal_access_tokens/{id}/rotate", post(tokens::rotate_pat))
+        .route("/deploy_tokens", get(tokens::list_all_deploy))
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/{id}", get(projects::one).put(projects::update).delete(projects::delete))
-        .route("/projects/{id}/members", get(projects::members).post(projects::add_member))
-        .route("/projects/{id}/members/{user}", get(projects::member).put(projects::set_member).delete(projects::remove_member))
-        .route("/projects/{id}/deploy_tokens", get(tokens::list_deploy).post(tokens::create_deploy))
-        .route("/projects/{id}/deploy_tokens/{token}", get(tokens::one_deploy).delete(tokens::revoke_deploy))
         .route("/projects/{id}/job_tokens", post(tokens::create_job))
         .route("/projects/{id}/job_tokens/{token}", axum::routing::delete(tokens::end_job))
+        .route("/groups", get(groups::list).post(groups::create))
+        .route("/groups/{id}", get(groups::one).delete(groups::delete))
+        .merge(namespace_routes::<Project>("projects"))
+        .merge(namespace_routes::<Group>("groups"))
+}
+
+/// Members and deploy tokens, the same under `/projects/:id` and `/groups/:id`.
+fn namespace_routes<N: namespace::Namespace>(base: &str) -> Router<Arc<Api>> {
+    Router::new()
+        .route(&format!("/{base}/{{id}}/members"), get(members::list::<N>).post(members::add::<N>))
+        .route(&format!("/{base}/{{id}}/members/{{user}}"), get(members::one::<N>).put(members::set::<N>).delete(members::remove::<N>))
+        .route(&format!("/{base}/{{id}}/deploy_tokens"), get(tokens::list_deploy::<N>).post(tokens::create_deploy::<N>))
+        .route(&format!("/{base}/{{id}}/deploy_tokens/{{token}}"), get(tokens::one_deploy::<N>).delete(tokens::revoke_deploy::<N>))
 }
 
 /// An answer in GitLab's error shape: `{"message": "404 Not found"}`.
@@ -110,16 +123,25 @@ impl Session {
     }
 }
 
+/// Every `/api/v4` handler takes a `Session`: the request is authenticated before it runs.
+impl FromRequestParts<Arc<Api>> for Session {
+    type Rejection = V4Error;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Self, Self::Rejection> {
+        session(api, parts).await
+    }
+}
+
 /// Authenticates an API request: a personal access token with the `api` scope, in
 /// `PRIVATE-TOKEN` or `Authorization: Bearer`. Failures count toward the login limits.
-pub async fn session(api: &Api, req: &Parts) -> Result<Session, V4Error> {
+async fn session(api: &Api, req: &Parts) -> Result<Session, V4Error> {
     let h: &HeaderMap = &req.headers;
     let secret = h
         .get("private-token")
         .and_then(|v| v.to_str().ok())
         .or_else(|| h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")))
         .map(str::trim);
-    let client = req.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let client = api.config.trusted_proxies.client_of(req);
     let caller = Caller { headers: h, client, method: &req.method, path: req.uri.path() };
     if let Err(wait) = api.auth.check_address(client) {
         return Err(V4Error::new(StatusCode::TOO_MANY_REQUESTS, format!("429 Too Many Requests; retry in {}s", wait.as_secs().max(1))));
@@ -168,8 +190,8 @@ pub fn created_id(o: Outcome) -> Result<u64, V4Error> {
 }
 
 /// A page of `items` with GitLab's headers (`x-total`, `x-page`, `Link`, ...).
-pub fn paged(req: &Parts, items: Vec<Value>) -> Response {
-    let q = crate::handlers::query(&req.uri);
+pub fn paged(uri: &Uri, items: Vec<Value>) -> Response {
+    let q = crate::handlers::query(uri);
     let per_page = q.get("per_page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
     let page = q.get("page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1);
     let total = items.len();
@@ -186,7 +208,7 @@ pub fn paged(req: &Parts, items: Vec<Value>) -> Response {
     set("x-total-pages", pages.to_string());
     set("x-next-page", if page < pages { (page + 1).to_string() } else { String::new() });
     set("x-prev-page", if page > 1 { (page - 1).to_string() } else { String::new() });
-    let path = req.uri.path();
+    let path = uri.path();
     let mut links = vec![];
     if page < pages {
         links.push(format!("<{path}?page={}&per_page={per_page}>; rel=\"next\"", page + 1));

@@ -1,19 +1,21 @@
-//! `/api/v4/projects`: projects (a path owning the repositories below it), their visibility
-//! and their members.
+//! `/api/v4/projects`: projects (a path owning the repositories below it) and their
+//! visibility. Members and deploy tokens are in `members.rs` and `tokens.rs`.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use berth_proto::identity::{IdentityChange, Project, Role, Visibility};
 use berth_proto::RepoName;
 use serde_json::{json, Value};
 
-use super::{body, change, created_id, numeric, paged, session, time, Session, V4Error, V4Result};
+use super::namespace::Namespace;
+use super::{body, change, created_id, paged, time, Session, V4Error, V4Result};
 use crate::Api;
 
-pub(super) fn project_json(p: &Project) -> Value {
+fn project_json(p: &Project) -> Value {
     let name = p.path.rsplit('/').next().unwrap_or(&p.path);
     let namespace = p.path.rsplit_once('/').map_or("", |(n, _)| n);
     json!({
@@ -29,59 +31,36 @@ pub(super) fn project_json(p: &Project) -> Value {
     })
 }
 
-/// A project by numeric id or (URL-encoded) path.
-pub(super) fn find<'a>(s: &'a Session, key: &str) -> Result<&'a Project, V4Error> {
-    let id = s.id();
-    let p = match key.parse::<u64>() {
-        Ok(n) => id.projects.get(&n),
-        Err(_) => id.project_by_path(&key.to_ascii_lowercase()),
-    };
-    // Projects the caller cannot see do not exist, as in GitLab.
-    p.filter(|p| can_see(s, p)).ok_or_else(|| V4Error::not_found("Project"))
-}
-
-/// The caller's role in a project (administrators are Owners everywhere).
-pub(super) fn role(s: &Session, p: &Project) -> Option<Role> {
-    if s.admin() {
-        return Some(Role::Owner);
+fn visibility_of(b: &Value) -> Result<Option<Visibility>, V4Error> {
+    match b["visibility"].as_str() {
+        Some(v) => Visibility::parse(v).map(Some).ok_or_else(|| V4Error::bad("visibility must be private, internal or public")),
+        None => Ok(None),
     }
-    s.id().role(p.id, s.user)
 }
 
-fn can_see(s: &Session, p: &Project) -> bool {
-    p.visibility != Visibility::Private || role(s, p).is_some()
-}
-
-/// Requires at least `min` in `p`.
-pub(super) fn require(s: &Session, p: &Project, min: Role) -> Result<(), V4Error> {
-    if role(s, p) >= Some(min) {
-        Ok(())
-    } else {
-        Err(V4Error::forbidden())
-    }
+/// True when the caller may create a project or group at `path`: administrators anywhere,
+/// users below their own name and below groups where they are at least Maintainer.
+pub(super) fn may_create_at(s: &Session, path: &str) -> bool {
+    let own = s.id().users.get(&s.user).map(|u| u.username.to_ascii_lowercase()).unwrap_or_default();
+    s.admin()
+        || path.starts_with(&format!("{own}/"))
+        || s.id().groups_above(path).any(|g| s.id().group_role(g.id, s.user) >= Some(Role::Maintainer))
 }
 
 /// `GET /projects`: the projects the caller can see.
-pub async fn list(State(api): State<Arc<Api>>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let items = s.id().projects.values().filter(|p| can_see(&s, p)).map(project_json).collect();
-    Ok(paged(&req, items))
+pub async fn list(s: Session, uri: Uri) -> V4Result {
+    let items = s.id().projects.values().filter(|p| Project::find(&s, &p.id.to_string()).is_ok()).map(project_json).collect();
+    Ok(paged(&uri, items))
 }
 
 /// `GET /projects/:id`.
-pub async fn one(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    Ok(axum::Json(project_json(find(&s, &key)?)).into_response())
+pub async fn one(s: Session, Path(key): Path<String>) -> V4Result {
+    Ok(axum::Json(project_json(&Project::find(&s, &key)?)).into_response())
 }
 
 /// `POST /projects`: `path` (`group/project`, or `namespace` + `path`), `visibility`
-/// (private unless given). Administrators create anywhere; users under their own name. The
-/// creator becomes its Owner.
-pub async fn create(State(api): State<Arc<Api>>, req: Request) -> V4Result {
-    let (req, req_body) = req.into_parts();
-    let s = session(&api, &req).await?;
+/// (private unless given). The creator becomes its Owner.
+pub async fn create(State(api): State<Arc<Api>>, s: Session, req_body: Body) -> V4Result {
     let b = body(req_body).await?;
     let leaf = b["path"].as_str().or(b["name"].as_str()).ok_or_else(|| V4Error::bad("path is missing"))?;
     let path = match b["namespace"].as_str() {
@@ -90,12 +69,8 @@ pub async fn create(State(api): State<Arc<Api>>, req: Request) -> V4Result {
     }
     .to_ascii_lowercase();
     RepoName::parse(&path).map_err(|e| V4Error::bad(format!("path is invalid: {e}")))?;
-    let visibility = match b["visibility"].as_str() {
-        Some(v) => Visibility::parse(v).ok_or_else(|| V4Error::bad("visibility must be private, internal or public"))?,
-        None => Visibility::Private,
-    };
-    let own = s.id().users.get(&s.user).map(|u| u.username.to_ascii_lowercase()).unwrap_or_default();
-    if !s.admin() && !path.starts_with(&format!("{own}/")) {
+    let visibility = visibility_of(&b)?.unwrap_or(Visibility::Private);
+    if !may_create_at(&s, &path) {
         return Err(V4Error::forbidden());
     }
     let id = created_id(change(&api, IdentityChange::CreateProject { path, visibility, owner: Some(s.user) }).await?)?;
@@ -105,14 +80,11 @@ pub async fn create(State(api): State<Arc<Api>>, req: Request) -> V4Result {
 }
 
 /// `PUT /projects/:id`: `visibility` (Owner).
-pub async fn update(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, req_body) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?.clone();
-    require(&s, &p, Role::Owner)?;
+pub async fn update(State(api): State<Arc<Api>>, s: Session, Path(key): Path<String>, req_body: Body) -> V4Result {
+    let p = Project::find(&s, &key)?;
+    p.require(&s, Role::Owner)?;
     let b = body(req_body).await?;
-    if let Some(v) = b["visibility"].as_str() {
-        let visibility = Visibility::parse(v).ok_or_else(|| V4Error::bad("visibility must be private, internal or public"))?;
+    if let Some(visibility) = visibility_of(&b)? {
         change(&api, IdentityChange::UpdateProject { project: p.id, visibility }).await?;
     }
     let now = api.meta.identity();
@@ -121,89 +93,9 @@ pub async fn update(State(api): State<Arc<Api>>, Path(key): Path<String>, req: R
 
 /// `DELETE /projects/:id` (Owner): the project record, its members and deploy tokens; its
 /// repositories stay until deleted through the registry.
-pub async fn delete(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?.clone();
-    require(&s, &p, Role::Owner)?;
+pub async fn delete(State(api): State<Arc<Api>>, s: Session, Path(key): Path<String>) -> V4Result {
+    let p = Project::find(&s, &key)?;
+    p.require(&s, Role::Owner)?;
     change(&api, IdentityChange::DeleteProject { project: p.id }).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"message": "202 Accepted"}))).into_response())
-}
-
-fn member_json(s: &Session, user: u64, role: Role) -> Value {
-    let name = s.id().users.get(&user).map(|u| u.username.clone()).unwrap_or_default();
-    json!({"id": user, "username": name, "name": name, "state": "active", "access_level": role.access_level()})
-}
-
-/// `GET /projects/:id/members`.
-pub async fn members(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?;
-    let items = s.id().members.iter().filter(|((pid, _), _)| *pid == p.id).map(|((_, u), r)| member_json(&s, *u, *r)).collect();
-    Ok(paged(&req, items))
-}
-
-/// `GET /projects/:id/members/:user_id`.
-pub async fn member(State(api): State<Arc<Api>>, Path((key, user)): Path<(String, String)>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?;
-    let user = numeric(&Path(user))?;
-    let r = s.id().role(p.id, user).ok_or_else(|| V4Error::not_found("Member"))?;
-    Ok(axum::Json(member_json(&s, user, r)).into_response())
-}
-
-async fn put_member(api: &Api, s: &Session, p: &Project, user: u64, b: &Value) -> Result<Value, V4Error> {
-    let level = b["access_level"].as_u64().or_else(|| b["access_level"].as_str().and_then(|v| v.parse().ok()));
-    let r = level.and_then(Role::from_access_level).ok_or_else(|| V4Error::bad("access_level must be 10, 20, 30, 40 or 50"))?;
-    require(s, p, Role::Maintainer)?;
-    // Only an Owner makes (or unmakes) Owners.
-    if (r == Role::Owner || s.id().role(p.id, user) == Some(Role::Owner)) && role(s, p) != Some(Role::Owner) {
-        return Err(V4Error::forbidden());
-    }
-    change(api, IdentityChange::SetMember { project: p.id, user, role: r }).await?;
-    Ok(member_json(s, user, r))
-}
-
-/// `POST /projects/:id/members`: `user_id`, `access_level` (Maintainer).
-pub async fn add_member(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, req_body) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?.clone();
-    let b = body(req_body).await?;
-    let user = b["user_id"].as_u64().or_else(|| b["user_id"].as_str().and_then(|v| v.parse().ok())).ok_or_else(|| V4Error::bad("user_id is missing"))?;
-    require(&s, &p, Role::Maintainer)?;
-    if s.id().role(p.id, user).is_some() {
-        return Err(V4Error::new(StatusCode::CONFLICT, "Member already exists"));
-    }
-    let v = put_member(&api, &s, &p, user, &b).await?;
-    Ok((StatusCode::CREATED, axum::Json(v)).into_response())
-}
-
-/// `PUT /projects/:id/members/:user_id`: `access_level` (Maintainer).
-pub async fn set_member(State(api): State<Arc<Api>>, Path((key, user)): Path<(String, String)>, req: Request) -> V4Result {
-    let (req, req_body) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?.clone();
-    let user = numeric(&Path(user))?;
-    if s.id().role(p.id, user).is_none() {
-        return Err(V4Error::not_found("Member"));
-    }
-    let b = body(req_body).await?;
-    Ok(axum::Json(put_member(&api, &s, &p, user, &b).await?).into_response())
-}
-
-/// `DELETE /projects/:id/members/:user_id` (Maintainer; Owners only by an Owner).
-pub async fn remove_member(State(api): State<Arc<Api>>, Path((key, user)): Path<(String, String)>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?.clone();
-    let user = numeric(&Path(user))?;
-    require(&s, &p, Role::Maintainer)?;
-    if s.id().role(p.id, user) == Some(Role::Owner) && role(&s, &p) != Some(Role::Owner) {
-        return Err(V4Error::forbidden());
-    }
-    change(&api, IdentityChange::RemoveMember { project: p.id, user }).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
-use berth_proto::identity::{IdentityChange, Role, TokenKind, TokenRecord, TokenScope};
+use berth_proto::identity::{IdentityChange, Project, Role, TokenKind, TokenRecord, TokenScope};
 use serde_json::{json, Value};
 
-use super::projects::{find, require};
-use super::{body, change, created_id, paged, parse_time, session, time, Session, V4Error, V4Result};
+use super::namespace::Namespace;
+use super::{body, change, created_id, paged, parse_time, time, Session, V4Error, V4Result};
 use crate::auth::issuer::{new_secret, token_hash};
 use crate::Api;
 
@@ -56,10 +57,7 @@ fn pat_json(t: &TokenRecord, now: u64) -> Value {
 }
 
 fn deploy_json(t: &TokenRecord, now: u64) -> Value {
-    let username = match &t.kind {
-        TokenKind::Deploy { username, .. } => username.clone(),
-        _ => String::new(),
-    };
+    let username = t.kind.deploy_username().unwrap_or_default();
     json!({
         "id": t.id, "name": t.name, "username": username, "expires_at": t.expires_ms.map(time),
         "revoked": t.revoked, "expired": t.expires_ms.is_some_and(|e| now >= e),
@@ -86,9 +84,7 @@ fn pat_of(s: &Session, key: &str) -> Result<TokenRecord, V4Error> {
 }
 
 /// `POST /users/:id/personal_access_tokens` (administrators): `name`, `scopes`, `expires_at`.
-pub async fn create_pat(State(api): State<Arc<Api>>, Path(user): Path<String>, req: Request) -> V4Result {
-    let (req, req_body) = req.into_parts();
-    let s = session(&api, &req).await?;
+pub async fn create_pat(State(api): State<Arc<Api>>, s: Session, Path(user): Path<String>, req_body: Body) -> V4Result {
     if !s.admin() {
         return Err(V4Error::forbidden());
     }
@@ -104,10 +100,8 @@ pub async fn create_pat(State(api): State<Arc<Api>>, Path(user): Path<String>, r
 
 /// `GET /personal_access_tokens`: the caller's (an administrator's: everyone's, or
 /// `user_id`'s).
-pub async fn list_pats(State(api): State<Arc<Api>>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let q = crate::handlers::query(&req.uri);
+pub async fn list_pats(s: Session, uri: Uri) -> V4Result {
+    let q = crate::handlers::query(&uri);
     let only: Option<u64> = if s.admin() { q.get("user_id").and_then(|u| u.parse().ok()) } else { Some(s.user) };
     let now = berth_proto::now_ms();
     let items = s
@@ -117,20 +111,16 @@ pub async fn list_pats(State(api): State<Arc<Api>>, req: Request) -> V4Result {
         .filter(|t| matches!(t.kind, TokenKind::Personal { user } if only.is_none_or(|o| o == user)))
         .map(|t| pat_json(t, now))
         .collect();
-    Ok(paged(&req, items))
+    Ok(paged(&uri, items))
 }
 
 /// `GET /personal_access_tokens/:id` (`self` for the one in use).
-pub async fn one_pat(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
+pub async fn one_pat(s: Session, Path(key): Path<String>) -> V4Result {
     Ok(axum::Json(pat_json(&pat_of(&s, &key)?, berth_proto::now_ms())).into_response())
 }
 
 /// `DELETE /personal_access_tokens/:id`: revokes it, everywhere, within a second.
-pub async fn revoke_pat(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
+pub async fn revoke_pat(State(api): State<Arc<Api>>, s: Session, Path(key): Path<String>) -> V4Result {
     let t = pat_of(&s, &key)?;
     change(&api, IdentityChange::RevokeToken { token: t.id }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -138,9 +128,7 @@ pub async fn revoke_pat(State(api): State<Arc<Api>>, Path(key): Path<String>, re
 
 /// `POST /personal_access_tokens/:id/rotate`: a new secret with the same name and scopes;
 /// the old one is revoked.
-pub async fn rotate_pat(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, req_body) = req.into_parts();
-    let s = session(&api, &req).await?;
+pub async fn rotate_pat(State(api): State<Arc<Api>>, s: Session, Path(key): Path<String>, req_body: Body) -> V4Result {
     let old = pat_of(&s, &key)?;
     if !old.active(berth_proto::now_ms()) {
         return Err(V4Error::bad("the token is revoked or expired"));
@@ -154,38 +142,50 @@ pub async fn rotate_pat(State(api): State<Arc<Api>>, Path(key): Path<String>, re
     Ok(axum::Json(v).into_response())
 }
 
-fn deploy_tokens_of(s: &Session, project: u64) -> impl Iterator<Item = &TokenRecord> {
-    s.id().tokens.values().filter(move |t| matches!(t.kind, TokenKind::Deploy { project: p, .. } if p == project))
-}
-
-/// `GET /projects/:id/deploy_tokens` (Maintainer).
-pub async fn list_deploy(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?;
-    require(&s, p, Role::Maintainer)?;
+/// `GET /deploy_tokens` (administrators): every deploy token, of projects and groups;
+/// `active=true` keeps the usable ones.
+pub async fn list_all_deploy(s: Session, uri: Uri) -> V4Result {
+    if !s.admin() {
+        return Err(V4Error::forbidden());
+    }
+    let q = crate::handlers::query(&uri);
+    let only_active = q.get("active").is_some_and(|v| v == "true");
     let now = berth_proto::now_ms();
-    let items = deploy_tokens_of(&s, p.id).map(|t| deploy_json(t, now)).collect();
-    Ok(paged(&req, items))
+    let items = s
+        .id()
+        .tokens
+        .values()
+        .filter(|t| t.kind.deploy_username().is_some() && (!only_active || t.active(now)))
+        .map(|t| deploy_json(t, now))
+        .collect();
+    Ok(paged(&uri, items))
 }
 
-/// `GET /projects/:id/deploy_tokens/:token_id` (Maintainer).
-pub async fn one_deploy(State(api): State<Arc<Api>>, Path((key, token)): Path<(String, String)>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?;
-    require(&s, p, Role::Maintainer)?;
-    let t = deploy_tokens_of(&s, p.id).find(|t| t.id.to_string() == token).ok_or_else(|| V4Error::not_found("Token"))?;
-    Ok(axum::Json(deploy_json(t, berth_proto::now_ms())).into_response())
+fn deploy_token<N: Namespace>(s: &Session, n: &N, token: &str) -> Result<TokenRecord, V4Error> {
+    s.id().tokens.values().find(|t| t.id.to_string() == token && n.owns(&t.kind)).cloned().ok_or_else(|| V4Error::not_found("Token"))
 }
 
-/// `POST /projects/:id/deploy_tokens` (Maintainer): `name`, `scopes`, `expires_at`,
-/// `username` (`gitlab+deploy-token-N` unless given).
-pub async fn create_deploy(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, req_body) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?.clone();
-    require(&s, &p, Role::Maintainer)?;
+/// `GET /projects/:id/deploy_tokens`, `GET /groups/:id/deploy_tokens` (Maintainer).
+pub async fn list_deploy<N: Namespace>(s: Session, Path(key): Path<String>, uri: Uri) -> V4Result {
+    let n = N::find(&s, &key)?;
+    n.require(&s, Role::Maintainer)?;
+    let now = berth_proto::now_ms();
+    let items = s.id().tokens.values().filter(|t| n.owns(&t.kind)).map(|t| deploy_json(t, now)).collect();
+    Ok(paged(&uri, items))
+}
+
+/// `GET .../deploy_tokens/:token_id` (Maintainer).
+pub async fn one_deploy<N: Namespace>(s: Session, Path((key, token)): Path<(String, String)>) -> V4Result {
+    let n = N::find(&s, &key)?;
+    n.require(&s, Role::Maintainer)?;
+    Ok(axum::Json(deploy_json(&deploy_token(&s, &n, &token)?, berth_proto::now_ms())).into_response())
+}
+
+/// `POST .../deploy_tokens` (a project's Maintainer, a group's Owner): `name`, `scopes`,
+/// `expires_at`, `username` (`gitlab+deploy-token-N` unless given).
+pub async fn create_deploy<N: Namespace>(State(api): State<Arc<Api>>, s: Session, Path(key): Path<String>, req_body: Body) -> V4Result {
+    let n = N::find(&s, &key)?;
+    n.require(&s, N::DEPLOY_ADMIN)?;
     let b = body(req_body).await?;
     let name = b["name"].as_str().ok_or_else(|| V4Error::bad("name is missing"))?.to_string();
     let scopes = scopes_of(&b)?;
@@ -196,32 +196,27 @@ pub async fn create_deploy(State(api): State<Arc<Api>>, Path(key): Path<String>,
     if !username.is_empty() && !super::users::valid_username(&username) {
         return Err(V4Error::bad("username can contain only letters, digits, '_', '-' and '.'"));
     }
-    let kind = TokenKind::Deploy { project: p.id, username };
-    let (id, secret) = create_token(&api, kind, name, scopes, expiry_of(&b)?, "berth_dt_").await?;
+    let (id, secret) = create_token(&api, n.deploy_kind(username), name, scopes, expiry_of(&b)?, "berth_dt_").await?;
     let mut v = deploy_json(api.meta.identity().tokens.get(&id).ok_or_else(|| V4Error::not_found("Token"))?, berth_proto::now_ms());
     v["token"] = json!(secret);
     Ok((StatusCode::CREATED, axum::Json(v)).into_response())
 }
 
-/// `DELETE /projects/:id/deploy_tokens/:token_id` (Maintainer).
-pub async fn revoke_deploy(State(api): State<Arc<Api>>, Path((key, token)): Path<(String, String)>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?;
-    require(&s, p, Role::Maintainer)?;
-    let t = deploy_tokens_of(&s, p.id).find(|t| t.id.to_string() == token).ok_or_else(|| V4Error::not_found("Token"))?.id;
-    change(&api, IdentityChange::RevokeToken { token: t }).await?;
+/// `DELETE .../deploy_tokens/:token_id` (a project's Maintainer, a group's Owner).
+pub async fn revoke_deploy<N: Namespace>(State(api): State<Arc<Api>>, s: Session, Path((key, token)): Path<(String, String)>) -> V4Result {
+    let n = N::find(&s, &key)?;
+    n.require(&s, N::DEPLOY_ADMIN)?;
+    let t = deploy_token(&s, &n, &token)?;
+    change(&api, IdentityChange::RevokeToken { token: t.id }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST /projects/:id/job_tokens` (Berth's; Developer): a CI job's token, acting as the
 /// caller in this project, until the job ends (`DELETE`) or `expires_in` seconds pass (an
 /// hour unless given). Log in with user `gitlab-ci-token`.
-pub async fn create_job(State(api): State<Arc<Api>>, Path(key): Path<String>, req: Request) -> V4Result {
-    let (req, req_body) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?.clone();
-    require(&s, &p, Role::Developer)?;
+pub async fn create_job(State(api): State<Arc<Api>>, s: Session, Path(key): Path<String>, req_body: Body) -> V4Result {
+    let p = Project::find(&s, &key)?;
+    p.require(&s, Role::Developer)?;
     let b = body(req_body).await?;
     let life = b["expires_in"].as_u64().map_or(JOB_TOKEN_LIFETIME_MS, |secs| secs.clamp(1, 86_400) * 1000);
     let expires = berth_proto::now_ms() + life;
@@ -232,11 +227,9 @@ pub async fn create_job(State(api): State<Arc<Api>>, Path(key): Path<String>, re
 }
 
 /// `DELETE /projects/:id/job_tokens/:id`: the job ended; its token stops working.
-pub async fn end_job(State(api): State<Arc<Api>>, Path((key, token)): Path<(String, String)>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
-    let p = find(&s, &key)?;
-    require(&s, p, Role::Developer)?;
+pub async fn end_job(State(api): State<Arc<Api>>, s: Session, Path((key, token)): Path<(String, String)>) -> V4Result {
+    let p = Project::find(&s, &key)?;
+    p.require(&s, Role::Developer)?;
     let t = s
         .id()
         .tokens

@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
 use axum::response::IntoResponse;
 use berth_proto::identity::{IdentityChange, User};
 use serde_json::{json, Value};
 
-use super::{body, change, created_id, numeric, paged, session, time, V4Error, V4Result};
+use super::{body, change, created_id, numeric, paged, time, Session, V4Error, V4Result};
 use crate::auth::PASSWORD_COST;
 use crate::Api;
 
@@ -44,33 +45,25 @@ pub fn valid_username(name: &str) -> bool {
 }
 
 /// `GET /user`.
-pub async fn me(State(api): State<Arc<Api>>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
+pub async fn me(s: Session) -> V4Result {
     let u = s.id().users.get(&s.user).ok_or_else(|| V4Error::not_found("User"))?;
     Ok(axum::Json(user_json(u, true)).into_response())
 }
 
 /// `GET /users`.
-pub async fn list(State(api): State<Arc<Api>>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
+pub async fn list(s: Session, uri: Uri) -> V4Result {
     let items = s.id().users.values().map(|u| user_json(u, s.admin())).collect();
-    Ok(paged(&req, items))
+    Ok(paged(&uri, items))
 }
 
 /// `GET /users/:id`.
-pub async fn one(State(api): State<Arc<Api>>, id: Path<String>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
+pub async fn one(s: Session, id: Path<String>) -> V4Result {
     let u = s.id().users.get(&numeric(&id)?).ok_or_else(|| V4Error::not_found("User"))?;
     Ok(axum::Json(user_json(u, s.admin())).into_response())
 }
 
 /// `POST /users` (administrators): `username`, `password`, `admin`.
-pub async fn create(State(api): State<Arc<Api>>, req: Request) -> V4Result {
-    let (req, req_body) = req.into_parts();
-    let s = session(&api, &req).await?;
+pub async fn create(State(api): State<Arc<Api>>, s: Session, req_body: Body) -> V4Result {
     if !s.admin() {
         return Err(V4Error::forbidden());
     }
@@ -91,9 +84,7 @@ pub async fn create(State(api): State<Arc<Api>>, req: Request) -> V4Result {
 }
 
 /// `PUT /users/:id` (administrators): `password`, `admin`.
-pub async fn update(State(api): State<Arc<Api>>, id: Path<String>, req: Request) -> V4Result {
-    let (req, req_body) = req.into_parts();
-    let s = session(&api, &req).await?;
+pub async fn update(State(api): State<Arc<Api>>, s: Session, id: Path<String>, req_body: Body) -> V4Result {
     let user = numeric(&id)?;
     if !s.admin() {
         return Err(V4Error::forbidden());
@@ -110,9 +101,7 @@ pub async fn update(State(api): State<Arc<Api>>, id: Path<String>, req: Request)
 }
 
 /// `DELETE /users/:id` (administrators; not oneself).
-pub async fn delete(State(api): State<Arc<Api>>, id: Path<String>, req: Request) -> V4Result {
-    let (req, _) = req.into_parts();
-    let s = session(&api, &req).await?;
+pub async fn delete(State(api): State<Arc<Api>>, s: Session, id: Path<String>) -> V4Result {
     let user = numeric(&id)?;
     if !s.admin() {
         return Err(V4Error::forbidden());
