@@ -153,7 +153,7 @@ async fn route(api: &Api, ep: Endpoint, req: Request, grant: &auth::Grant) -> Ap
             Method::GET | Method::HEAD => Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()),
             _ => not_allowed(),
         },
-        Endpoint::Catalog if *m == Method::GET => handlers::listing::catalog(api, &parts.uri, grant).await,
+        Endpoint::Catalog if *m == Method::GET => handlers::listing::catalog(api, &parts.uri).await,
         Endpoint::Tags { name } if *m == Method::GET => handlers::listing::tags(api, &name, &parts.uri).await,
         Endpoint::Referrers { name, digest } if *m == Method::GET => {
             handlers::listing::referrers(api, &name, &digest, &parts.uri).await

@@ -112,6 +112,8 @@ async fn tokens_through_the_load_balancer() {
     api("/groups", serde_json::json!({"path": "lb"})).await;
     let deploy = api("/groups/lb/deploy_tokens", serde_json::json!({"name": "k8s", "scopes": ["read_registry"]})).await;
     let deploy_creds = format!("{}:{}", deploy["username"].as_str().unwrap(), deploy["token"].as_str().unwrap());
+    let ci_deploy = api("/projects/lb%2Fapp/deploy_tokens", serde_json::json!({"name": "ci", "scopes": ["read_registry", "write_registry"]})).await;
+    let read_pat = api(&format!("/users/{dev}/personal_access_tokens"), serde_json::json!({"name": "ro", "scopes": ["read_registry"]})).await;
 
     tracing::info!("docker login with a personal access token, push, pull, through the load balancer");
     let cfg = dir.path().join("docker-config");
@@ -119,6 +121,24 @@ async fn tokens_through_the_load_balancer() {
     let remote = format!("{host}/lb/app:1");
     let (pushed, pulled) = berth_tests::docker_push_pull(&cfg, dir.path(), 65, &remote);
     assert_eq!(pushed, pulled);
+
+    tracing::info!("docker login with a project deploy token, push, pull, through the load balancer");
+    let cfg = dir.path().join("docker-config-deploy");
+    berth_tests::docker_login(&cfg, &host, ci_deploy["username"].as_str().unwrap(), ci_deploy["token"].as_str().unwrap());
+    let (pushed, pulled) = berth_tests::docker_push_pull(&cfg, dir.path(), 66, &format!("{host}/lb/app:deploy"));
+    assert_eq!(pushed, pulled);
+
+    tracing::info!("docker with a read_registry token: the push is denied");
+    let cfg = dir.path().join("docker-config-ro");
+    berth_tests::docker_login(&cfg, &host, "dev", read_pat["token"].as_str().unwrap());
+    let docker = |args: &[&str]| Command::new("docker").env("DOCKER_CONFIG", &cfg).args(args).output().unwrap();
+    let ro_tag = format!("{host}/lb/app:ro");
+    assert!(docker(&["pull", &remote]).status.success(), "a read_registry token pulls");
+    assert!(docker(&["tag", &remote, &ro_tag]).status.success());
+    let denied = docker(&["push", &ro_tag]);
+    docker(&["rmi", &remote, &ro_tag]);
+    let said = String::from_utf8_lossy(&denied.stderr).to_string() + &String::from_utf8_lossy(&denied.stdout);
+    assert!(!denied.status.success() && said.contains("denied"), "{said}");
 
     tracing::info!("a read-only group deploy token pulls through the load balancer and cannot push");
     let out = dir.path().join("pulled");

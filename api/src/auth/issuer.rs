@@ -114,8 +114,8 @@ impl IdentityView {
     }
 
     /// What `who` gets of `requested`: each repository scope cut to the allowed actions
-    /// (`*` only with pull, push and delete all allowed), `registry:catalog:*` for anyone
-    /// signed in (the catalog then lists only what they may pull); scopes left with no
+    /// (`*` only with pull, push and delete all allowed), `registry:catalog:*` for
+    /// administrators only (as GitLab: the catalog names every repository); scopes left with no
     /// action are dropped.
     pub fn grant(&self, who: &Principal, requested: &[Scope], now_ms: u64) -> Vec<Scope> {
         let id = &self.identity;
@@ -130,7 +130,7 @@ impl IdentityView {
                         .cloned()
                         .collect()
                 }
-                "registry" if s.name == "catalog" && *who != Principal::Anonymous && who.still_valid(id, now_ms) => {
+                "registry" if s.name == "catalog" && who.is_admin(id) && who.still_valid(id, now_ms) => {
                     s.actions.iter().filter(|a| *a == "*").cloned().collect()
                 }
                 _ => vec![],
@@ -226,7 +226,7 @@ mod tests {
         assert!(matches!(view.login(JOB_USER, &secret, 1), Login::Unknown { .. }), "a PAT is not a job token");
         let asked = Scope::parse_all(["repository:grp/app:pull,push", "repository:other:pull", "registry:catalog:*"]);
         let granted = view.grant(&who, &asked, 1);
-        assert_eq!(granted, vec![Scope::repository("grp/app", &["pull"]), Scope::catalog()]);
+        assert_eq!(granted, vec![Scope::repository("grp/app", &["pull"])], "no catalog for a non-administrator");
         let token = view.mint("berth", "container_registry", &who, &granted, 1_700_000_000).unwrap();
         let v = TokenVerifier { issuer: "berth".into(), service: "container_registry".into(), algorithms: None };
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_010);

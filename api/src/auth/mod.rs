@@ -103,19 +103,17 @@ pub struct Grant {
     pub subject: Option<String>,
     /// `None`: everything; otherwise only these.
     access: Option<Vec<Scope>>,
-    /// The identity behind a token Berth issued (listings are filtered to what it may see).
-    pub principal: Option<Principal>,
 }
 
 impl Grant {
     /// Everything, for `subject`.
     pub fn everything(subject: Option<String>) -> Grant {
-        Grant { subject, access: None, principal: None }
+        Grant { subject, access: None }
     }
 
     /// Only `access`.
     pub fn scoped(subject: Option<String>, access: Vec<Scope>) -> Grant {
-        Grant { subject, access: Some(access), principal: None }
+        Grant { subject, access: Some(access) }
     }
 
     /// True when `action` on the resource is granted (`*` grants every action).
@@ -309,12 +307,9 @@ impl Authorizer {
                 // The credential behind the token must still hold: revoking a token or
                 // ending a job takes effect now, not when the JWT expires.
                 let check = |view: &IdentityView| {
-                    let mut principal = None;
-                    let grant = bearer(caller, &self.verified, verifier, &view.keys, needs, |claims| {
-                        principal = issuer::principal_of(claims.berth.as_ref());
-                        principal.as_ref().is_some_and(|p| p.still_valid(&view.identity, now))
-                    });
-                    grant.map(|g| Grant { principal, ..g })
+                    bearer(caller, &self.verified, verifier, &view.keys, needs, |claims| {
+                        issuer::principal_of(claims.berth.as_ref()).is_some_and(|p| p.still_valid(&view.identity, now))
+                    })
                 };
                 let view = self.view(meta.identity());
                 match check(&view) {
