@@ -375,6 +375,30 @@ async fn groups_reach_their_projects() {
     let t = registry_token(&http, &node.url, dt["username"].as_str().unwrap(), dt["token"].as_str().unwrap(), "repository:other/app:pull").await;
     let r = http.get(format!("{}/v2/other/app/tags/list", node.url)).bearer_auth(&t).send().await.unwrap();
     assert_eq!(r.status(), 401, "a group token outside its group");
+    if require_tool("podman") {
+        tracing::info!("podman with --creds: a group Developer pushes, the group deploy token pulls and cannot push");
+        let rootfs = dir.path().join("rootfs.tar");
+        std::fs::write(&rootfs, berth_tests::tar_with_file("p.bin", &random_bytes(52, 80_000))).unwrap();
+        let podman = |root: &str, args: &[&str]| {
+            Command::new("podman")
+                .arg("--storage-driver=vfs")
+                .arg("--root")
+                .arg(dir.path().join(root))
+                .arg("--runroot")
+                .arg(dir.path().join(format!("{root}-run")))
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let remote = format!("{}/team/web:podman", node.addr);
+        assert!(podman("a", &["import", rootfs.to_str().unwrap(), "localhost/groups-test:1"]).status.success());
+        let out = podman("a", &["push", "--tls-verify=false", "--creds", "gdev:gdev-password", "localhost/groups-test:1", &remote]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = podman("b", &["pull", "--tls-verify=false", "--creds", &dt_creds, &remote]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = podman("a", &["push", "--tls-verify=false", "--creds", &dt_creds, "localhost/groups-test:1", &format!("{}/team/web:nope", node.addr)]);
+        assert!(!out.status.success(), "a read-only group deploy token pushed with podman");
+    }
     let (s, list) = lead_api.call(reqwest::Method::GET, "/groups/team/deploy_tokens", None).await;
     assert_eq!((s, list.as_array().map(Vec::len)), (StatusCode::OK, Some(1)));
     assert!(list.to_string().find("berth_dt_").is_none(), "secrets are shown once");
