@@ -132,6 +132,21 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Reads the files a configuration names (htpasswd, token keys, TLS certificates and
+/// `clientcas`, the first administrator's password file) as a start would, without
+/// starting: `berth config check`.
+pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
+    let tls = cfg.http.tls.as_ref().is_some_and(|t| t.certificate.is_some());
+    access::authorizer(&cfg.auth, tls, &prometheus::Registry::new())?;
+    if let Some(t) = &cfg.http.tls {
+        tls::acceptor(t)?;
+    }
+    if let Some(t) = &cfg.berth.tls {
+        peers::MutualTls::load(t)?;
+    }
+    Ok(())
+}
+
 /// Runs a node until SIGTERM or Ctrl-C.
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let cfg = opts.config;

@@ -52,6 +52,24 @@ enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check a configuration (with the `REGISTRY_*` variables of the environment applied)
+    /// without starting: every key and value, and the files it names (htpasswd, token
+    /// certificates, TLS). Exits 0 when `berth serve` would accept it, 2 when not.
+    ///
+    /// Example: `berth config check /etc/berth/config.yml`
+    Check {
+        /// The config.yml to check.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -233,6 +251,27 @@ fn cluster(config: Option<PathBuf>, action: ClusterAction) -> std::process::Exit
     }
 }
 
+fn config_check(file: &std::path::Path) -> std::process::ExitCode {
+    let check = || -> anyhow::Result<Vec<String>> {
+        let (cfg, unknown) = Config::load(Some(file), std::env::vars())?;
+        berth_node::check_files(&cfg)?;
+        Ok(unknown)
+    };
+    match check() {
+        Ok(unknown) => {
+            for key in &unknown {
+                println!("warning: {key}: not a key Berth uses; ignored");
+            }
+            println!("{}: ok", file.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e:#}", file.display());
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 fn init_logging(cfg: &Config) {
     let level = match cfg.log.level.unwrap_or(LogLevel::Info) {
         LogLevel::Error => "error",
@@ -253,11 +292,21 @@ fn init_logging(cfg: &Config) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // A command whose output is cut short (`berth cluster status | head`) ends quietly,
+        // as other command-line tools do, instead of panicking on the closed pipe. The
+        // server keeps SIGPIPE ignored: a client closing its socket is an error to handle.
+        // SAFETY: setting a signal's disposition to its default before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let (config, config_file, data_dir) = match cli.command {
         Command::Serve { config, config_file, data_dir } => (config, config_file, data_dir),
         Command::Cluster { config, action } => return cluster(config, action),
         Command::Admin { config, node, action } => return admin(config, node, action),
         Command::Tls { action: TlsAction::SelfSigned { hosts, cert, key } } => return self_signed(&hosts, &cert, &key),
+        Command::Config { action: ConfigAction::Check { file } } => return config_check(&file),
     };
     let file = config.or(config_file);
     let (cfg, unknown) = match Config::load(file.as_deref(), std::env::vars()) {

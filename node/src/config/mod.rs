@@ -465,16 +465,40 @@ impl Config {
         Self::from_tree(tree)
     }
 
-    fn from_tree(tree: Value) -> anyhow::Result<(Config, Vec<String>)> {
-        // Unknown keys: strip them with a warning rather than failing, as Distribution does.
+    fn from_tree(mut tree: Value) -> anyhow::Result<(Config, Vec<String>)> {
+        // One schema: the structs below. A key they do not know is an error under `berth:`
+        // (Berth's own keys, where a typo must not pass silently) and, elsewhere, a
+        // Distribution key Berth does not use: removed with a warning, as Distribution does
+        // with keys it does not know. Each pass finds one such key.
         let mut unknown = Vec::new();
-        let tree = strip_unknown(tree, &mut unknown)?;
-        let cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
-            let path = e.path().to_string();
-            anyhow!("invalid configuration value at {path}: {}", e.into_inner())
-        })?;
-        cfg.validate()?;
-        Ok((cfg, unknown))
+        loop {
+            match serde_path_to_error::deserialize::<_, Config>(tree.clone()) {
+                Ok(cfg) => {
+                    cfg.validate()?;
+                    return Ok((cfg, unknown));
+                }
+                Err(e) => {
+                    let parent = e.path().to_string();
+                    let inner = e.into_inner().to_string();
+                    let Some((field, expected)) = unknown_field(&inner) else {
+                        bail!("invalid configuration value at {parent}: {inner}");
+                    };
+                    let mut at: Vec<&str> = parent.split('.').filter(|s| !s.is_empty() && *s != "?").collect();
+                    if at.last() != Some(&field.as_str()) {
+                        at.push(&field);
+                    }
+                    let key = at.join(".");
+                    if at[0] == "berth" {
+                        let hint = nearest(&field, &expected).map(|n| format!("; did you mean {}.{n}?", at[..at.len() - 1].join("."))).unwrap_or_default();
+                        bail!("invalid configuration key {key}: Berth has no such key{hint}");
+                    }
+                    if unknown.contains(&key) || !remove_path(&mut tree, &at) {
+                        bail!("invalid configuration value at {key}: {inner}");
+                    }
+                    unknown.push(key);
+                }
+            }
+        }
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -620,114 +644,47 @@ pub fn is_loopback(addr: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Removes keys that `Config` does not know, recording their dotted paths. Uses
-/// `serde_ignored` against a permissive pass so the known structure decides.
-fn strip_unknown(tree: Value, unknown: &mut Vec<String>) -> anyhow::Result<Value> {
-    let mut paths = Vec::new();
-    let _ = serde_ignored::deserialize::<_, _, Lenient>(tree.clone(), |p| {
-        // `Option` layers show up as `?` segments; they are not keys.
-        paths.push(p.to_string().split('.').filter(|s| *s != "?").collect::<Vec<_>>().join("."))
-    });
-    let mut tree = tree;
-    for p in &paths {
-        remove_path(&mut tree, &p.split('.').collect::<Vec<_>>());
-    }
-    unknown.extend(paths);
-    Ok(tree)
+/// `(field, expected fields)` from serde's "unknown field `x`, expected one of `a`, `b`".
+fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected = rest.split('`').skip(1).step_by(2).map(str::to_string).collect();
+    Some((field.to_string(), expected))
 }
 
-fn remove_path(node: &mut Value, path: &[&str]) {
-    let Some(map) = node.as_mapping_mut() else { return };
-    let Some(key) = map.keys().find(|k| k.as_str() == Some(path[0])).cloned() else { return };
+/// The candidate closest to `word` by edit distance, if close enough to be a typo.
+fn nearest<'a>(word: &str, candidates: &'a [String]) -> Option<&'a str> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    };
+    candidates
+        .iter()
+        .map(|c| (distance(word, c), c))
+        .filter(|(d, c)| *d <= (c.len() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.as_str())
+}
+
+/// Removes the key at `path`; false if there was none.
+fn remove_path(node: &mut Value, path: &[&str]) -> bool {
+    let Some(map) = node.as_mapping_mut() else { return false };
+    let Some(key) = map.keys().find(|k| k.as_str() == Some(path[0])).cloned() else { return false };
     if path.len() == 1 {
-        map.remove(&key);
-    } else if let Some(child) = map.get_mut(&key) {
-        remove_path(child, &path[1..]);
+        map.remove(&key).is_some()
+    } else {
+        map.get_mut(&key).is_some_and(|child| remove_path(child, &path[1..]))
     }
-}
-
-/// `Config` without `deny_unknown_fields`, generated by mirroring its shape: serde_ignored
-/// reports every field the real structs do not declare.
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct Lenient {
-    #[serde(default)]
-    version: Option<Value>,
-    #[serde(default)]
-    log: Option<lenient::Log>,
-    #[serde(default)]
-    http: Option<lenient::Http>,
-    #[serde(default)]
-    storage: Option<lenient::Storage>,
-    #[serde(default)]
-    berth: Option<lenient::Berth>,
-    #[serde(default)]
-    auth: Option<Value>,
-    #[serde(default)]
-    redis: Option<Value>,
-    #[serde(default)]
-    health: Option<Value>,
-    #[serde(default)]
-    notifications: Option<Value>,
-    #[serde(default)]
-    validation: Option<Value>,
-}
-
-#[allow(dead_code)]
-mod lenient {
-    use serde::Deserialize;
-    use serde_norway::Value;
-    use std::collections::BTreeMap;
-
-    #[derive(Deserialize)]
-    pub struct Log { pub level: Option<Value>, pub formatter: Option<Value>, pub fields: Option<Value>, pub accesslog: Option<Value> }
-    #[derive(Deserialize)]
-    pub struct Http {
-        pub addr: Option<Value>, pub net: Option<Value>, pub prefix: Option<Value>, pub host: Option<Value>,
-        pub secret: Option<Value>, pub relativeurls: Option<Value>, pub draintimeout: Option<Value>,
-        pub headers: Option<Value>, pub tls: Option<Tls>, pub debug: Option<Debug>, pub http2: Option<Value>,
-    }
-    #[derive(Deserialize)]
-    pub struct Tls {
-        pub certificate: Option<Value>, pub key: Option<Value>, pub clientcas: Option<Value>, pub minimumtls: Option<Value>,
-        pub ciphersuites: Option<Value>, pub letsencrypt: Option<Value>, pub clientauth: Option<Value>,
-    }
-    #[derive(Deserialize)]
-    pub struct Debug { pub addr: Option<Value>, pub prometheus: Option<Prom> }
-    #[derive(Deserialize)]
-    pub struct Prom { pub enabled: Option<Value>, pub path: Option<Value> }
-    #[derive(Deserialize)]
-    pub struct Storage {
-        pub filesystem: Option<Fs>, pub s3: Option<BTreeMap<String, Value>>, pub gcs: Option<BTreeMap<String, Value>>,
-        pub azure: Option<BTreeMap<String, Value>>, pub inmemory: Option<Value>, pub delete: Option<Flag>,
-        pub redirect: Option<Redirect>, pub cache: Option<Value>, pub maintenance: Option<Maintenance>,
-    }
-    #[derive(Deserialize)]
-    pub struct Fs { pub rootdirectory: Option<Value>, pub maxthreads: Option<Value> }
-    #[derive(Deserialize)]
-    pub struct Flag { pub enabled: Option<Value> }
-    #[derive(Deserialize)]
-    pub struct Redirect { pub disable: Option<Value> }
-    #[derive(Deserialize)]
-    pub struct Maintenance { pub uploadpurging: Option<Purge>, pub readonly: Option<Flag> }
-    #[derive(Deserialize)]
-    pub struct Purge { pub enabled: Option<Value>, pub age: Option<Value>, pub interval: Option<Value>, pub dryrun: Option<Value> }
-    #[derive(Deserialize)]
-    pub struct Berth {
-        pub datadir: Option<Value>, pub nodeid: Option<Value>, pub snapshotlogs: Option<Value>, pub grpcaddr: Option<Value>,
-        pub bootstrap: Option<Value>, pub role: Option<Value>, pub peers: Option<Value>, pub tls: Option<ClusterTls>,
-        pub insecureplaintext: Option<Value>, pub clustertokenfile: Option<Value>, pub limits: Option<Limits>,
-        pub admin: Option<Admin>, pub trustedproxies: Option<Value>,
-    }
-    #[derive(Deserialize)]
-    pub struct Admin { pub username: Option<Value>, pub password: Option<Value>, pub passwordfile: Option<Value> }
-    #[derive(Deserialize)]
-    pub struct Limits {
-        pub headertimeout: Option<Value>, pub idletimeout: Option<Value>, pub maxconnections: Option<Value>,
-        pub minbodyrate: Option<Value>, pub bodyratewindow: Option<Value>, pub diskreserve: Option<Value>,
-    }
-    #[derive(Deserialize)]
-    pub struct ClusterTls { pub ca: Option<Value>, pub certificate: Option<Value>, pub key: Option<Value> }
 }
 
 #[cfg(test)]
@@ -770,6 +727,24 @@ mod tests {
         assert!(e.contains("http.addr"), "{e}");
         let e = load("storage:\n  s3:\n    region: us-east-1\n", &[]).unwrap_err().to_string();
         assert!(e.contains("storage.s3.bucket"), "{e}");
+        // A Distribution section Berth does not use warns too.
+        let (_, unknown) = load("proxy:\n  remoteurl: https://registry-1.docker.io\n", &[]).unwrap();
+        assert_eq!(unknown, vec!["proxy".to_string()]);
+    }
+
+    #[test]
+    fn typos_in_berths_own_keys_are_errors_that_name_the_nearest_key() {
+        for (yaml, env, said) in [
+            ("berth:\n  nodid: 3\n", vec![], "berth.nodid: Berth has no such key; did you mean berth.nodeid?"),
+            ("", vec![("REGISTRY_BERTH_NODID", "3")], "did you mean berth.nodeid?"),
+            ("berth:\n  limits:\n    headertimout: 5s\n", vec![], "did you mean berth.limits.headertimeout?"),
+            ("berth:\n  admin:\n    pasword: x\n", vec![], "did you mean berth.admin.password?"),
+            ("berth:\n  frobnicate: 1\n", vec![], "berth.frobnicate: Berth has no such key"),
+        ] {
+            let e = load(yaml, &env).unwrap_err().to_string();
+            assert!(e.contains(said), "{yaml} {env:?}: {e}");
+        }
+        assert!(!load("berth:\n  frobnicate: 1\n", &[]).unwrap_err().to_string().contains("did you mean"));
     }
 
     #[test]
