@@ -57,6 +57,11 @@ pub trait Metadata: Send + Sync + 'static {
     /// Identity as the cluster has it now (a linearizable read; concurrent callers share
     /// one), for a credential this node's copy does not know yet.
     async fn identity_now(&self) -> Result<Arc<Identity>, MetaError>;
+    /// Whether this node can serve: it has reached the cluster and a leader has confirmed
+    /// a read lately. Cheap (no round trip); the reason when not.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Why a blob storage call failed. Callers match on the variant, never on the message.

@@ -75,7 +75,19 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request) -> Response {
             .get(axum::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v != "0");
+    // The version check is what load balancers and clients probe: a node that cannot serve
+    // (not joined yet, no leader for a while) says so there, before any login.
+    let mut not_ready = matches!(endpoint, Some(Endpoint::Base)).then(|| api.meta.ready().err()).flatten();
+    if not_ready.is_some() {
+        // Stale rather than lost, perhaps (a node just started): one shared read decides.
+        let _ = api.meta.identity_now().await;
+        not_ready = api.meta.ready().err();
+    }
     let mut resp = match endpoint {
+        Some(_) if not_ready.is_some() => {
+            let why = not_ready.unwrap_or_default();
+            ApiError::from(MetaError::Unavailable(format!("this node cannot serve: {why}"))).into_response()
+        }
         Some(ep) => {
             let allow = allowed(&api.config, &ep);
             // A request body is not `Sync`, so the decision looks at the head alone.

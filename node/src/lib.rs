@@ -39,6 +39,8 @@ pub const DEFAULT_ADDR: &str = "0.0.0.0:5000";
 /// The address a node's gRPC listener gets in `berth cluster` commands and, for a lone voter
 /// that opens no gRPC listener (none is configured), the address it is recorded under.
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:5050";
+/// Where health, readiness and metrics are served when `http.debug.addr` is not set.
+pub const DEFAULT_DEBUG_ADDR: &str = "127.0.0.1:5001";
 
 /// Everything `berth serve` needs after the command line is read.
 pub struct ServeOptions {
@@ -130,6 +132,50 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The most Raft entries a voter may have logged but not applied and still be healthy.
+const MAX_APPLY_LAG: u64 = 10_000;
+
+/// `/debug/health`: disk space, Raft (running, a leader known, applying keeps up with the
+/// log) or, on a frontend, the voters answering, and the blob store answering.
+fn health_check(
+    raft: Option<berth_raft_store::types::Raft>,
+    meta: Arc<dyn Metadata>,
+    site: SiteStore,
+    spaces: [SpaceGuard; 2],
+) -> Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> {
+    Arc::new(move || {
+        let (raft, meta, site, spaces) = (raft.clone(), meta.clone(), site.clone(), spaces.clone());
+        Box::pin(async move {
+            for s in &spaces {
+                s.check().map_err(|e| format!("disk: {e}; pushes are refused until space returns"))?;
+            }
+            match raft {
+                Some(raft) => {
+                    let m = raft.metrics().borrow().clone();
+                    if let Err(e) = &m.running_state {
+                        return Err(format!("raft stopped: {e}"));
+                    }
+                    if m.current_leader.is_none() {
+                        return Err("no raft leader".into());
+                    }
+                    let logged = m.last_log_index.unwrap_or(0);
+                    let applied = m.last_applied.map_or(0, |l| l.index);
+                    if logged.saturating_sub(applied) > MAX_APPLY_LAG {
+                        return Err(format!("raft: applying {} entries behind the log", logged - applied));
+                    }
+                }
+                // A frontend is healthy when the voters answer it.
+                None => {
+                    meta.catalog(None, 1).await.map_err(|e| e.to_string())?;
+                }
+            }
+            let probe = berth_proto::Digest::sha256_of(b"berth health probe");
+            site.inner().stat(&probe).await.map_err(|e| format!("storage: {e}"))?;
+            Ok(())
+        })
+    })
 }
 
 /// Reads the files a configuration names (htpasswd, token keys, TLS certificates and
@@ -236,54 +282,31 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if let Some(raft) = &raft {
         workers::spawn_raft_metrics(raft.clone(), &registry, stop_rx.clone())?;
     }
-    if let Some(debug) = &cfg.http.debug {
-        if let Some(daddr) = &debug.addr {
-            let path = debug.prometheus.as_ref().and_then(|p| p.path.clone()).unwrap_or_else(|| "/metrics".into());
-            let raft = raft.clone();
-            let meta = meta.clone();
-            let site = site.clone();
-            let spaces = [meta_space.clone(), blob_space.clone()];
-            let health: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync> =
-                Arc::new(move || {
-                    let raft = raft.clone();
-                    let meta = meta.clone();
-                    let site = site.clone();
-                    let spaces = spaces.clone();
-                    Box::pin(async move {
-                        for s in &spaces {
-                            s.check().map_err(|e| format!("disk: {e}; pushes are refused until space returns"))?;
-                        }
-                        match raft {
-                            Some(raft) => {
-                                let m = raft.metrics().borrow().clone();
-                                if let Err(e) = &m.running_state {
-                                    return Err(format!("raft stopped: {e}"));
-                                }
-                                if m.current_leader.is_none() {
-                                    return Err("no raft leader".into());
-                                }
-                            }
-                            // A frontend is healthy when the voters answer it.
-                            None => {
-                                meta.catalog(None, 1).await.map_err(|e| e.to_string())?;
-                            }
-                        }
-                        let probe = berth_proto::Digest::sha256_of(b"berth health probe");
-                        site.inner().stat(&probe).await.map_err(|e| format!("storage: {e}"))?;
-                        Ok(())
+    {
+        // Health and metrics are always served, on loopback unless `http.debug.addr` says
+        // where.
+        let debug = cfg.http.debug.clone().unwrap_or_default();
+        let path = debug.prometheus.as_ref().and_then(|p| p.path.clone()).unwrap_or_else(|| "/metrics".into());
+        let daddr = debug.addr.clone().unwrap_or_else(|| DEFAULT_DEBUG_ADDR.to_string());
+        let health = health_check(raft.clone(), meta.clone(), site.clone(), [meta_space.clone(), blob_space.clone()]);
+        let ready_meta = meta.clone();
+        let ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || ready_meta.ready());
+        match server::bind(config::normalize_addr(&daddr)?, "http.debug.addr").await {
+            Ok((dl, dlocal)) => {
+                eprintln!("berth: debug listening on http://{dlocal}");
+                let router = server::debug_router(registry.clone(), path, health, ready);
+                let mut rx = stop_rx.clone();
+                // The same limits as the registry listener: a scraper or a stranger cannot hold it.
+                tokio::spawn(async move {
+                    let _ = server::serve(dl, router, None, limits, async move {
+                        let _ = rx.changed().await;
                     })
+                    .await;
                 });
-            let (dl, dlocal) = server::bind(config::normalize_addr(daddr)?, "http.debug.addr").await?;
-            eprintln!("berth: debug listening on http://{dlocal}");
-            let router = server::debug_router(registry.clone(), path, health);
-            let mut rx = stop_rx.clone();
-            // The same limits as the registry listener: a scraper or a stranger cannot hold it.
-            tokio::spawn(async move {
-                let _ = server::serve(dl, router, None, limits, async move {
-                    let _ = rx.changed().await;
-                })
-                .await;
-            });
+            }
+            Err(e) if debug.addr.is_some() => return Err(e),
+            // The default port is taken (another node on this machine): serve without it.
+            Err(e) => tracing::warn!("no debug listener (health, readiness, metrics): {e:#}; set http.debug.addr"),
         }
     }
     let purge = &cfg.storage.maintenance.uploadpurging;

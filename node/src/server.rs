@@ -219,13 +219,28 @@ pub fn raise_fd_limit() {
     }
 }
 
-/// The debug listener's router: `/debug/health` and Prometheus metrics.
+/// The debug listener's router: `/debug/health` (storage, Raft, disk: for liveness and
+/// alerts), `/debug/ready` (this node serves: for load balancers and readiness probes) and
+/// Prometheus metrics.
 pub fn debug_router(
     registry: Registry,
     metrics_path: String,
     health: Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>,
+    ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 ) -> Router {
     Router::new()
+        .route(
+            "/debug/ready",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    match ready() {
+                        Ok(()) => (axum::http::StatusCode::OK, axum::Json(serde_json::json!({}))),
+                        Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"error": e}))),
+                    }
+                }
+            }),
+        )
         .route(
             "/debug/health",
             get(move || {

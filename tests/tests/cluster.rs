@@ -346,3 +346,44 @@ async fn a_paused_leader_is_replaced_and_steps_down_when_it_wakes() {
     }
     old.push_blob("pause/app", b"after the pause").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_has_not_joined_is_not_ready_until_it_is() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let debug = [("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")];
+    let first = Berth::start(&dir.path().join("node1"), None, &debug);
+    let mut env = vec![("REGISTRY_BERTH_NODEID", "2"), ("REGISTRY_BERTH_BOOTSTRAP", "false")];
+    env.extend_from_slice(&debug);
+    let second = Berth::start(&dir.path().join("node2"), None, &env);
+    let http = reqwest::Client::new();
+    let status = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            (r.status().as_u16(), retry, r.text().await.unwrap())
+        }
+    };
+
+    tracing::info!("not a member yet: /v2/ and /debug/ready say 503, with an OCI error body");
+    let (code, retry, body) = status(format!("{}/v2/", second.url)).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(retry, "Retry-After");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["errors"][0]["code"], "UNAVAILABLE");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains("not reached the cluster"), "{body}");
+    assert_eq!(status(format!("{}/debug/ready", second.debug_url.as_ref().unwrap())).await.0, 503);
+    assert_eq!(status(format!("{}/v2/", first.url)).await.0, 200);
+    assert_eq!(status(format!("{}/debug/ready", first.debug_url.as_ref().unwrap())).await.0, 200);
+
+    tracing::info!("once added, it is ready within a refresh");
+    berth_cluster(&["add-learner", "--node", &first.grpc_addr, "--id", "2", "--addr", &second.grpc_addr]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(format!("{}/v2/", second.url)).await.0 != 200 {
+        assert!(Instant::now() < deadline, "still not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(format!("{}/debug/ready", second.debug_url.as_ref().unwrap())).await.0, 200);
+    assert_eq!(status(format!("{}/debug/health", second.debug_url.as_ref().unwrap())).await.0, 200);
+}

@@ -42,18 +42,32 @@ pub struct ClusterMetadata<B> {
     identity: RwLock<Arc<Identity>>,
     /// Serializes on-demand refreshes; holds when the last one started.
     refreshing: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// When a leader last confirmed a read for this node (ms since epoch; 0: never).
+    confirmed_ms: std::sync::atomic::AtomicU64,
 }
+
+/// How long after the last read a leader confirmed a node still counts as ready: longer
+/// than an election, so that a failover does not take every node out of a load balancer.
+pub const READY_WINDOW_MS: u64 = 10_000;
 
 impl<B: MetadataBackend> ClusterMetadata<B> {
     /// Wraps a backend.
     pub fn new(backend: Arc<B>) -> Self {
-        ClusterMetadata { backend, secret: OnceLock::new(), identity: RwLock::default(), refreshing: tokio::sync::Mutex::new(None) }
+        ClusterMetadata {
+            backend,
+            secret: OnceLock::new(),
+            identity: RwLock::default(),
+            refreshing: tokio::sync::Mutex::new(None),
+            confirmed_ms: Default::default(),
+        }
     }
 
     /// Fetches identity if its version moved since the copy held here.
     pub async fn refresh_identity(&self) -> Result<(), MetaError> {
         let held = self.identity.read().expect("identity lock").version;
         let version = ask!(self, Query::IdentityVersion, Answer::IdentityVersion)?;
+        // A linearizable read came back: the cluster has a leader and this node reaches it.
+        self.confirmed_ms.store(berth_proto::now_ms(), std::sync::atomic::Ordering::Relaxed);
         if version != held {
             let fresh = ask!(self, Query::Identity, Answer::Identity)?;
             let mut slot = self.identity.write().expect("identity lock");
@@ -114,6 +128,18 @@ impl<B: MetadataBackend> Metadata for ClusterMetadata<B> {
             self.refresh_identity().await?;
         }
         Ok(self.identity())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        let at = self.confirmed_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if at == 0 {
+            return Err("it has not reached the cluster's leader yet (not a member, or no quorum)".into());
+        }
+        let ago = berth_proto::now_ms().saturating_sub(at);
+        if ago > READY_WINDOW_MS {
+            return Err(format!("no leader has confirmed a read for {} s", ago / 1000));
+        }
+        Ok(())
     }
 
     async fn http_secret(&self) -> Result<Arc<Vec<u8>>, MetaError> {
