@@ -71,10 +71,14 @@ launch() {
 
 # Waits until node ID's HTTP listener answers.
 wait_http() {
-  local addr="$1" log="$2"
+  local addr="$1" log="$2" mode="${3:-ready}"
   for _ in $(seq 1 300); do
-    # 200, or 401 when auth is configured (REGISTRY_AUTH_* in the environment reach every node).
-    case "$(curl -so /dev/null -w '%{http_code}' "http://$addr/v2/")" in 200|401) return 0 ;; esac
+    # Ready: 200, or 401 when auth is configured (REGISTRY_AUTH_* in the environment reach
+    # every node). A voter not yet joined answers 503 until it is; `listening` takes that.
+    case "$(curl -so /dev/null -w '%{http_code}' "http://$addr/v2/")" in
+      200|401) return 0 ;;
+      503) [[ "$mode" == listening ]] && return 0 ;;
+    esac
     sleep 0.1
   done
   tail -20 "$log" >&2
@@ -165,7 +169,7 @@ up() {
   for n in $(seq 1 "$voters"); do
     local pid
     pid="$(launch "$n")"
-    wait_http "${https[n-1]}" "$dir/node$n/log"
+    wait_http "${https[n-1]}" "$dir/node$n/log" listening
     echo "$n voter $pid ${https[n-1]} ${grpcs[n-1]}" >>"$dir/nodes.tmp"
   done
   for n in $(seq 2 "$voters"); do
@@ -174,6 +178,9 @@ up() {
   if ((voters > 1)); then
     "$bin" cluster change-membership --node "${grpcs[0]}" --voters "$(seq -s, 1 "$voters")" >/dev/null
   fi
+  for n in $(seq 1 "$voters"); do
+    wait_http "${https[n-1]}" "$dir/node$n/log"
+  done
   for f in $(seq 1 "$frontends"); do
     local n=$((voters + f)) h="127.0.0.1:$(free_port)" pid
     write_config "$n" frontend "$h" "-" "$peers"
