@@ -1,6 +1,7 @@
 //! Berth's HTTP API: the OCI distribution-spec v1.1 router and its error mapping. It works on
 //! metadata and blobs only through the traits in [`backend`], which the node implements.
 
+pub mod access_log;
 pub mod auth;
 pub mod backend;
 pub mod client;
@@ -36,6 +37,8 @@ pub struct ApiConfig {
     pub body_rate: handlers::BodyRate,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: client::TrustedProxies,
+    /// Write an access log line per request.
+    pub access_log: bool,
 }
 
 /// Everything a request handler needs.
@@ -59,6 +62,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/jwt/auth", axum::routing::get(handlers::token::issue))
         .nest("/api/v4", handlers::v4::router())
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), access_log::log_requests))
         .with_state(api)
 }
 
@@ -93,7 +97,12 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request) -> Response {
             // A request body is not `Sync`, so the decision looks at the head alone.
             let (head, body) = req.into_parts();
             let mut resp = match authorize(&api, &ep, &head).await {
-                Ok(grant) => route(&api, ep, Request::from_parts(head, body), &grant).await.unwrap_or_else(IntoResponse::into_response),
+                Ok(grant) => {
+                    if let Some(user) = &grant.subject {
+                        access_log::note_user(&head.extensions, user);
+                    }
+                    route(&api, ep, Request::from_parts(head, body), &grant).await.unwrap_or_else(IntoResponse::into_response)
+                }
                 Err(refused) => refused,
             };
             if resp.status() == StatusCode::METHOD_NOT_ALLOWED {

@@ -244,6 +244,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             read_only: cfg.read_only(),
             body_rate: berth_api::handlers::BodyRate { bytes_per_sec: limits.min_body_rate, window: limits.body_rate_window },
             trusted_proxies: cfg.trusted_proxies()?,
+            access_log: cfg.log.accesslog.disabled != Some(true),
         },
         metrics: HttpMetrics::new(&registry)?,
         auth: Arc::new(authorizer),

@@ -39,7 +39,11 @@ pub async fn issue(State(api): State<Arc<Api>>, req: axum::extract::Request) -> 
     let Some(token) = view.mint(issuer, service, &who, &granted, now_ms / 1000) else {
         return ApiError::new(Code::Unavailable, "the cluster has no token signing key yet").into_response();
     };
-    api.auth.audit_issued(caller, who.subject(&view.identity).as_deref(), &granted);
+    let subject = who.subject(&view.identity);
+    if let Some(name) = &subject {
+        crate::access_log::note_user(&parts.extensions, name);
+    }
+    api.auth.audit_issued(caller, subject.as_deref(), &granted);
     let issued_at = humantime_rfc3339(now_ms);
     let body = json!({
         "token": token,

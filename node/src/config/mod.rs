@@ -55,8 +55,8 @@ pub struct LogConfig {
     pub formatter: Option<LogFormat>,
     /// Static fields added to every line.
     pub fields: BTreeMap<String, Value>,
-    /// `log.accesslog.disabled`.
-    pub accesslog: Option<Value>,
+    /// `log.accesslog`.
+    pub accesslog: AccessLogConfig,
 }
 
 /// Log levels Distribution accepts.
@@ -83,6 +83,14 @@ pub enum LogFormat {
     Json,
     /// Treated as JSON.
     Logstash,
+}
+
+/// `log.accesslog`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// No line per request.
+    pub disabled: Option<bool>,
 }
 
 /// `http.*`

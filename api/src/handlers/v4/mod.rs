@@ -157,6 +157,9 @@ async fn session(api: &Api, req: &Parts) -> Result<Session, V4Error> {
         Some(t) => match t.kind {
             berth_proto::identity::TokenKind::Personal { user } if t.scopes.contains(&TokenScope::Api) => {
                 let who = Principal::User { user, token: Some(t.id) };
+                if let Some(name) = who.subject(&view.identity) {
+                    crate::access_log::note_user(&req.extensions, &name);
+                }
                 api.auth.audit_api(caller, who.subject(&view.identity).as_deref(), true);
                 Ok(Session { who, user, view })
             }

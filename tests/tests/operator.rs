@@ -1,0 +1,100 @@
+//! What an operator meets on the first day: `config check` before a start, command output
+//! cut short by a pipe, and the access log.
+
+use std::process::Command;
+
+use berth_tests::{berth_bin, berth_command, init_tracing, Berth};
+
+#[test]
+fn config_check_names_the_key_and_the_nearest_valid_one() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |yaml: &str| {
+        let f = dir.path().join("config.yml");
+        std::fs::write(&f, yaml).unwrap();
+        let out = berth_command().args(["config", "check"]).arg(&f).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, said) = check("version: 0.1\nhttp:\n  addr: :5000\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/berth\n");
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains(": ok"), "{said}");
+    // A Distribution key Berth does not use: a warning, still ok.
+    let (code, said) = check("version: 0.1\nproxy:\n  remoteurl: https://registry-1.docker.io\n");
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("warning: proxy"), "{said}");
+    // A typo in Berth's own keys: refused, with the key meant.
+    let (code, said) = check("version: 0.1\nberth:\n  nodid: 2\n");
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("berth.nodid") && said.contains("did you mean berth.nodeid?"), "{said}");
+    // A file the configuration names must exist, as at start.
+    let (code, said) = check("version: 0.1\nauth:\n  htpasswd:\n    realm: r\n    path: /nonexistent/htpasswd\n");
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("auth.htpasswd.path"), "{said}");
+    let (code, said) = check("version: 0.1\nhttp:\n  tls:\n    certificate: /nonexistent/tls.crt\n    key: /nonexistent/tls.key\n");
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("/nonexistent/tls.crt"), "{said}");
+}
+
+#[test]
+fn output_cut_short_by_a_pipe_ends_quietly() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Berth::start(&dir.path().join("data"), None, &[]);
+    let out = Command::new("sh")
+        .arg("-c")
+        // `true` reads nothing and is gone long before the status comes back over gRPC, so
+        // every write berth makes meets a closed pipe.
+        .arg(format!("\"$0\" cluster status --node {} | true", node.grpc_addr))
+        .arg(berth_bin())
+        .env("REGISTRY_BERTH_CLUSTERTOKENFILE", berth_tests::cluster_token_file())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().is_empty(), "{stderr}");
+}
+
+/// The lines of a node's log with target `access`.
+fn access_lines(node: &Berth) -> Vec<String> {
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    log.lines().filter(|l| l.contains("access")).map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_leaves_an_access_line_with_its_user() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("bob:{}\n", bcrypt::hash("builder", 5).unwrap())).unwrap();
+    let auth = [("REGISTRY_AUTH_HTPASSWD_PATH", htpasswd.to_str().unwrap()), ("REGISTRY_AUTH_HTPASSWD_REALM", "r")];
+    let text = Berth::start(&dir.path().join("text"), None, &auth);
+    let mut env = auth.to_vec();
+    env.push(("REGISTRY_LOG_FORMATTER", "json"));
+    let json = Berth::start(&dir.path().join("json"), None, &env);
+    let http = reqwest::Client::builder().user_agent("operator-test/1").build().unwrap();
+    for node in [&text, &json] {
+        assert_eq!(http.get(format!("{}/v2/", node.url)).basic_auth("bob", Some("builder")).send().await.unwrap().status(), 200);
+        assert_eq!(http.get(format!("{}/v2/_catalog?n=5", node.url)).send().await.unwrap().status(), 401);
+    }
+    let wait_for = |node: &Berth, n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let lines = access_lines(node);
+            if lines.len() >= n || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+
+    tracing::info!("text: Distribution's combined format, the user who logged in, the status and bytes");
+    let lines = wait_for(&text, 2);
+    assert!(lines.iter().any(|l| l.contains(r#"127.0.0.1 - bob "GET /v2/ HTTP/1.1" 200 2 "" "operator-test/1""#)), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains(r#"127.0.0.1 - - "GET /v2/_catalog?n=5 HTTP/1.1" 401"#)), "{lines:#?}");
+
+    tracing::info!("json: the same fields as keys");
+    let lines = wait_for(&json, 2);
+    let parsed: Vec<serde_json::Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let ok = parsed.iter().find(|v| v["fields"]["uri"] == "/v2/" && v["fields"]["user"] == "bob").unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!((ok["target"].clone(), ok["fields"]["status"].clone()), (serde_json::json!("access"), serde_json::json!(200)));
+    assert_eq!(ok["fields"]["client"], "127.0.0.1");
+}
