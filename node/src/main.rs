@@ -16,6 +16,7 @@ struct Cli {
 enum Command {
     /// Run a registry node. With no configuration: a single voter on 0.0.0.0:5000 keeping
     /// its data under ./berth-data.
+    #[command(after_help = "Examples:\n  berth serve\n  berth serve --config /etc/berth/config.yml\n  REGISTRY_HTTP_ADDR=127.0.0.1:5000 berth serve --data-dir /var/lib/berth")]
     Serve {
         /// Docker Distribution style config.yml (also accepted as the positional argument).
         #[arg(long, short)]
@@ -64,8 +65,7 @@ enum ConfigAction {
     /// Check a configuration (with the `REGISTRY_*` variables of the environment applied)
     /// without starting: every key and value, and the files it names (htpasswd, token
     /// certificates, TLS). Exits 0 when `berth serve` would accept it, 2 when not.
-    ///
-    /// Example: `berth config check /etc/berth/config.yml`
+    #[command(after_help = "Example:\n  berth config check /etc/berth/config.yml")]
     Check {
         /// The config.yml to check.
         file: PathBuf,
@@ -76,6 +76,7 @@ enum ConfigAction {
 enum TlsAction {
     /// Write a self-signed certificate and key for a first try with TLS (not for production:
     /// clients must be told to trust it, e.g. docker's certs.d/HOST:PORT/ca.crt).
+    #[command(after_help = "Example:\n  berth tls self-signed --host registry.local --host 127.0.0.1 --cert tls.crt --key tls.key")]
     SelfSigned {
         /// Names and IP addresses the certificate is for.
         #[arg(long = "host", required = true)]
@@ -92,6 +93,7 @@ enum TlsAction {
 #[derive(Subcommand)]
 enum AdminAction {
     /// Make a user; the password is read from stdin.
+    #[command(after_help = "Example:\n  echo 'a long password' | berth admin create-user --username alice --admin")]
     CreateUser {
         /// Login name.
         #[arg(long)]
@@ -104,6 +106,7 @@ enum AdminAction {
         no_password: bool,
     },
     /// Set a user's password (read from stdin), e.g. a locked-out administrator's.
+    #[command(after_help = "Example:\n  echo 'a new long password' | berth admin set-password --username root")]
     SetPassword {
         /// Login name.
         #[arg(long)]
@@ -113,6 +116,7 @@ enum AdminAction {
         admin: Option<bool>,
     },
     /// Make a personal access token and print it (shown this once).
+    #[command(after_help = "Example:\n  berth admin create-token --username root --scopes api --expires-at 2030-01-01")]
     CreateToken {
         /// Whose.
         #[arg(long)]
@@ -132,24 +136,28 @@ enum AdminAction {
     /// Berth makes a P-256 key (ES256) unless given one: `--key-file` takes a PKCS#8 PEM
     /// private key, RSA of 2048 bits and up (RS256) or P-256, for example one made with
     /// `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072 -out registry.key`.
+    #[command(after_help = "Examples:\n  berth admin rotate-signing-key\n  berth admin rotate-signing-key --key-file registry.key")]
     RotateSigningKey {
         /// A PKCS#8 PEM private key to sign with instead of a new P-256 key.
         #[arg(long)]
         key_file: Option<std::path::PathBuf>,
     },
     /// List users.
+    #[command(after_help = "Example:\n  berth admin users --node 10.0.0.1:5050")]
     Users,
 }
 
 #[derive(Subcommand)]
 enum ClusterAction {
     /// Print the leader, the term, and every member's log, commit and applied index.
+    #[command(after_help = "Example:\n  berth cluster status --node 127.0.0.1:5050")]
     Status {
         /// gRPC address of any member.
         #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
         node: String,
     },
     /// Add a node as a learner (it replicates but does not vote) and wait for it to catch up.
+    #[command(after_help = "Example:\n  berth cluster add-learner --node 10.0.0.1:5050 --id 2 --addr 10.0.0.2:5050")]
     AddLearner {
         /// gRPC address of any member.
         #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
@@ -162,6 +170,7 @@ enum ClusterAction {
         addr: String,
     },
     /// Set the voters (learners become voters; voters left out become learners).
+    #[command(after_help = "Example:\n  berth cluster change-membership --node 10.0.0.1:5050 --voters 1,2,3")]
     ChangeMembership {
         /// gRPC address of any member.
         #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
@@ -171,6 +180,7 @@ enum ClusterAction {
         voters: Vec<u64>,
     },
     /// Remove a node (a voter is first taken out of the voters). Its id is never reused.
+    #[command(after_help = "Example:\n  berth cluster remove --node 10.0.0.1:5050 --id 3")]
     Remove {
         /// gRPC address of any member.
         #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]

@@ -98,3 +98,26 @@ async fn every_request_leaves_an_access_line_with_its_user() {
     assert_eq!((ok["target"].clone(), ok["fields"]["status"].clone()), (serde_json::json!("access"), serde_json::json!(200)));
     assert_eq!(ok["fields"]["client"], "127.0.0.1");
 }
+
+#[test]
+fn every_command_explains_itself_with_an_example() {
+    for cmd in [
+        &["serve"][..],
+        &["cluster", "status"],
+        &["cluster", "add-learner"],
+        &["cluster", "change-membership"],
+        &["cluster", "remove"],
+        &["admin", "create-user"],
+        &["admin", "set-password"],
+        &["admin", "create-token"],
+        &["admin", "rotate-signing-key"],
+        &["admin", "users"],
+        &["tls", "self-signed"],
+        &["config", "check"],
+    ] {
+        let out = berth_command().args(cmd).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let example = help.split_once("Example:\n  ").or_else(|| help.split_once("Examples:\n  ")).map(|(_, e)| e).unwrap_or_default();
+        assert!(out.status.success() && example.contains(&format!("berth {}", cmd.join(" "))), "{cmd:?}: {help}");
+    }
+}
