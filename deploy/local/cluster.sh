@@ -2,7 +2,7 @@
 # A local Berth cluster on loopback: separate `berth` processes (voters and frontends) behind
 # an nginx round-robin load balancer, for trying Berth out and for tests.
 #
-#   cluster.sh up     --dir DIR [--voters 3] [--frontends 2]
+#   cluster.sh up     --dir DIR [--voters 3] [--frontends 2]   # after down: the same cluster again
 #   cluster.sh status --dir DIR          # "leader ID", then each node's state
 #   cluster.sh kill   --dir DIR ID       # SIGKILL one node
 #   cluster.sh start  --dir DIR ID       # restart it on its data and ports
@@ -152,8 +152,32 @@ write_nginx() {
   } >"$dir/nginx/nginx.conf"
 }
 
+# The cluster brought down in DIR before: the same nodes on their data and ports, and the
+# same load balancer.
+restart() {
+  : >"$dir/nodes.tmp"
+  local n role pid http grpc started=()
+  while read -r n role pid http grpc; do
+    pid="$(launch "$n")"
+    echo "$n $role $pid $http $grpc" >>"$dir/nodes.tmp"
+    started+=("$n $http")
+  done <"$dir/nodes.down"
+  for x in "${started[@]}"; do
+    wait_http "${x#* }" "$dir/node${x%% *}/log"
+  done
+  mv "$dir/nodes.tmp" "$dir/nodes"
+  rm -f "$dir/nodes.down"
+  (exec nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" >>"$dir/nginx/error.log" 2>&1) &
+  wait_http "$(sed 's|^http://||' "$dir/lb")" "$dir/nginx/error.log"
+  echo "cluster up again: ${#started[@]} nodes on their data; load balancer at $(cat "$dir/lb")"
+}
+
 up() {
   [[ -f "$dir/nodes" ]] && die "$dir already holds a cluster (run down, or use another --dir)"
+  if [[ -f "$dir/nodes.down" ]]; then
+    restart
+    return
+  fi
   command -v nginx >/dev/null || die "nginx is required (apt-get install nginx-light)"
   ((voters >= 1)) || die "--voters must be at least 1"
   : >"$dir/nodes.tmp"

@@ -171,3 +171,31 @@ async fn tokens_through_the_load_balancer() {
         assert!(!t.is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_after_down_brings_the_same_cluster_back() {
+    init_tracing();
+    if !require_tool("nginx") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("deploy/local/cluster.sh");
+    let cluster = LocalCluster::new(&script, &dir.path().join("cluster"), Some(&berth_bin()));
+    cluster.up(3, 1).unwrap();
+    let _down = cluster.down_on_drop();
+    let lb = cluster.lb().unwrap();
+    let blob = random_bytes(77, 10_000);
+    let digest = berth_proto::Digest::sha256_of(&blob);
+    let http = reqwest::Client::new();
+    let r = http.post(format!("{lb}/v2/again/app/blobs/uploads/?digest={digest}")).body(blob.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+
+    tracing::info!("down, then up on the same directory: the same nodes, data and load balancer");
+    cluster.down().unwrap();
+    cluster.up(3, 1).unwrap();
+    assert_eq!(cluster.lb().unwrap(), lb);
+    assert_eq!(cluster.nodes().unwrap().len(), 4);
+    let r = http.get(format!("{lb}/v2/again/app/blobs/{digest}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), blob);
+}
