@@ -39,6 +39,8 @@ pub const DEFAULT_ADDR: &str = "0.0.0.0:5000";
 /// The address a node's gRPC listener gets in `berth cluster` commands and, for a lone voter
 /// that opens no gRPC listener (none is configured), the address it is recorded under.
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:5050";
+/// How long requests in flight may finish at shutdown when `http.draintimeout` is not set.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 /// Where health, readiness and metrics are served when `http.debug.addr` is not set.
 pub const DEFAULT_DEBUG_ADDR: &str = "127.0.0.1:5001";
 
@@ -205,6 +207,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     tracing::info!(data_dir = %data_dir.display(), "starting berth");
 
     let limits = config::Limits::from_config(&cfg.berth.limits)?;
+    // How long requests in flight may finish at shutdown.
+    let drain = cfg.http.draintimeout.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_DRAIN);
     let registry = prometheus::Registry::new();
     let authorizer = access::authorizer(&cfg.auth, cfg.http.tls.as_ref().is_some_and(|t| t.certificate.is_some()), &registry)?;
     let (site, driver) = build_store(&cfg, &data_dir)?;
@@ -299,7 +303,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 let mut rx = stop_rx.clone();
                 // The same limits as the registry listener: a scraper or a stranger cannot hold it.
                 tokio::spawn(async move {
-                    let _ = server::serve(dl, router, None, limits, async move {
+                    let _ = server::serve(dl, router, None, limits, drain, async move {
                         let _ = rx.changed().await;
                     })
                     .await;
@@ -328,7 +332,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         eprintln!("berth: WARNING: {msg}");
         tracing::warn!(%local, "{msg}");
     }
-    server::serve(listener, app, http_tls, limits, shutdown_signal()).await?;
+    server::serve(listener, app, http_tls, limits, drain, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     if let Some(raft) = raft {
         raft.shutdown().await.ok();

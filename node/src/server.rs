@@ -25,11 +25,14 @@ use crate::config::Limits;
 /// Serves `app` on `listener` until `shutdown` resolves, within `limits`: at most
 /// `max_connections` at once (further clients wait in the backlog), headers within
 /// `header_timeout`, and no connection kept past `idle_timeout` without a byte moving.
+/// At shutdown it stops accepting, lets requests in flight finish for up to `drain`
+/// (`http.draintimeout`), then closes what is left.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<crate::tls::SharedTls>,
     limits: Limits,
+    drain: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -93,8 +96,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
-        tracing::info!("connections still open after 10s of draining; closing them");
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::info!("connections still open after {drain:?} of draining (http.draintimeout); closing them");
     }
     Ok(())
 }

@@ -185,6 +185,15 @@ impl Berth {
         }
     }
 
+    /// SIGTERM, as an orchestrator stops a node; waits for the exit and says how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let Some(mut c) = self.child.take() else { return Duration::ZERO };
+        let started = std::time::Instant::now();
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = c.wait();
+        started.elapsed()
+    }
+
     /// Restarts on the same data directory and port.
     pub fn restart(&mut self) {
         self.kill9();

@@ -121,3 +121,42 @@ fn every_command_explains_itself_with_an_example() {
         assert!(out.status.success() && example.contains(&format!("berth {}", cmd.join(" "))), "{cmd:?}: {help}");
     }
 }
+
+/// Opens a monolithic blob upload of `body` and sends its first half.
+fn half_an_upload(node: &Berth, repo: &str, body: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let digest = berth_proto::Digest::sha256_of(body);
+    let mut s = std::net::TcpStream::connect(&node.addr).unwrap();
+    write!(s, "POST /v2/{repo}/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    s.write_all(&body[..body.len() / 2]).unwrap();
+    s
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish_within_draintimeout() {
+    use std::io::{Read, Write};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let body = berth_tests::random_bytes(90, 64 * 1024);
+
+    tracing::info!("an upload in flight at SIGTERM finishes and is acknowledged");
+    let mut node = Berth::start(&dir.path().join("a"), None, &[("REGISTRY_HTTP_DRAINTIMEOUT", "5s")]);
+    let mut s = half_an_upload(&node, "drain/a", &body);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let pid = node.pid();
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    s.write_all(&body[body.len() / 2..]).unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 201", "the upload in flight was not finished");
+    assert!(node.terminate() < std::time::Duration::from_secs(5));
+
+    tracing::info!("one that never finishes holds the node no longer than http.draintimeout");
+    let mut node = Berth::start(&dir.path().join("b"), None, &[("REGISTRY_HTTP_DRAINTIMEOUT", "1s")]);
+    let _stuck = half_an_upload(&node, "drain/b", &body);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let took = node.terminate();
+    assert!(took >= std::time::Duration::from_millis(900), "gone before the drain time: {took:?}");
+    assert!(took < std::time::Duration::from_secs(6), "draining took {took:?}");
+}
