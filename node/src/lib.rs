@@ -6,6 +6,7 @@ pub mod admin_cli;
 pub mod cluster_cli;
 pub mod cluster_token;
 pub mod config;
+pub mod logging;
 pub mod metadata;
 pub mod peers;
 pub mod raft;

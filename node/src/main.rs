@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use berth_node::config::{Config, LogFormat, LogLevel};
+use berth_node::config::Config;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -282,24 +282,6 @@ fn config_check(file: &std::path::Path) -> std::process::ExitCode {
     }
 }
 
-fn init_logging(cfg: &Config) {
-    let level = match cfg.log.level.unwrap_or(LogLevel::Info) {
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},openraft=warn")));
-    // Colours only for a person at a terminal: files and log shippers get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match cfg.log.formatter {
-        Some(LogFormat::Json | LogFormat::Logstash) => builder.json().init(),
-        _ => builder.init(),
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve { .. }) {
@@ -326,7 +308,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(&cfg);
+    berth_node::logging::init(&cfg);
     for key in unknown {
         tracing::warn!(key, "unknown configuration key ignored");
     }

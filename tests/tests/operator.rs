@@ -160,3 +160,25 @@ fn sigterm_lets_requests_in_flight_finish_within_draintimeout() {
     assert!(took >= std::time::Duration::from_millis(900), "gone before the drain time: {took:?}");
     assert!(took < std::time::Duration::from_secs(6), "draining took {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_down_is_warned_about_once_per_interval() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut voters = berth_tests::voter_cluster(dir.path(), 3, &[]);
+    let leader = berth_tests::wait_for_leader(&voters[0].grpc_addr, None).await;
+    let down = voters.iter().position(|v| v.grpc_addr != voters[leader as usize - 1].grpc_addr).unwrap();
+    let down_id = (down + 1).to_string();
+    let before = std::fs::read_to_string(&voters[leader as usize - 1].log).unwrap().lines().count();
+    voters[down].kill9();
+    // openraft retries the peer every half second and says so in four lines each time.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let log = std::fs::read_to_string(&voters[leader as usize - 1].log).unwrap();
+    let about_peer: Vec<&str> = log
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("WARN") && l.contains("openraft") && (l.contains(&format!("target={down_id}")) || l.contains(&format!("node {down_id} "))))
+        .collect();
+    assert!(!about_peer.is_empty(), "no warning about the peer at all");
+    assert!(about_peer.len() <= 6, "{} lines in 4 s: {about_peer:#?}", about_peer.len());
+}
