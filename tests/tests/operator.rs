@@ -182,3 +182,29 @@ async fn a_peer_that_is_down_is_warned_about_once_per_interval() {
     assert!(!about_peer.is_empty(), "no warning about the peer at all");
     assert!(about_peer.len() <= 6, "{} lines in 4 s: {about_peer:#?}", about_peer.len());
 }
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    init_tracing();
+    if !berth_tests::require_tool("systemd-analyze") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("deploy/systemd/berth.service");
+    // The unit names the installed binary; verify it against the one this build made.
+    let text = std::fs::read_to_string(&unit).unwrap().replace("/usr/local/bin/berth", berth_bin().to_str().unwrap());
+    let copy = dir.path().join("berth.service");
+    std::fs::write(&copy, text).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("systemd-analyze").args(["security", "--offline=true", "--no-pager"]).arg(&copy).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let level: f64 = said
+        .lines()
+        .find_map(|l| l.split("exposure level for berth.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {said}"));
+    // systemd's scale: 0 (locked down) to 10 (exposed); below 2 is "OK".
+    assert!(level < 2.0, "exposure {level}: {said}");
+}
