@@ -9,6 +9,7 @@ pub mod config;
 pub mod logging;
 pub mod metadata;
 pub mod peers;
+pub mod probe;
 pub mod raft;
 pub mod raft_network;
 pub mod rpc_server;

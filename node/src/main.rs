@@ -58,6 +58,15 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// GET a plain-HTTP URL and succeed on a 2xx: a health check for images without curl.
+    #[command(after_help = "Example:\n  berth probe http://127.0.0.1:5001/debug/ready")]
+    Probe {
+        /// The URL (`http://HOST:PORT/PATH`).
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -299,6 +308,15 @@ fn main() -> std::process::ExitCode {
         Command::Admin { config, node, action } => return admin(config, node, action),
         Command::Tls { action: TlsAction::SelfSigned { hosts, cert, key } } => return self_signed(&hosts, &cert, &key),
         Command::Config { action: ConfigAction::Check { file } } => return config_check(&file),
+        Command::Probe { url, timeout } => {
+            return match berth_node::probe::probe(&url, std::time::Duration::from_secs(timeout)) {
+                Ok(_) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth probe: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
     };
     let file = config.or(config_file);
     let (cfg, unknown) = match Config::load(file.as_deref(), std::env::vars()) {

@@ -114,6 +114,7 @@ fn every_command_explains_itself_with_an_example() {
         &["admin", "users"],
         &["tls", "self-signed"],
         &["config", "check"],
+        &["probe"],
     ] {
         let out = berth_command().args(cmd).arg("--help").output().unwrap();
         let help = String::from_utf8_lossy(&out.stdout);
