@@ -1,6 +1,7 @@
 //! What an operator meets on the first day: `config check` before a start, command output
 //! cut short by a pipe, and the access log.
 
+use std::path::Path;
 use std::process::Command;
 
 use berth_tests::{berth_bin, berth_command, init_tracing, Berth};
@@ -208,4 +209,50 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .unwrap_or_else(|| panic!("no exposure level in: {said}"));
     // systemd's scale: 0 (locked down) to 10 (exposed); below 2 is "OK".
     assert!(level < 2.0, "exposure {level}: {said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_asks_for_metrics_nodes_export() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
+        ("REGISTRY_AUTH_TOKEN_SERVICE", "container_registry"),
+        ("REGISTRY_BERTH_ADMIN_PASSWORD", "dashboard-admin-1"),
+    ];
+    let voters = berth_tests::voter_cluster(dir.path(), 1, &env);
+    let fe = berth_tests::frontend(dir.path(), "fe", &voters, &env);
+    let http = reqwest::Client::new();
+    // Traffic that makes every kind of metric appear: a refusal, a push through the
+    // frontend (forwarded, stored), a pull.
+    assert_eq!(http.get(format!("{}/v2/_catalog", fe.url)).send().await.unwrap().status(), 401);
+    let token = berth_tests::tokens::registry_token(&http, &fe.url, "root", "dashboard-admin-1", "repository:dash/app:pull,push").await;
+    let blob = berth_tests::random_bytes(93, 5000);
+    let digest = berth_proto::Digest::sha256_of(&blob);
+    let r = http.post(format!("{}/v2/dash/app/blobs/uploads/?digest={digest}", fe.url)).bearer_auth(&token).body(blob).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(http.get(format!("{}/v2/dash/app/blobs/{digest}", fe.url)).bearer_auth(&token).send().await.unwrap().status(), 200);
+
+    let mut exported = std::collections::BTreeSet::new();
+    for node in [&voters[0], &fe] {
+        let text = reqwest::get(format!("{}/metrics", node.debug_url.as_ref().unwrap())).await.unwrap().text().await.unwrap();
+        exported.extend(text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_whitespace().next()).map(str::to_string));
+    }
+    let dashboard = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("deploy/grafana/berth.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut asked = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("berth_") || word.starts_with("registry_") {
+                    let base = ["_bucket", "_sum", "_count"].iter().fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
+                    asked.insert(base.to_string());
+                }
+            }
+        }
+    }
+    assert!(asked.len() >= 10, "{asked:?}");
+    let missing: Vec<&String> = asked.iter().filter(|m| !exported.contains(*m)).collect();
+    assert!(missing.is_empty(), "the dashboard asks for metrics no node exports: {missing:?}; exported: {exported:?}");
 }
