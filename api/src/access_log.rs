@@ -45,8 +45,7 @@ pub async fn log_requests(State(api): State<Arc<Api>>, mut req: Request, next: N
     let started = Instant::now();
     let user = AccessUser::default();
     req.extensions_mut().insert(user.clone());
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    let client = peer.map(|p| api.config.trusted_proxies.client(p, req.headers()).to_string()).unwrap_or_else(|| "-".into());
+    let client = api.config.trusted_proxies.client_of(req.extensions(), req.headers()).map_or_else(|| "-".into(), |c| c.to_string());
     let agent = header_text(&req, header::USER_AGENT);
     let referer = header_text(&req, header::REFERER);
     let method = req.method().clone();

@@ -5,8 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::http::request::Parts;
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use ipnet::IpNet;
 
 /// The networks whose `X-Forwarded-For` is believed.
@@ -55,10 +54,11 @@ impl TrustedProxies {
         client
     }
 
-    /// The client of a request.
-    pub fn client_of(&self, req: &Parts) -> Option<IpAddr> {
-        let peer = req.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()?.0.ip();
-        Some(self.client(peer, &req.headers))
+    /// The client of a request, from its extensions (the peer the server recorded) and
+    /// headers.
+    pub fn client_of(&self, extensions: &Extensions, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()?.0.ip();
+        Some(self.client(peer, headers))
     }
 }
 

@@ -142,7 +142,7 @@ async fn authorize(api: &Api, ep: &Endpoint, req: &axum::http::request::Parts) -
         _ => None,
     };
     let needs = auth::needs(ep, &req.method, from.as_deref());
-    let client = api.config.trusted_proxies.client_of(req);
+    let client = api.config.trusted_proxies.client_of(&req.extensions, &req.headers);
     let caller = auth::Caller { headers: &req.headers, client, method: &req.method, path: req.uri.path() };
     api.auth.authorize(caller, &needs, api.meta.as_ref()).await
 }

@@ -17,7 +17,7 @@ use crate::Api;
 pub async fn issue(State(api): State<Arc<Api>>, req: axum::extract::Request) -> Response {
     let (parts, _) = req.into_parts();
     let (method, uri, headers): (&Method, &Uri, &HeaderMap) = (&parts.method, &parts.uri, &parts.headers);
-    let client = api.config.trusted_proxies.client_of(&parts);
+    let client = api.config.trusted_proxies.client_of(&parts.extensions, &parts.headers);
     let Some((issuer, service)) = api.auth.issuer() else {
         return ApiError::new(Code::Unsupported, "this registry does not issue tokens").status(StatusCode::NOT_FOUND).into_response();
     };

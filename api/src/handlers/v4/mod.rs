@@ -141,7 +141,7 @@ async fn session(api: &Api, req: &Parts) -> Result<Session, V4Error> {
         .and_then(|v| v.to_str().ok())
         .or_else(|| h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")))
         .map(str::trim);
-    let client = api.config.trusted_proxies.client_of(req);
+    let client = api.config.trusted_proxies.client_of(&req.extensions, &req.headers);
     let caller = Caller { headers: h, client, method: &req.method, path: req.uri.path() };
     if let Err(wait) = api.auth.check_address(client) {
         return Err(V4Error::new(StatusCode::TOO_MANY_REQUESTS, format!("429 Too Many Requests; retry in {}s", wait.as_secs().max(1))));
@@ -157,10 +157,11 @@ async fn session(api: &Api, req: &Parts) -> Result<Session, V4Error> {
         Some(t) => match t.kind {
             berth_proto::identity::TokenKind::Personal { user } if t.scopes.contains(&TokenScope::Api) => {
                 let who = Principal::User { user, token: Some(t.id) };
-                if let Some(name) = who.subject(&view.identity) {
-                    crate::access_log::note_user(&req.extensions, &name);
+                let subject = who.subject(&view.identity);
+                if let Some(name) = &subject {
+                    crate::access_log::note_user(&req.extensions, name);
                 }
-                api.auth.audit_api(caller, who.subject(&view.identity).as_deref(), true);
+                api.auth.audit_api(caller, subject.as_deref(), true);
                 Ok(Session { who, user, view })
             }
             _ => {
