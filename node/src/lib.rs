@@ -7,6 +7,7 @@ pub mod cluster_cli;
 pub mod cluster_token;
 pub mod config;
 pub mod logging;
+pub mod membership;
 pub mod metadata;
 pub mod peers;
 pub mod probe;
@@ -222,7 +223,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (listener, local) = server::bind(addr, "http.addr").await?;
     let tls = cfg.berth.tls.as_ref().map(MutualTls::load).transpose()?;
     let role = cfg.berth.role.unwrap_or_default();
-    let founds_cluster = role == Role::Voter && cfg.berth.bootstrap.unwrap_or(true);
+    let founds_cluster = cfg.founds_cluster()?;
     let token = cluster_token::ClusterToken::for_node(cfg.berth.clustertokenfile.as_deref(), &data_dir, founds_cluster)?;
     let peers = Peers::new(tls.clone(), token.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -354,18 +355,26 @@ async fn start_voter(
     registry: &prometheus::Registry,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(Arc<dyn Metadata>, berth_raft_store::Raft)> {
-    let node_id = cfg.berth.nodeid.unwrap_or(1);
+    let node_id = cfg.node_id()?;
     let snapshot_every = cfg.berth.snapshotlogs.unwrap_or(raft::SNAPSHOT_EVERY);
     // A listener opens only when the configuration asks for one: a lone node needs no peers.
     let grpc = match cfg.berth.grpcaddr.as_deref() {
         Some(a) => Some(server::bind(config::normalize_addr(a)?, "berth.grpcaddr").await?),
         None => None,
     };
-    let raft_addr = grpc.as_ref().map_or_else(|| DEFAULT_GRPC_ADDR.to_string(), |(_, local)| local.to_string());
-    let bootstrap = cfg.berth.bootstrap.unwrap_or(true);
+    let bound = grpc.as_ref().map_or_else(|| DEFAULT_GRPC_ADDR.to_string(), |(_, local)| local.to_string());
+    let raft_addr = cfg.berth.advertiseaddr.clone().unwrap_or(bound);
+    let join = cfg.berth.join.clone().unwrap_or_default().0;
+    let mut bootstrap = cfg.founds_cluster()?;
+    if bootstrap && !join.is_empty() {
+        if let Some(other) = membership::join::existing_cluster(&peers, &join, &raft_addr).await {
+            tracing::info!(%other, "a cluster exists already: joining it instead of founding one");
+            bootstrap = false;
+        }
+    }
     let network = raft_network::GrpcNetwork::new(peers.clone());
     let node = raft::start(&data_dir.join("raft"), node_id, &raft_addr, snapshot_every, bootstrap, network).await?;
-    let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers, space.clone(), registry)?);
+    let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers.clone(), space.clone(), registry)?);
     if let Some((grpc_listener, grpc_local)) = grpc {
         let (raft, state, voter, tls, token, mut stop) =
             (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop.clone());
@@ -379,6 +388,10 @@ async fn start_voter(
             }
         });
         eprintln!("berth: grpc listening on {grpc_local}");
+    }
+    if !join.is_empty() {
+        let joiner = membership::join::Joiner { raft: node.raft.clone(), id: node_id, advertise: raft_addr.clone(), join, peers: peers.clone() };
+        joiner.spawn(stop.clone());
     }
     let cluster = Arc::new(ClusterMetadata::new(voter));
     workers::spawn_identity_refresher(cluster.clone(), stop.clone());

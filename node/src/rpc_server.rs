@@ -10,7 +10,7 @@ use berth_proto::rpc::metadata_service_server::{MetadataService, MetadataService
 use berth_proto::rpc::raft_service_server::{RaftService, RaftServiceServer};
 use berth_api::MetaError;
 use berth_proto::rpc::{
-    AddLearnerRequest, AdminReply, ApplyReply, ChangeMembershipRequest, Member, Payload, ReadIndexReply, ReadIndexRequest,
+    AddLearnerRequest, AddVoterRequest, AdminReply, ApplyReply, ChangeMembershipRequest, Member, Payload, ReadIndexReply, ReadIndexRequest,
     RemoveNodeRequest, StatusReply, StatusRequest,
 };
 use berth_raft_store::{Raft, SharedState};
@@ -116,6 +116,19 @@ impl ClusterService for ClusterRpc {
         }
         tracing::info!(?voters, "changing membership");
         Ok(Response::new(admin_reply(self.raft.change_membership(voters, false).await)))
+    }
+
+    async fn add_voter(&self, req: Request<AddVoterRequest>) -> Result<Response<AdminReply>, Status> {
+        let id = req.into_inner().node_id;
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&id).is_none() {
+            return refused(format!("node {id} is not a member; add it as a learner first"));
+        }
+        if membership.voter_ids().any(|v| v == id) {
+            return Ok(Response::new(AdminReply::default()));
+        }
+        tracing::info!(node_id = id, "promoting learner to voter");
+        Ok(Response::new(admin_reply(self.raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await)))
     }
 
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<AdminReply>, Status> {

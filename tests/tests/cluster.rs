@@ -387,3 +387,129 @@ async fn a_node_that_has_not_joined_is_not_ready_until_it_is() {
     assert_eq!(status(format!("{}/debug/ready", second.debug_url.as_ref().unwrap())).await.0, 200);
     assert_eq!(status(format!("{}/debug/health", second.debug_url.as_ref().unwrap())).await.0, 200);
 }
+
+/// The voters of a compose file or a StatefulSet: the same `berth.join` list everywhere,
+/// started in any order, and no operator step. Node 1 founds the cluster; the others add
+/// themselves; a node that restarts half-way finishes; a node 1 whose data was lost joins
+/// the cluster that exists instead of founding a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_named_in_join_add_themselves_in_any_order() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("blobs").to_str().unwrap().to_string();
+    let grpcs: Vec<String> = (0..3)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let join = grpcs.join(",");
+    let start = |id: usize| {
+        let id_s = id.to_string();
+        Berth::start(
+            &dir.path().join(format!("node{id}")),
+            None,
+            &[
+                ("REGISTRY_BERTH_NODEID", &id_s),
+                ("REGISTRY_BERTH_GRPCADDR", &grpcs[id - 1]),
+                ("REGISTRY_BERTH_JOIN", &join),
+                ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &shared),
+            ],
+        )
+    };
+    let voters_seen = |grpc: &str| {
+        let out = berth_tests::berth_command()
+            .args(["cluster", "status", "--node", grpc])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (text.matches(" voter ").count(), text)
+    };
+    let wait_voters = |grpc: String, n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (count, text) = voters_seen(&grpc);
+            if count == n {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} voters not seen at {grpc}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+
+    tracing::info!(
+        "nodes 3 and 2 start first and wait; node 1 founds the cluster; all become voters"
+    );
+    let mut n3 = start(3);
+    let n2 = start(2);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut n1 = start(1);
+    let status = wait_voters(n3.grpc_addr.clone(), 3).await;
+    assert!(status.contains("leader 1"), "{status}");
+    let data = random_bytes(900, 5000);
+    let d = Registry::new(&n3.url)
+        .push_blob("join/app", &data)
+        .await
+        .unwrap();
+    assert_eq!(
+        Registry::new(&n2.url)
+            .get_blob("join/app", &d)
+            .await
+            .unwrap(),
+        data
+    );
+
+    tracing::info!("a voter that restarts stays one voter (no second add)");
+    n3.restart();
+    wait_voters(n3.grpc_addr.clone(), 3).await;
+    assert_eq!(voters_seen(&n2.grpc_addr).1.matches("\nnode ").count(), 3);
+
+    tracing::info!(
+        "node 1 loses its data: it joins the existing cluster instead of founding another"
+    );
+    n1.kill9();
+    wait_for_leader(&n2.grpc_addr, Some(1)).await;
+    std::fs::remove_dir_all(&n1.data_dir).unwrap();
+    n1.restart();
+    let log = std::fs::read_to_string(&n1.log).unwrap();
+    assert!(log.contains("joining it instead of founding one"), "{log}");
+    assert_eq!(
+        log.matches("initializing a new single-voter cluster")
+            .count(),
+        1,
+        "founded only on its first start:\n{log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(got) = Registry::new(&n1.url).get_blob("join/app", &d).await {
+            assert_eq!(got, data);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never served the cluster's data"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (count, text) = voters_seen(&n1.grpc_addr);
+    assert_eq!(count, 3, "{text}");
+    assert!(!text.contains("leader 0"), "{text}");
+    let more = random_bytes(901, 5000);
+    let d2 = Registry::new(&n1.url)
+        .push_blob("join/app", &more)
+        .await
+        .unwrap();
+    assert_eq!(
+        Registry::new(&n3.url)
+            .get_blob("join/app", &d2)
+            .await
+            .unwrap(),
+        more
+    );
+}

@@ -315,14 +315,23 @@ pub struct UploadPurging {
 pub struct BerthConfig {
     /// Where Raft data (and, by default, blobs) live.
     pub datadir: Option<PathBuf>,
-    /// This node's Raft id (default 1); never reused.
-    pub nodeid: Option<u64>,
+    /// This node's Raft id (default 1); never reused. `ordinal` takes it from the host name's
+    /// trailing `-N` as N + 1 (a StatefulSet's pod `berth-voter-0` is node 1).
+    pub nodeid: Option<NodeIdSetting>,
     /// Log entries between snapshots (default 10000); the log is purged behind each.
     pub snapshotlogs: Option<u64>,
     /// Listener for node-to-node gRPC (default 127.0.0.1:5050); peers reach the node here.
     pub grpcaddr: Option<String>,
-    /// Initialize a new one-voter cluster on first start (default true). A node that will
-    /// join an existing cluster sets false and waits to be added.
+    /// The gRPC address other nodes reach this node at (default: `grpcaddr` as bound). Needed
+    /// when `grpcaddr` is a wildcard such as `0.0.0.0:5050`, e.g. `berth-voter-0.berth-voters:5050`.
+    pub advertiseaddr: Option<String>,
+    /// Voters' gRPC addresses (a list or comma-separated; this node's own may be among them).
+    /// A voter that is not yet a voter of the cluster asks them to add it, as a learner and
+    /// then as a voter, until it is one: compose files and StatefulSets need no operator step.
+    pub join: Option<AddrList>,
+    /// Initialize a new one-voter cluster on first start. Default: true, except with `join`,
+    /// where only node 1 founds the cluster, and only if no node in `join` already has one.
+    /// A node that will be added by an operator sets false and waits.
     pub bootstrap: Option<bool>,
     /// `voter` (default: holds the Raft log and state) or `frontend` (stateless; sends every
     /// metadata read and write to the voters in `peers`).
@@ -359,6 +368,44 @@ pub enum Role {
     Voter,
     /// Stateless HTTP front end.
     Frontend,
+}
+
+/// `berth.nodeid`: a number, or `ordinal`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum NodeIdSetting {
+    Id(u64),
+    Named(String),
+}
+
+impl NodeIdSetting {
+    /// The id this setting names on a host called `hostname`.
+    pub fn resolve(&self, hostname: &str) -> anyhow::Result<u64> {
+        match self {
+            NodeIdSetting::Id(0) => bail!("invalid configuration value at berth.nodeid: node ids start at 1"),
+            NodeIdSetting::Id(n) => Ok(*n),
+            NodeIdSetting::Named(s) if s == "ordinal" => match hostname.rsplit_once('-').and_then(|(_, n)| n.parse::<u64>().ok()) {
+                Some(n) => Ok(n + 1),
+                None => bail!(
+                    "invalid configuration value at berth.nodeid: `ordinal` needs a host name ending in -N \
+                     (a StatefulSet pod such as berth-voter-0); this host is {hostname:?}"
+                ),
+            },
+            NodeIdSetting::Named(s) => match s.parse::<u64>() {
+                Ok(n) => NodeIdSetting::Id(n).resolve(hostname),
+                Err(_) => bail!("invalid configuration value at berth.nodeid: {s:?} (a number from 1, or `ordinal`)"),
+            },
+        }
+    }
+}
+
+/// This machine's host name (a pod's name in Kubernetes).
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .unwrap_or_default()
 }
 
 /// Addresses given as a YAML list or one comma-separated string (handy in `REGISTRY_*`).
@@ -587,15 +634,21 @@ impl Config {
         if self.berth.snapshotlogs == Some(0) {
             bail!("invalid configuration value at berth.snapshotlogs: must be positive");
         }
-        if self.berth.nodeid == Some(0) {
-            bail!("invalid configuration value at berth.nodeid: node ids start at 1");
-        }
+        self.node_id()?;
         let b = &self.berth;
+        let host_port = |p: &str| p.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
         let peers = b.peers.as_ref().map(|p| p.0.as_slice()).unwrap_or_default();
-        for p in peers {
-            if !p.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok()) {
-                bail!("invalid configuration value at berth.peers: {p:?} is not host:port");
+        let join = b.join.as_ref().map(|p| p.0.as_slice()).unwrap_or_default();
+        for (key, list) in [("peers", peers), ("join", join)] {
+            if let Some(p) = list.iter().find(|p| !host_port(p)) {
+                bail!("invalid configuration value at berth.{key}: {p:?} is not host:port");
             }
+        }
+        if let Some(a) = b.advertiseaddr.as_deref().filter(|a| !host_port(a)) {
+            bail!("invalid configuration value at berth.advertiseaddr: {a:?} is not host:port");
+        }
+        if b.role == Some(Role::Frontend) && !join.is_empty() {
+            bail!("invalid configuration value at berth.join: frontends do not join the Raft cluster; give the voters in berth.peers");
         }
         if b.role == Some(Role::Frontend) && peers.is_empty() {
             bail!("invalid configuration value at berth.peers: a frontend needs the gRPC addresses of the voters");
@@ -607,7 +660,7 @@ impl Config {
         } else if b.insecureplaintext != Some(true) {
             let leaves = |a: &str| !is_loopback(a);
             let grpc_leaves = b.role != Some(Role::Frontend) && b.grpcaddr.as_deref().is_some_and(leaves);
-            if grpc_leaves || peers.iter().any(|p| leaves(p)) {
+            if grpc_leaves || peers.iter().chain(join).any(|p| leaves(p)) {
                 bail!(
                     "invalid configuration value at berth.tls: node-to-node traffic leaves this machine, so it needs \
                      berth.tls (a cluster CA, certificate and key), or berth.insecureplaintext: true to send it in the clear"
@@ -615,6 +668,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// This node's Raft id (`berth.nodeid`, default 1).
+    pub fn node_id(&self) -> anyhow::Result<u64> {
+        self.berth.nodeid.as_ref().map_or(Ok(1), |n| n.resolve(&hostname()))
+    }
+
+    /// Whether this voter founds a new cluster when its Raft data is empty (`berth.bootstrap`).
+    pub fn founds_cluster(&self) -> anyhow::Result<bool> {
+        let joins = self.berth.join.as_ref().is_some_and(|j| !j.0.is_empty());
+        Ok(self.berth.role.unwrap_or_default() == Role::Voter && self.berth.bootstrap.unwrap_or(!joins || self.node_id()? == 1))
     }
 
     /// Whether deletes are allowed. Berth allows them unless `storage.delete.enabled: false`
@@ -762,5 +826,32 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("3 days").is_err());
+    }
+
+    #[test]
+    fn node_ids_from_numbers_and_statefulset_ordinals() {
+        let ordinal = NodeIdSetting::Named("ordinal".into());
+        assert_eq!(ordinal.resolve("berth-voter-0").unwrap(), 1);
+        assert_eq!(ordinal.resolve("berth-voter-4").unwrap(), 5);
+        assert!(ordinal.resolve("laptop").unwrap_err().to_string().contains("ending in -N"));
+        assert!(ordinal.resolve("berth-voter-x").is_err());
+        assert_eq!(NodeIdSetting::Id(3).resolve("x").unwrap(), 3);
+        assert_eq!(NodeIdSetting::Named("7".into()).resolve("x").unwrap(), 7);
+        assert!(NodeIdSetting::Id(0).resolve("x").is_err());
+        assert!(NodeIdSetting::Named("first".into()).resolve("x").is_err());
+    }
+
+    #[test]
+    fn join_is_for_voters_and_node_1_founds() {
+        let cfg = |yaml: &str| load(yaml, &[]).map(|(c, _)| c);
+        let c = cfg("berth:\n  nodeid: 2\n  join: 127.0.0.1:1,127.0.0.1:2\n").unwrap();
+        assert!(!c.founds_cluster().unwrap());
+        let c = cfg("berth:\n  join: [127.0.0.1:1, 127.0.0.1:2]\n").unwrap();
+        assert!(c.founds_cluster().unwrap(), "node 1 founds");
+        assert!(cfg("berth:\n  nodeid: 2\n").unwrap().founds_cluster().unwrap(), "no join: the lone default");
+        let e = cfg("berth:\n  role: frontend\n  peers: 127.0.0.1:1\n  join: 127.0.0.1:1\n").unwrap_err();
+        assert!(format!("{e:#}").contains("berth.join"), "{e:#}");
+        let e = cfg("berth:\n  join: nothost\n").unwrap_err();
+        assert!(format!("{e:#}").contains("not host:port"), "{e:#}");
     }
 }

@@ -1,0 +1,32 @@
+//! A voter's place in the cluster over its life: joining without an operator
+//! (`berth.join`) and leaving the leadership to another voter when it is stopped.
+
+pub mod join;
+
+use std::time::Duration;
+
+use berth_proto::rpc::cluster_service_client::ClusterServiceClient;
+use berth_proto::rpc::{StatusReply, StatusRequest};
+
+use crate::peers::{PeerChannel, Peers};
+
+/// How long one admin call to a peer may take before it counts as unanswered.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn client(peers: &Peers, addr: &str) -> anyhow::Result<ClusterServiceClient<PeerChannel>> {
+    Ok(ClusterServiceClient::new(
+        peers.channel(addr).map_err(anyhow::Error::msg)?,
+    ))
+}
+
+/// A peer's view of the cluster.
+async fn status(peers: &Peers, addr: &str, timeout: Duration) -> anyhow::Result<StatusReply> {
+    let mut req = tonic::Request::new(StatusRequest {});
+    req.set_timeout(timeout);
+    let reply = tokio::time::timeout(timeout, client(peers, addr)?.status(req))
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr}: no answer in {timeout:?}"))?;
+    Ok(reply
+        .map_err(|s| anyhow::anyhow!("{addr}: {}", s.message()))?
+        .into_inner())
+}
