@@ -18,7 +18,9 @@ fi
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 fs="$ctx/rootfs"
-mkdir -p "$fs/usr/local/bin" "$fs/etc/ssl/certs" "$fs/var/lib/berth" "$fs/tmp"
+# /var/lib/berth/storage is where blobs go by default; made here so that a volume mounted
+# there (the blob store the nodes of a compose file share) starts owned by the berth user.
+mkdir -p "$fs/usr/local/bin" "$fs/etc/ssl/certs" "$fs/var/lib/berth/storage" "$fs/tmp"
 # Debug symbols stay out of the image.
 objcopy --strip-debug "$bin" "$fs/usr/local/bin/berth"
 # The dynamic loader and every library the binary links, at the paths it expects.

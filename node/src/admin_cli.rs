@@ -37,7 +37,7 @@ impl IdentityAdmin {
     pub async fn connect(cfg: &Config, node: &str) -> anyhow::Result<Self> {
         let tls = cfg.berth.tls.as_ref().map(MutualTls::load).transpose()?;
         let data_dir = cfg.berth.datadir.clone().unwrap_or_else(|| crate::DEFAULT_DATA_DIR.into());
-        let token = ClusterToken::for_node(cfg.berth.clustertokenfile.as_deref(), &data_dir, false)?;
+        let token = ClusterToken::for_config(&cfg.berth, &data_dir, false)?;
         let remote = RemoteMetadata::new(Peers::new(tls, token), vec![node.to_string()], &prometheus::Registry::new())?;
         let meta = Arc::new(ClusterMetadata::new(Arc::new(remote)));
         meta.refresh_identity().await.map_err(|e| anyhow!("{node}: {e}"))?;

@@ -22,7 +22,7 @@ impl Admin {
     pub fn new(cfg: &Config) -> anyhow::Result<Self> {
         let tls = cfg.berth.tls.as_ref().map(MutualTls::load).transpose()?;
         let data_dir = cfg.berth.datadir.clone().unwrap_or_else(|| crate::DEFAULT_DATA_DIR.into());
-        let token = ClusterToken::for_node(cfg.berth.clustertokenfile.as_deref(), &data_dir, false)?;
+        let token = ClusterToken::for_config(&cfg.berth, &data_dir, false)?;
         Ok(Admin { peers: Peers::new(tls, token) })
     }
 

@@ -90,6 +90,16 @@ impl ClusterToken {
         )
     }
 
+    /// The token by a node's configuration (the CLI reads it the same way): `berth.clustertoken`,
+    /// the value itself, for containers given secrets as environment variables; else
+    /// `berth.clustertokenfile`; else `<data_dir>/cluster-token`.
+    pub fn for_config(b: &crate::config::BerthConfig, data_dir: &Path, founds_cluster: bool) -> anyhow::Result<Self> {
+        match &b.clustertoken {
+            Some(t) => Self::from_text(t, Path::new("berth.clustertoken")),
+            None => Self::for_node(b.clustertokenfile.as_deref(), data_dir, founds_cluster),
+        }
+    }
+
     /// The server side: refuses any call without this token.
     pub fn checker(&self) -> impl Interceptor + Clone {
         let expected = self.0.clone();

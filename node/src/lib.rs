@@ -224,7 +224,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let tls = cfg.berth.tls.as_ref().map(MutualTls::load).transpose()?;
     let role = cfg.berth.role.unwrap_or_default();
     let founds_cluster = cfg.founds_cluster()?;
-    let token = cluster_token::ClusterToken::for_node(cfg.berth.clustertokenfile.as_deref(), &data_dir, founds_cluster)?;
+    let token = cluster_token::ClusterToken::for_config(&cfg.berth, &data_dir, founds_cluster)?;
     let peers = Peers::new(tls.clone(), token.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let meta_space = SpaceGuard::new(vec![data_dir.clone()], limits.disk_reserve);

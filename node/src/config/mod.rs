@@ -348,6 +348,10 @@ pub struct BerthConfig {
     /// `berth cluster` CLI) must carry (default `<datadir>/cluster-token`). The node that
     /// bootstraps a cluster creates it (mode 0600); every other node is given a copy.
     pub clustertokenfile: Option<PathBuf>,
+    /// The cluster token itself, instead of a file: for containers that receive secrets as
+    /// environment variables (`REGISTRY_BERTH_CLUSTERTOKEN` from a Kubernetes Secret or a
+    /// compose `.env`). At least 32 characters of `[A-Za-z0-9_-]`.
+    pub clustertoken: Option<String>,
     /// Per-connection and per-request resource limits of the HTTP listener.
     pub limits: LimitsConfig,
     /// The first administrator.
@@ -635,6 +639,9 @@ impl Config {
             bail!("invalid configuration value at berth.snapshotlogs: must be positive");
         }
         self.node_id()?;
+        if self.berth.clustertoken.is_some() && self.berth.clustertokenfile.is_some() {
+            bail!("invalid configuration value at berth.clustertoken: give the token or berth.clustertokenfile, not both");
+        }
         let b = &self.berth;
         let host_port = |p: &str| p.rsplit_once(':').is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok());
         let peers = b.peers.as_ref().map(|p| p.0.as_slice()).unwrap_or_default();
