@@ -228,10 +228,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let peers = Peers::new(tls.clone(), token.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let meta_space = SpaceGuard::new(vec![data_dir.clone()], limits.disk_reserve);
-    let (meta, raft): (Arc<dyn Metadata>, Option<berth_raft_store::Raft>) = match role {
+    let (meta, handover): (Arc<dyn Metadata>, Option<membership::handover::Handover>) = match role {
         Role::Voter => {
-            let (meta, raft) = start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, meta_space.clone(), limits, &registry, stop_rx.clone()).await?;
-            (meta, Some(raft))
+            let (meta, handover) = start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, meta_space.clone(), limits, &registry, stop_rx.clone()).await?;
+            (meta, Some(handover))
         }
         Role::Frontend => {
             let voters = cfg.berth.peers.clone().unwrap_or_default().0;
@@ -287,6 +287,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         None => None,
     };
 
+    let raft = handover.as_ref().map(|h| h.raft.clone());
     if let Some(raft) = &raft {
         workers::spawn_raft_metrics(raft.clone(), &registry, stop_rx.clone())?;
     }
@@ -336,6 +337,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         tracing::warn!(%local, "{msg}");
     }
     server::serve(listener, app, http_tls, limits, drain, shutdown_signal()).await?;
+    // Requests here have drained; other nodes' forwarded writes still arrive over gRPC until
+    // a leader among the others has taken over.
+    if let Some(handover) = &handover {
+        handover.run().await;
+    }
     let _ = stop_tx.send(true);
     if let Some(raft) = raft {
         raft.shutdown().await.ok();
@@ -343,7 +349,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts Raft and the gRPC server of a voter; returns its metadata and its Raft handle.
+/// Starts Raft and the gRPC server of a voter; returns its metadata and what it needs to hand
+/// its leadership over when it stops.
 async fn start_voter(
     cfg: &Config,
     data_dir: &std::path::Path,
@@ -354,7 +361,7 @@ async fn start_voter(
     limits: config::Limits,
     registry: &prometheus::Registry,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<(Arc<dyn Metadata>, berth_raft_store::Raft)> {
+) -> anyhow::Result<(Arc<dyn Metadata>, membership::handover::Handover)> {
     let node_id = cfg.node_id()?;
     let snapshot_every = cfg.berth.snapshotlogs.unwrap_or(raft::SNAPSHOT_EVERY);
     // A listener opens only when the configuration asks for one: a lone node needs no peers.
@@ -393,6 +400,7 @@ async fn start_voter(
         let joiner = membership::join::Joiner { raft: node.raft.clone(), id: node_id, advertise: raft_addr.clone(), join, peers: peers.clone() };
         joiner.spawn(stop.clone());
     }
+    let handover = membership::handover::Handover { raft: node.raft.clone(), peers: peers.clone(), pause: voter.write_pause() };
     let cluster = Arc::new(ClusterMetadata::new(voter));
     workers::spawn_identity_refresher(cluster.clone(), stop.clone());
     let meta: Arc<dyn Metadata> = cluster;
@@ -403,5 +411,5 @@ async fn start_voter(
         metadata::ensure_signing_key(meta.as_ref()).await?;
         metadata::ensure_admin(meta.as_ref(), &cfg.berth.admin).await?;
     }
-    Ok((meta, node.raft))
+    Ok((meta, handover))
 }

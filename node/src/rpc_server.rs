@@ -10,7 +10,7 @@ use berth_proto::rpc::metadata_service_server::{MetadataService, MetadataService
 use berth_proto::rpc::raft_service_server::{RaftService, RaftServiceServer};
 use berth_api::MetaError;
 use berth_proto::rpc::{
-    AddLearnerRequest, AddVoterRequest, AdminReply, ApplyReply, ChangeMembershipRequest, Member, Payload, ReadIndexReply, ReadIndexRequest,
+    AddLearnerRequest, AddVoterRequest, AdminReply, CampaignRequest, ApplyReply, ChangeMembershipRequest, Member, Payload, ReadIndexReply, ReadIndexRequest,
     RemoveNodeRequest, StatusReply, StatusRequest,
 };
 use berth_raft_store::{Raft, SharedState};
@@ -148,6 +148,14 @@ impl ClusterService for ClusterRpc {
         }
         tracing::info!(node_id = id, "removing learner");
         Ok(Response::new(admin_reply(self.raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await)))
+    }
+
+    async fn campaign(&self, _req: Request<CampaignRequest>) -> Result<Response<AdminReply>, Status> {
+        tracing::info!("asked to take over the leadership: campaigning now");
+        match self.raft.trigger().elect().await {
+            Ok(()) => Ok(Response::new(AdminReply::default())),
+            Err(e) => refused(e.to_string()),
+        }
     }
 
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {

@@ -7,6 +7,7 @@
 //! heard from a majority for longer than an election takes refuses at once instead of
 //! waiting: the client gets 503 quickly while there is no quorum.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ struct Node {
     /// Leadership confirmations when this node leads, shared by concurrent reads here and by
     /// other nodes' read-index requests.
     confirm: Arc<Coalescer<Result<Reply<u64>, MetaError>>>,
+    /// Set while this leader hands its leadership over: new writes are sent away as if it did
+    /// not lead (their senders retry shortly), so its log stops growing and the next leader
+    /// can hold all of it.
+    paused: Arc<AtomicBool>,
 }
 
 impl RaftMetadata {
@@ -58,13 +63,18 @@ impl RaftMetadata {
         registry.register(Box::new(forwarded.clone()))?;
         let r = raft.clone();
         let confirm = Arc::new(Coalescer::new(move || confirm_read_index(r.clone())));
-        let node = Node { raft, peers, space, forwarded, confirm };
+        let node = Node { raft, peers, space, forwarded, confirm, paused: Arc::default() };
         let n = node.clone();
         let read_index = Coalescer::new(move || {
             let n = n.clone();
             async move { n.read_index().await }
         });
         Ok(RaftMetadata { node, state, read_index })
+    }
+
+    /// The switch that holds new writes off while this node hands its leadership over.
+    pub fn write_pause(&self) -> Arc<AtomicBool> {
+        self.node.paused.clone()
     }
 
     /// Commits `req` if this node leads, waiting at most `wait` for the commit.
@@ -105,6 +115,9 @@ impl Node {
     async fn commit_here(&self, req: Request, wait: Duration) -> Result<Reply<Outcome>, MetaError> {
         if let Some(e) = self.quorum_lost() {
             return Err(e);
+        }
+        if self.paused.load(Ordering::SeqCst) {
+            return Ok(Reply::NotLeader(None));
         }
         let leads = {
             let m = self.raft.metrics();
