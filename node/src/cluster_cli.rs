@@ -95,8 +95,16 @@ impl Admin {
             let role = if m.voter { "voter" } else { "learner" };
             match tokio::time::timeout(Duration::from_secs(2), self.status_of(&m.grpc_addr)).await {
                 Ok(Ok(ms)) => println!(
-                    "node {} {} {} state={} term={} last_log={} commit={} applied={}",
-                    m.node_id, role, m.grpc_addr, ms.state, ms.term, ms.last_log_index, ms.committed_index, ms.applied_index
+                    "node {} {} {} state={} term={} last_log={} commit={} applied={} protocol={}",
+                    m.node_id,
+                    role,
+                    m.grpc_addr,
+                    ms.state,
+                    ms.term,
+                    ms.last_log_index,
+                    ms.committed_index,
+                    ms.applied_index,
+                    ms.protocol.max(1)
                 ),
                 _ => println!("node {} {} {} unreachable", m.node_id, role, m.grpc_addr),
             }

@@ -171,6 +171,7 @@ impl ClusterService for ClusterRpc {
             last_log_index: m.last_log_index.unwrap_or(0),
             committed_index: crate::raft::committed_index(&m),
             applied_index: m.last_applied.map_or(0, |l| l.index),
+            protocol: berth_proto::PROTOCOL,
             members: nodes
                 .into_iter()
                 .map(|(id, n)| Member { node_id: id, grpc_addr: n.addr, voter: voters.contains(&id) })

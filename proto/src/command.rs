@@ -71,7 +71,25 @@ pub enum Command {
     Identity(IdentityChange),
 }
 
+/// The newest log-entry protocol this build writes and reads. A command that came after
+/// protocol 1 names its protocol in [`Command::since`], and the leader proposes it only once
+/// every member of the cluster runs a build that reads it: a node that cannot decode an entry
+/// cannot append it, so during a rolling upgrade an old voter would stall, and with it every
+/// write once a majority does.
+///
+/// 1. Blobs, manifests, tags, users, projects, members, tokens, signing keys.
+/// 2. Groups, group members and group deploy tokens.
+pub const PROTOCOL: u32 = 2;
+
 impl Command {
+    /// The protocol that introduced this command (see [`PROTOCOL`]).
+    pub fn since(&self) -> u32 {
+        match self {
+            Command::Identity(change) => change.since(),
+            _ => 1,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -393,6 +393,20 @@ pub enum IdentityChange {
     },
 }
 
+impl IdentityChange {
+    /// The log-entry protocol that introduced this change (see `berth_proto::command::PROTOCOL`).
+    pub fn since(&self) -> u32 {
+        match self {
+            IdentityChange::CreateGroup { .. }
+            | IdentityChange::DeleteGroup { .. }
+            | IdentityChange::SetGroupMember { .. }
+            | IdentityChange::RemoveGroupMember { .. }
+            | IdentityChange::CreateToken { kind: TokenKind::GroupDeploy { .. }, .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
 impl Identity {
     /// The user with this name.
     pub fn user_by_name(&self, username: &str) -> Option<&User> {

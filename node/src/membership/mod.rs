@@ -3,6 +3,7 @@
 
 pub mod handover;
 pub mod join;
+pub mod protocol;
 
 use std::time::Duration;
 

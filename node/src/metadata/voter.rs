@@ -22,6 +22,7 @@ use super::remote::{self, backoff, Leader, Reply, TIMEOUT};
 use super::coalesce::Coalescer;
 use super::MetadataBackend;
 use crate::peers::Peers;
+use crate::membership::protocol::ProtocolGate;
 use crate::space::SpaceGuard;
 use crate::raft::QUORUM_LOST_AFTER_MS;
 
@@ -50,6 +51,8 @@ struct Node {
     /// not lead (their senders retry shortly), so its log stops growing and the next leader
     /// can hold all of it.
     paused: Arc<AtomicBool>,
+    /// Holds back commands that some member's build could not decode.
+    protocol: Arc<ProtocolGate>,
 }
 
 impl RaftMetadata {
@@ -63,7 +66,8 @@ impl RaftMetadata {
         registry.register(Box::new(forwarded.clone()))?;
         let r = raft.clone();
         let confirm = Arc::new(Coalescer::new(move || confirm_read_index(r.clone())));
-        let node = Node { raft, peers, space, forwarded, confirm, paused: Arc::default() };
+        let protocol = Arc::new(ProtocolGate::new(raft.clone(), peers.clone()));
+        let node = Node { raft, peers, space, forwarded, confirm, paused: Arc::default(), protocol };
         let n = node.clone();
         let read_index = Coalescer::new(move || {
             let n = n.clone();
@@ -127,6 +131,7 @@ impl Node {
         if leads {
             // Only the leader proposes: its log (and then every voter's) takes the entry.
             self.space.admit(&req.command)?;
+            self.protocol.admit(req.command.since(), req.command.kind()).await?;
         }
         let kind = req.command.kind();
         match tokio::time::timeout(wait, self.raft.client_write(req)).await {

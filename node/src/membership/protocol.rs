@@ -1,0 +1,86 @@
+//! Log-entry protocol gating, so that a rolling upgrade never stalls the cluster.
+//!
+//! A node appends an entry only if it can decode it. Were a new leader to propose a command
+//! that an older member's build does not know, that member could not take the entry, nor any
+//! entry after it; with a majority of such members no write would commit. So a command that
+//! came after protocol 1 (`Command::since`) is proposed only when every member of the
+//! cluster has said (in its `Status`) that it reads that protocol. Members are asked when
+//! such a command arrives (they are rare: group administration), and the answer is kept for
+//! a while. A member that does not answer counts with what it said last; one never heard
+//! from holds the command back, with a 503 that says which node to upgrade.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use berth_api::MetaError;
+use berth_raft_store::Raft;
+
+use super::status;
+use crate::peers::Peers;
+
+/// How long a check that every member reads a protocol holds, for the same members.
+const FRESH: Duration = Duration::from_secs(10);
+/// How long a member has to answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The leader's knowledge of which protocol each member reads.
+pub struct ProtocolGate {
+    raft: Raft,
+    peers: Peers,
+    /// Member id -> the protocol it said it reads.
+    heard: Mutex<HashMap<u64, u32>>,
+    /// The last successful check: when, for which members, up to which protocol.
+    checked: Mutex<Option<(Instant, BTreeSet<u64>, u32)>>,
+}
+
+impl ProtocolGate {
+    pub fn new(raft: Raft, peers: Peers) -> Self {
+        ProtocolGate { raft, peers, heard: Mutex::default(), checked: Mutex::default() }
+    }
+
+    /// Ok when every member of the cluster reads entries of protocol `need`.
+    pub async fn admit(&self, need: u32, kind: &str) -> Result<(), MetaError> {
+        if need <= 1 {
+            return Ok(());
+        }
+        let members: Vec<(u64, String)> = {
+            let m = self.raft.metrics().borrow().clone();
+            m.membership_config.membership().nodes().filter(|(id, _)| **id != m.id).map(|(id, n)| (*id, n.addr.clone())).collect()
+        };
+        let ids: BTreeSet<u64> = members.iter().map(|(id, _)| *id).collect();
+        if let Some((at, seen, upto)) = self.checked.lock().unwrap().as_ref() {
+            if at.elapsed() < FRESH && *seen == ids && *upto >= need {
+                return Ok(());
+            }
+        }
+        let answers = futures::future::join_all(members.iter().map(|(id, addr)| async move {
+            let protocol = status(&self.peers, addr, ASK_TIMEOUT).await.ok().map(|s| s.protocol.max(1));
+            (*id, protocol)
+        }))
+        .await;
+        let mut heard = self.heard.lock().unwrap();
+        for (id, protocol) in answers {
+            if let Some(p) = protocol {
+                heard.insert(id, p);
+            }
+        }
+        let behind: Vec<String> = members
+            .iter()
+            .filter_map(|(id, addr)| match heard.get(id) {
+                Some(p) if *p >= need => None,
+                Some(p) => Some(format!("node {id} ({addr}) reads protocol {p}")),
+                None => Some(format!("node {id} ({addr}) has not said which protocol it reads")),
+            })
+            .collect();
+        drop(heard);
+        if behind.is_empty() {
+            *self.checked.lock().unwrap() = Some((Instant::now(), ids, need));
+            return Ok(());
+        }
+        Err(MetaError::Unavailable(format!(
+            "{kind} needs every node of the cluster to read log protocol {need}: {}; finish upgrading them first",
+            behind.join(", ")
+        )))
+    }
+}
