@@ -9,6 +9,7 @@ use berth_proto::rpc::{AddLearnerRequest, AdminReply, ChangeMembershipRequest, R
 use crate::config::Config;
 use crate::metadata::remote::hint;
 use crate::cluster_token::ClusterToken;
+use crate::progress::{Progress, Unit};
 use crate::peers::{MutualTls, PeerChannel, Peers};
 
 /// Admin calls, over mutual TLS when the config has `berth.tls`.
@@ -26,7 +27,7 @@ impl Admin {
         Ok(Admin { peers: Peers::new(tls, token) })
     }
 
-    fn client(&self, addr: &str) -> anyhow::Result<ClusterServiceClient<PeerChannel>> {
+    pub(crate) fn client(&self, addr: &str) -> anyhow::Result<ClusterServiceClient<PeerChannel>> {
         Ok(ClusterServiceClient::new(self.peers.channel(addr).map_err(anyhow::Error::msg)?))
     }
 
@@ -51,13 +52,32 @@ impl Admin {
         bail!("the leader changed while retrying; try again")
     }
 
-    /// Adds a learner and waits until it has caught up.
+    /// Adds a learner and waits until it has caught up, showing how far it is on a terminal.
     pub async fn add_learner(&self, node: &str, id: u64, addr: &str) -> anyhow::Result<()> {
-        self.admin(node, |mut c| {
+        let call = self.admin(node, |mut c| {
             let req = AddLearnerRequest { node_id: id, grpc_addr: addr.to_string() };
             async move { c.add_learner(req).await }
-        })
-        .await?;
+        });
+        tokio::pin!(call);
+        let mut progress = Progress::new(&format!("node {id} catching up"), Unit::Entries);
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                r = &mut call => {
+                    r?;
+                    if let Ok(s) = self.status_of(addr).await {
+                        progress.finish(s.applied_index);
+                    }
+                    break;
+                }
+                _ = tick.tick() => {
+                    if let (Ok(leader), Ok(learner)) = (self.status_of(node).await, self.status_of(addr).await) {
+                        progress.total(leader.last_log_index);
+                        progress.set(learner.applied_index);
+                    }
+                }
+            }
+        }
         println!("node {id} ({addr}) added as a learner");
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod admin_cli;
+pub mod backup;
 pub mod cluster_cli;
 pub mod cluster_token;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod membership;
 pub mod metadata;
 pub mod peers;
 pub mod probe;
+pub mod progress;
 pub mod raft;
 pub mod raft_network;
 pub mod rpc_server;

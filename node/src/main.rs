@@ -53,6 +53,21 @@ enum Command {
         #[command(subcommand)]
         action: TlsAction,
     },
+    /// Make a data directory the first voter of a new cluster holding a backup made by
+    /// `berth cluster backup` (node id and address from the config). Then start it and add
+    /// voters.
+    #[command(after_help = "Example:\n  berth restore --from berth-2026-11-29.backup --data-dir /var/lib/berth --config /etc/berth/config.yml")]
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new node's data directory (it must not hold Raft data).
+        #[arg(long, env = "BERTH_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The config the node will run with (its berth.nodeid and gRPC address).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -188,6 +203,17 @@ enum ClusterAction {
         #[arg(long, value_delimiter = ',', required = true)]
         voters: Vec<u64>,
     },
+    /// Write a backup of the registry metadata (repositories, tags, manifests, identity) as
+    /// the voter at --node has applied it. Copy the blob store afterwards.
+    #[command(after_help = "Example:\n  berth cluster backup --node 10.0.0.1:5050 --out berth-$(date +%F).backup")]
+    Backup {
+        /// gRPC address of a voter.
+        #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
+        node: String,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Remove a node (a voter is first taken out of the voters). Its id is never reused.
     #[command(after_help = "Example:\n  berth cluster remove --node 10.0.0.1:5050 --id 3")]
     Remove {
@@ -259,6 +285,7 @@ fn cluster(config: Option<PathBuf>, action: ClusterAction) -> std::process::Exit
             ClusterAction::AddLearner { node, id, addr } => admin.add_learner(&node, id, &addr).await,
             ClusterAction::ChangeMembership { node, voters } => admin.change_membership(&node, &voters).await,
             ClusterAction::Remove { node, id } => admin.remove(&node, id).await,
+            ClusterAction::Backup { node, out } => admin.backup(&node, &out).await,
         }
     });
     match result {
@@ -308,6 +335,16 @@ fn main() -> std::process::ExitCode {
         Command::Admin { config, node, action } => return admin(config, node, action),
         Command::Tls { action: TlsAction::SelfSigned { hosts, cert, key } } => return self_signed(&hosts, &cert, &key),
         Command::Config { action: ConfigAction::Check { file } } => return config_check(&file),
+        Command::Restore { from, data_dir, config } => {
+            let restored = Config::load(config.as_deref(), std::env::vars()).and_then(|(cfg, _)| berth_node::backup::restore(&cfg, &data_dir, &from));
+            return match restored {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("berth restore: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
         Command::Probe { url, timeout } => {
             return match berth_node::probe::probe(&url, std::time::Duration::from_secs(timeout)) {
                 Ok(_) => std::process::ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ use berth_proto::rpc::metadata_service_server::{MetadataService, MetadataService
 use berth_proto::rpc::raft_service_server::{RaftService, RaftServiceServer};
 use berth_api::MetaError;
 use berth_proto::rpc::{
-    AddLearnerRequest, AddVoterRequest, AdminReply, CampaignRequest, ApplyReply, ChangeMembershipRequest, Member, Payload, ReadIndexReply, ReadIndexRequest,
+    AddLearnerRequest, AddVoterRequest, AdminReply, BackupChunk, BackupRequest, CampaignRequest, ApplyReply, ChangeMembershipRequest, Member, Payload, ReadIndexReply, ReadIndexRequest,
     RemoveNodeRequest, StatusReply, StatusRequest,
 };
 use berth_raft_store::{Raft, SharedState};
@@ -91,8 +91,45 @@ fn refused(error: String) -> Result<Response<AdminReply>, Status> {
     Ok(Response::new(AdminReply { error, ..Default::default() }))
 }
 
+/// Size of one `Backup` chunk (gRPC messages stay far below their 4 MiB limit).
+const BACKUP_CHUNK: usize = 1 << 20;
+
+/// The chunks of a backup of `bytes`, applied up to `applied_index`.
+fn backup_chunks(bytes: Vec<u8>, applied_index: u64) -> Vec<Result<BackupChunk, Status>> {
+    use sha2::Digest as _;
+    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+    let total = bytes.len() as u64;
+    let mut chunks: Vec<Result<BackupChunk, Status>> =
+        bytes.chunks(BACKUP_CHUNK).map(|c| Ok(BackupChunk { data: c.to_vec(), ..Default::default() })).collect();
+    if chunks.is_empty() {
+        chunks.push(Ok(BackupChunk::default()));
+    }
+    if let Some(Ok(first)) = chunks.first_mut() {
+        first.total = total;
+        first.applied_index = applied_index;
+    }
+    if let Some(Ok(last)) = chunks.last_mut() {
+        last.sha256 = sha256;
+    }
+    chunks
+}
+
 #[tonic::async_trait]
 impl ClusterService for ClusterRpc {
+    type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<BackupChunk, Status>>>;
+
+    async fn backup(&self, _req: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        // A clone is cheap (manifests are shared); encoding happens off the async threads.
+        let state = self.state.read().unwrap().clone();
+        let applied = state.last_applied.map_or(0, |l| l.index);
+        let bytes = tokio::task::spawn_blocking(move || state.encode())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("encoding the state: {e}")))?;
+        tracing::info!(bytes = bytes.len(), applied, "serving a backup");
+        Ok(Response::new(tokio_stream::iter(backup_chunks(bytes, applied))))
+    }
+
     async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Response<AdminReply>, Status> {
         let r = req.into_inner();
         if r.node_id == 0 {

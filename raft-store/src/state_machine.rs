@@ -83,6 +83,38 @@ impl StateMachineStore {
         })
     }
 
+    /// Makes `dir` (empty: no snapshot yet) the state machine of a new single-voter cluster
+    /// of node `node_id` at `addr`, holding the registry state of `backup` (bytes made by
+    /// [`RegistryState::encode`], as `berth cluster backup` writes them). The state becomes a
+    /// snapshot at log index 0 whose membership is that one voter; the node then starts as
+    /// that cluster's leader, and voters added later receive the state as a snapshot. The
+    /// old cluster's node ids are forgotten (the new cluster numbers its own nodes).
+    /// Returns the restored state.
+    pub fn seed_from_backup(dir: &Path, backup: &[u8], node_id: u64, addr: &str) -> std::io::Result<RegistryState> {
+        if dir.join(SNAPSHOT_FILE).exists() {
+            return Err(std::io::Error::other(format!("{} already holds a state machine", dir.display())));
+        }
+        let mut state = RegistryState::decode(backup).map_err(|e| std::io::Error::other(format!("not a Berth backup: {e}")))?;
+        let log_id = LogId::new(openraft::CommittedLeaderId::new(0, node_id), 0);
+        let membership = openraft::Membership::new(
+            vec![std::collections::BTreeSet::from([node_id])],
+            std::collections::BTreeMap::from([(node_id, openraft::BasicNode::new(addr))]),
+        );
+        state.last_applied = Some(log_id);
+        state.last_membership = StoredMembership::new(Some(log_id), membership);
+        state.node_ids_used = std::collections::BTreeSet::from([node_id]);
+        let data = state.encode().map_err(std::io::Error::other)?;
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.last_membership.clone(),
+            snapshot_id: format!("restored-{}", berth_proto::now_ms()),
+        };
+        std::fs::create_dir_all(dir)?;
+        let bytes = postcard::to_stdvec(&StoredSnapshot { meta, data }).map_err(std::io::Error::other)?;
+        write_durably(dir, SNAPSHOT_FILE, &bytes)?;
+        Ok(state)
+    }
+
     /// The state, for read-only queries.
     pub fn shared(&self) -> SharedState {
         self.state.clone()

@@ -108,6 +108,8 @@ fn every_command_explains_itself_with_an_example() {
         &["cluster", "add-learner"],
         &["cluster", "change-membership"],
         &["cluster", "remove"],
+        &["cluster", "backup"],
+        &["restore"],
         &["admin", "create-user"],
         &["admin", "set-password"],
         &["admin", "create-token"],
