@@ -298,7 +298,7 @@ async fn a_node_that_missed_10000_writes_catches_up_by_snapshot() {
     for _ in 0..200 {
         let s = berth_cluster(&["status", "--node", &voters[2].grpc_addr]);
         if let Some(line) = s.lines().find(|l| l.starts_with("node 3 ")) {
-            let applied: u64 = line.rsplit("applied=").next().unwrap().trim().parse().unwrap();
+            let applied: u64 = line.split_whitespace().find_map(|f| f.strip_prefix("applied=")).unwrap().parse().unwrap();
             if applied >= 10_000 {
                 caught_up = true;
                 break;
@@ -512,4 +512,77 @@ async fn voters_named_in_join_add_themselves_in_any_order() {
             .unwrap(),
         more
     );
+}
+
+/// Replacing the cluster CA without downtime, by rolling restarts: every node first trusts
+/// both CAs (a PEM bundle in `berth.tls.ca`), then presents a certificate from the new CA,
+/// then trusts only the new one. The cluster keeps a leader and takes pushes throughout;
+/// afterwards a certificate from the old CA is refused by every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_ca_is_replaced_with_rolling_restarts() {
+    init_tracing();
+    if !berth_tests::require_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (TestCa::new(dir.path(), "old"), TestCa::new(dir.path(), "new"));
+    let (old_cert, old_key) = old.issue("node-old");
+    let (new_cert, new_key) = new.issue("node-new");
+    let both = dir.path().join("both-ca.pem");
+    let bundle = format!("{}{}", std::fs::read_to_string(&old.cert).unwrap(), std::fs::read_to_string(&new.cert).unwrap());
+    std::fs::write(&both, bundle).unwrap();
+    let tls = |ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path| -> Vec<(String, String)> {
+        vec![
+            ("REGISTRY_BERTH_TLS_CA".to_string(), ca.display().to_string()),
+            ("REGISTRY_BERTH_TLS_CERTIFICATE".to_string(), cert.display().to_string()),
+            ("REGISTRY_BERTH_TLS_KEY".to_string(), key.display().to_string()),
+        ]
+    };
+    let first = tls(&old.cert, &old_cert, &old_key);
+    let first_ref: Vec<(&str, &str)> = first.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut voters = voter_cluster(dir.path(), 3, &first_ref);
+    push_image(&Registry::new(&voters[0].url), "ca/app", "start", 90).await;
+
+    let phases = [
+        ("trust both CAs", tls(&both, &old_cert, &old_key)),
+        ("present the new CA's certificates", tls(&both, &new_cert, &new_key)),
+        ("trust only the new CA", tls(&new.cert, &new_cert, &new_key)),
+    ];
+    let mut pushed = 0u64;
+    for (phase, env) in &phases {
+        for idx in [2usize, 1, 0] {
+            tracing::info!(phase, node = idx + 1, "rolling restart");
+            voters[idx].terminate();
+            for (k, v) in env {
+                voters[idx].env.retain(|(name, _)| name != k);
+                voters[idx].env.push((k.clone(), v.clone()));
+            }
+            voters[idx].restart();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let ok = reqwest::get(format!("{}/v2/", voters[idx].url)).await.is_ok_and(|r| r.status() == 200);
+                if ok {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {} not ready during '{phase}'", idx + 1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            pushed += 1;
+            let m = push_image(&Registry::new(&voters[(idx + 1) % 3].url), "ca/app", &format!("p{pushed}"), 90 + pushed).await;
+            assert_eq!(Registry::new(&voters[idx].url).get_manifest("ca/app", &format!("p{pushed}")).await.unwrap(), (reqwest::StatusCode::OK, m));
+        }
+        let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let status = berth_tests::berth_cluster_env(&["status", "--node", &voters[0].grpc_addr], &env_ref);
+        assert!(status.matches(" voter ").count() == 3 && !status.contains("unreachable"), "after '{phase}':\n{status}");
+    }
+
+    tracing::info!("a certificate from the old CA is refused everywhere now");
+    for v in &voters {
+        let out = berth_tests::berth_command()
+            .args(["cluster", "status", "--node", &v.grpc_addr])
+            .envs(tls(&both, &old_cert, &old_key))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "node at {} accepted the old CA's certificate", v.grpc_addr);
+    }
 }
