@@ -398,6 +398,7 @@ async fn start_voter(
         });
         eprintln!("berth: grpc listening on {grpc_local}");
     }
+    membership::removed::spawn(node.raft.clone(), peers.clone(), node_id, stop.clone());
     if !join.is_empty() {
         let joiner = membership::join::Joiner { raft: node.raft.clone(), id: node_id, advertise: raft_addr.clone(), join, peers: peers.clone() };
         joiner.spawn(stop.clone());

@@ -586,3 +586,57 @@ async fn the_cluster_ca_is_replaced_with_rolling_restarts() {
         assert!(!out.status.success(), "node at {} accepted the old CA's certificate", v.grpc_addr);
     }
 }
+
+/// A removed voter stops campaigning and says so, whether it was removed while it ran (it
+/// applies the membership without itself) or while it was down (it learns from the others);
+/// brought back with an empty data directory and a new id, it joins again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_stops_campaigning_says_so_and_can_come_back_under_a_new_id() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut voters = voter_cluster(dir.path(), 4, &[]);
+    let leader = voters[0].grpc_addr.clone();
+    let said = |node: &Berth| std::fs::read_to_string(&node.log).unwrap().contains("this node has been removed from the cluster");
+    let wait_said = |node: &Berth| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !said(node) {
+            assert!(Instant::now() < deadline, "node at {} never said it was removed:\n{}", node.url, std::fs::read_to_string(&node.log).unwrap());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    tracing::info!("node 4 is removed while it runs");
+    berth_cluster(&["remove", "--node", &leader, "--id", "4"]);
+    wait_said(&voters[3]);
+
+    tracing::info!("node 3 is removed while it is down, then starts again on its old data");
+    voters[2].kill9();
+    berth_cluster(&["remove", "--node", &leader, "--id", "3"]);
+    voters[2].restart();
+    wait_said(&voters[2]);
+    let term_of = |grpc: &str| -> u64 {
+        let s = berth_tests::berth_command().args(["cluster", "status", "--node", grpc]).output().unwrap();
+        let s = String::from_utf8_lossy(&s.stdout).to_string();
+        s.lines().find_map(|l| l.strip_prefix("term ")).and_then(|t| t.trim().parse().ok()).unwrap_or_else(|| panic!("{s}"))
+    };
+    let (t3, t1) = (term_of(&voters[2].grpc_addr), term_of(&leader));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(term_of(&voters[2].grpc_addr), t3, "node 3 still campaigns");
+    assert_eq!(term_of(&leader), t1, "the cluster's term moved");
+    let status = berth_cluster(&["status", "--node", &leader]);
+    assert_eq!(status.matches(" voter ").count(), 2, "{status}");
+    push_image(&Registry::new(&voters[1].url), "removed/app", "v1", 5).await;
+
+    tracing::info!("the machine of node 3 comes back empty, as node 5");
+    voters[2].kill9();
+    std::fs::remove_dir_all(&voters[2].data_dir).unwrap();
+    voters[2].env.retain(|(k, _)| k != "REGISTRY_BERTH_NODEID");
+    voters[2].env.push(("REGISTRY_BERTH_NODEID".into(), "5".into()));
+    voters[2].restart();
+    berth_cluster(&["add-learner", "--node", &leader, "--id", "5", "--addr", &voters[2].grpc_addr]);
+    berth_cluster(&["change-membership", "--node", &leader, "--voters", "1,2,5"]);
+    let status = berth_cluster(&["status", "--node", &voters[2].grpc_addr]);
+    assert_eq!(status.matches(" voter ").count(), 3, "{status}");
+    let m = push_image(&Registry::new(&voters[0].url), "removed/app", "v2", 6).await;
+    assert_eq!(Registry::new(&voters[2].url).get_manifest("removed/app", "v2").await.unwrap(), (reqwest::StatusCode::OK, m));
+}

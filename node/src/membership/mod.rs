@@ -4,6 +4,7 @@
 pub mod handover;
 pub mod join;
 pub mod protocol;
+pub mod removed;
 
 use std::time::Duration;
 
