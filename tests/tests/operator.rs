@@ -258,3 +258,49 @@ async fn the_grafana_dashboard_asks_for_metrics_nodes_export() {
     let missing: Vec<&String> = asked.iter().filter(|m| !exported.contains(*m)).collect();
     assert!(missing.is_empty(), "the dashboard asks for metrics no node exports: {missing:?}; exported: {exported:?}");
 }
+
+/// The release tarball (`deploy/release/tarball.sh`, made from this build's binary) holds a
+/// `berth` that runs with no configuration and takes the README's first push and pull.
+#[test]
+fn the_release_tarball_holds_a_berth_that_serves_the_tour() {
+    use std::io::BufRead;
+    init_tracing();
+    if !berth_tests::require_tool("skopeo") || !berth_tests::require_tool("objcopy") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let made = berth_tests::run(Command::new(root.join("deploy/release/tarball.sh")).arg(berth_bin()).arg(dir.path()));
+    let tarball = made.trim();
+    assert!(tarball.ends_with("-linux.tar.gz"), "{made}");
+    berth_tests::run(Command::new("tar").args(["-xzf", tarball, "-C"]).arg(dir.path()));
+    let unpacked = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.is_dir()).unwrap();
+    for f in ["bin/berth", "README.md", "OPERATIONS.md", "deploy/systemd/berth.service", "deploy/nginx/berth-proxy.conf"] {
+        assert!(unpacked.join(f).exists(), "{f} missing from the tarball");
+    }
+    let version = berth_tests::run(Command::new(unpacked.join("bin/berth")).arg("--version"));
+    assert!(version.starts_with("berth "), "{version}");
+
+    let mut child = Command::new(unpacked.join("bin/berth"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("REGISTRY_HTTP_ADDR", "127.0.0.1:0")
+        .env("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = lines.by_ref().map_while(Result::ok).find_map(|l| l.strip_prefix("berth: listening on ").map(str::to_string)).expect("listening");
+    std::thread::spawn(move || for _ in lines {});
+    let host = url.trim_start_matches("http://");
+    let layout = dir.path().join("layout");
+    berth_tests::write_oci_layout(&layout, "v1", &[b"release tarball".to_vec()]);
+    let copy = |from: String, to: String| berth_tests::run(Command::new("skopeo").args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false", &from, &to]));
+    copy(format!("oci:{}:v1", layout.display()), format!("docker://{host}/team/app:v1"));
+    copy(format!("docker://{host}/team/app:v1"), format!("dir:{}", dir.path().join("pulled").display()));
+    assert!(dir.path().join("pulled/manifest.json").exists());
+    // It kept its data where the README says: ./berth-data.
+    assert!(dir.path().join("berth-data/raft").is_dir());
+    let _ = child.kill();
+    let _ = child.wait();
+}
