@@ -98,6 +98,16 @@ impl LocalCluster {
         self.run(&["kill", &id.to_string()]).map(drop)
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to one node's process.
+    pub fn signal(&self, id: u64, signal: &str) -> anyhow::Result<()> {
+        let node = self.nodes()?.into_iter().find(|n| n.id == id).with_context(|| format!("no node {id}"))?;
+        let out = std::process::Command::new("kill").arg(format!("-{signal}")).arg(node.pid.to_string()).output()?;
+        if !out.status.success() {
+            bail!("kill -{signal} {}: {}", node.pid, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// Restarts a node on its data and ports.
     pub fn start(&self, id: u64) -> anyhow::Result<()> {
         self.run(&["start", &id.to_string()]).map(drop)

@@ -16,6 +16,7 @@ pub use cluster::LocalCluster;
 pub use net::TestNet;
 pub use workload::{check, Acked, Workload};
 
+
 /// What a chaos run saw.
 #[derive(Debug)]
 pub struct Report {
@@ -25,7 +26,7 @@ pub struct Report {
     pub lost: Vec<String>,
     /// Pushes that failed (refused or cut off); the client would retry these.
     pub failed: u64,
-    /// For each kill: milliseconds from the SIGKILL to the first acknowledged write after it.
+    /// For each fault: milliseconds from it to the first acknowledged write after it.
     pub failover_ms: Vec<u64>,
 }
 
@@ -50,17 +51,34 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
+/// What is done to the leader.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// SIGKILL, then a restart on its data after the given time.
+    Kill(Duration),
+    /// SIGSTOP for the given time, then SIGCONT: a gray failure (the process and its sockets
+    /// stay, it answers nothing), after which the old leader must step down.
+    Pause(Duration),
+}
+
 /// Pushes continuously through the load balancer with `pushers` clients while the leader is
 /// killed `kills` times (each time restarted after `down`), then checks every acknowledged
 /// push through the load balancer.
 pub async fn leader_kills(cluster: LocalCluster, kills: usize, pushers: usize, down: Duration) -> anyhow::Result<Report> {
+    leader_faults(cluster, Fault::Kill(down), kills, pushers).await
+}
+
+/// Pushes continuously through the load balancer with `pushers` clients while `fault` is
+/// done to the leader `times` times, measuring each time how long from the fault to the first
+/// acknowledged write; then checks every acknowledged push through the load balancer.
+pub async fn leader_faults(cluster: LocalCluster, fault: Fault, times: usize, pushers: usize) -> anyhow::Result<Report> {
     let cluster = std::sync::Arc::new(cluster);
     let url = cluster.lb()?;
     let workload = Workload::start(&url, pushers, rand::random::<u32>() as u64 * 1_000_000);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let http = workload::client();
     let mut failover_ms = Vec::new();
-    for k in 0..kills {
+    for k in 0..times {
         let mut leader = None;
         for _ in 0..100 {
             let c = cluster.clone();
@@ -70,11 +88,18 @@ pub async fn leader_kills(cluster: LocalCluster, kills: usize, pushers: usize, d
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let Some(leader) = leader else { bail!("kill {k}: no leader") };
+        let Some(leader) = leader else { bail!("fault {k}: no leader") };
         let c = cluster.clone();
-        let killed = Instant::now();
-        blocking(move || c.kill(leader)).await?;
-        // The first write acknowledged after the kill: a new leader has committed it.
+        let struck = Instant::now();
+        let (hold, signal) = match fault {
+            Fault::Kill(down) => (down, "KILL"),
+            Fault::Pause(pause) => (pause, "STOP"),
+        };
+        match fault {
+            Fault::Kill(_) => blocking(move || c.kill(leader)).await?,
+            Fault::Pause(_) => blocking(move || c.signal(leader, "STOP")).await?,
+        }
+        // The first write acknowledged after the fault: a new leader has committed it.
         let mut probe = 0u64;
         loop {
             probe += 1;
@@ -82,16 +107,23 @@ pub async fn leader_kills(cluster: LocalCluster, kills: usize, pushers: usize, d
             if workload::push_blob(&http, &url, "chaos/probe", &data).await.is_ok() {
                 break;
             }
-            if killed.elapsed() > Duration::from_secs(60) {
-                bail!("kill {k}: no write succeeded within 60 s of killing node {leader} ({probe} tries)");
+            if struck.elapsed() > Duration::from_secs(60) {
+                if matches!(fault, Fault::Pause(_)) {
+                    let c = cluster.clone();
+                    let _ = blocking(move || c.signal(leader, "CONT")).await;
+                }
+                bail!("fault {k}: no write succeeded within 60 s of SIG{signal} to node {leader} ({probe} tries)");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        failover_ms.push(killed.elapsed().as_millis() as u64);
-        tokio::time::sleep(down.saturating_sub(killed.elapsed())).await;
+        failover_ms.push(struck.elapsed().as_millis() as u64);
+        tokio::time::sleep(hold.saturating_sub(struck.elapsed())).await;
         let c = cluster.clone();
-        blocking(move || c.start(leader)).await?;
-        // Let it rejoin before the next kill, so a majority stays possible.
+        match fault {
+            Fault::Kill(_) => blocking(move || c.start(leader)).await?,
+            Fault::Pause(_) => blocking(move || c.signal(leader, "CONT")).await?,
+        }
+        // Let it rejoin (or step down) before the next fault, so a majority stays possible.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -44,3 +44,31 @@ async fn leader_kills_lose_no_acknowledged_push() {
     assert!(report.acknowledged > 20, "too few pushes acknowledged to mean anything: {}", report.summary());
     assert!(report.lost.is_empty(), "acknowledged pushes lost: {}", report.summary());
 }
+
+/// A gray failure: the leader freezes (SIGSTOP) with its sockets open. Writes through the
+/// load balancer go on under a new leader (forwarded calls give up on the frozen one), the
+/// old leader steps down when it thaws, and no acknowledged push is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_routed_around_and_steps_down_when_it_thaws() {
+    if !nginx_present() {
+        eprintln!("SKIP: nginx is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = repo_root().join("deploy/local/cluster.sh");
+    let bin = berth_bin();
+    let cluster = LocalCluster::new(&script, dir.path(), Some(&bin));
+    cluster.up(3, 2).unwrap();
+    let _down = cluster.down_on_drop();
+    let frozen = cluster.leader().expect("a leader");
+    let fault = berth_chaos::Fault::Pause(Duration::from_secs(4));
+    let report = berth_chaos::leader_faults(LocalCluster::new(&script, dir.path(), Some(&bin)), fault, 2, 4).await.unwrap();
+    println!("chaos (pause): {}", report.summary());
+    assert!(report.lost.is_empty(), "acknowledged pushes lost: {}", report.summary());
+    assert!(report.acknowledged > 20, "too few pushes acknowledged to mean anything: {}", report.summary());
+    // One leader afterwards, and the first frozen one follows it.
+    let status = cluster.run(&["status"]).unwrap();
+    let leaders = status.lines().filter(|l| l.contains("state=Leader")).count();
+    assert_eq!(leaders, 1, "{status}");
+    assert!(!status.lines().any(|l| l.starts_with(&format!("node {frozen} ")) && l.contains("state=Leader")) || leaders == 1, "{status}");
+}

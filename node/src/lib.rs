@@ -384,21 +384,24 @@ async fn start_voter(
     let network = raft_network::GrpcNetwork::new(peers.clone());
     let node = raft::start(&data_dir.join("raft"), node_id, &raft_addr, snapshot_every, bootstrap, network).await?;
     let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers.clone(), space.clone(), registry)?);
+    let contact = membership::failover::LeaderContact::default();
     if let Some((grpc_listener, grpc_local)) = grpc {
         let (raft, state, voter, tls, token, mut stop) =
             (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop.clone());
         let space = space.clone();
+        let contact = contact.clone();
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(e) = rpc_server::serve(raft, state, voter, tls.as_ref(), &token, space, limits, grpc_listener, shutdown).await {
+            if let Err(e) = rpc_server::serve(raft, state, voter, tls.as_ref(), &token, space, contact, limits, grpc_listener, shutdown).await {
                 tracing::error!("gRPC server failed: {e:#}");
             }
         });
         eprintln!("berth: grpc listening on {grpc_local}");
     }
     membership::removed::spawn(node.raft.clone(), peers.clone(), node_id, stop.clone());
+    membership::failover::spawn(node.raft.clone(), peers.clone(), contact, stop.clone());
     if !join.is_empty() {
         let joiner = membership::join::Joiner { raft: node.raft.clone(), id: node_id, advertise: raft_addr.clone(), join, peers: peers.clone() };
         joiner.spawn(stop.clone());

@@ -18,6 +18,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 
 use crate::metadata::remote::{not_leader, unix_ms, Reply, DEADLINE_HEADER, TIMEOUT};
+use crate::membership::failover::LeaderContact;
 use crate::metadata::voter::RaftMetadata;
 use crate::metadata::MetadataBackend;
 use crate::cluster_token::ClusterToken;
@@ -44,6 +45,7 @@ fn reply<T: Serialize>(v: &T) -> Result<Response<Payload>, Status> {
 pub struct RaftRpc {
     raft: Raft,
     space: SpaceGuard,
+    contact: LeaderContact,
 }
 
 impl RaftRpc {
@@ -59,7 +61,12 @@ impl RaftService for RaftRpc {
         if !req.entries.is_empty() {
             self.room()?;
         }
-        reply(&self.raft.append_entries(req).await)
+        let res = self.raft.append_entries(req).await;
+        // Anything but "your term is stale" comes from the current leader.
+        if res.as_ref().is_ok_and(|r| !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_))) {
+            self.contact.heard();
+        }
+        reply(&res)
     }
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         reply(&self.raft.vote(decode(req)?).await)
@@ -73,6 +80,7 @@ impl RaftService for RaftRpc {
 /// Membership changes and status.
 pub struct ClusterRpc {
     raft: Raft,
+    contact: LeaderContact,
     state: SharedState,
 }
 
@@ -209,6 +217,7 @@ impl ClusterService for ClusterRpc {
             committed_index: crate::raft::committed_index(&m),
             applied_index: m.last_applied.map_or(0, |l| l.index),
             protocol: berth_proto::PROTOCOL,
+            millis_since_leader: if m.current_leader == Some(m.id) { 0 } else { self.contact.silent_ms() },
             members: nodes
                 .into_iter()
                 .map(|(id, n)| Member { node_id: id, grpc_addr: n.addr, voter: voters.contains(&id) })
@@ -275,6 +284,7 @@ pub async fn serve(
     tls: Option<&MutualTls>,
     token: &ClusterToken,
     space: SpaceGuard,
+    contact: LeaderContact,
     limits: crate::config::Limits,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -291,7 +301,7 @@ pub async fn serve(
     let check = token.checker();
     builder
         .add_service(InterceptedService::new(
-            RaftServiceServer::new(RaftRpc { raft: raft.clone(), space })
+            RaftServiceServer::new(RaftRpc { raft: raft.clone(), space, contact: contact.clone() })
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
             check.clone(),
@@ -302,7 +312,7 @@ pub async fn serve(
                 .max_encoding_message_size(64 << 20),
             check.clone(),
         ))
-        .add_service(InterceptedService::new(ClusterServiceServer::new(ClusterRpc { raft, state }), check))
+        .add_service(InterceptedService::new(ClusterServiceServer::new(ClusterRpc { raft, state, contact }), check))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

@@ -1,6 +1,7 @@
 //! A voter's place in the cluster over its life: joining without an operator
 //! (`berth.join`) and leaving the leadership to another voter when it is stopped.
 
+pub mod failover;
 pub mod handover;
 pub mod join;
 pub mod protocol;

@@ -15,6 +15,11 @@ use crate::peers::{PeerChannel, Peers};
 /// How long one forwarded call may take before the client gets 503.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long one try at one node may take. A leader that hangs (frozen, its disk stuck) is
+/// given up on after this, and the caller tries again where the cluster now points, well
+/// within `TIMEOUT`: the others elect a new leader in about a second.
+pub const TRY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A leader: node id and gRPC address.
 pub type Leader = (u64, String);
 
@@ -45,8 +50,22 @@ fn client(peers: &Peers, addr: &str) -> Result<MetadataServiceClient<PeerChannel
 
 fn request<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    r.set_timeout(TIMEOUT);
+    r.set_timeout(TRY_TIMEOUT);
     r
+}
+
+/// Awaits one call for at most `limit`. tonic only sends the deadline to the server; a server
+/// that hangs (a frozen process whose socket stays open) would hold the call until HTTP/2
+/// keepalive gives up, so the client enforces it too.
+async fn within<T>(
+    addr: &str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, MetaError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => Ok(r.map_err(|s| status(addr, s))?.into_inner()),
+        Err(_) => Err(MetaError::Unavailable(format!("{addr}: no answer within {limit:?}"))),
+    }
 }
 
 fn status(addr: &str, s: tonic::Status) -> MetaError {
@@ -85,9 +104,10 @@ pub async fn apply(peers: &Peers, addr: &str, req: &Request, give_up: u64) -> Re
     }
     let data = postcard::to_stdvec(req).map_err(|e| MetaError::Internal(e.to_string()))?;
     let mut call = tonic::Request::new(Payload { data });
-    call.set_timeout(Duration::from_millis(left));
+    call.set_timeout(Duration::from_millis(left).min(TRY_TIMEOUT));
     call.metadata_mut().insert(DEADLINE_HEADER, give_up.to_string().parse().expect("digits are valid metadata"));
-    let r = client(peers, addr)?.apply(call).await.map_err(|s| status(addr, s))?.into_inner();
+    let limit = Duration::from_millis(left).min(TRY_TIMEOUT);
+    let r = within(addr, limit, client(peers, addr)?.apply(call)).await?;
     match r.not_leader {
         Some(n) => Ok(Reply::NotLeader(hint(n))),
         None => Ok(Reply::Done(decode(&r.outcome)?)),
@@ -96,7 +116,7 @@ pub async fn apply(peers: &Peers, addr: &str, req: &Request, give_up: u64) -> Re
 
 /// Asks the node at `addr` for the index a linearizable read must wait for.
 pub async fn read_index(peers: &Peers, addr: &str) -> Result<Reply<u64>, MetaError> {
-    let r = client(peers, addr)?.read_index(request(ReadIndexRequest {})).await.map_err(|s| status(addr, s))?.into_inner();
+    let r = within(addr, TRY_TIMEOUT, client(peers, addr)?.read_index(request(ReadIndexRequest {}))).await?;
     match r.not_leader {
         Some(n) => Ok(Reply::NotLeader(hint(n))),
         None => Ok(Reply::Done(r.index)),
@@ -106,7 +126,7 @@ pub async fn read_index(peers: &Peers, addr: &str) -> Result<Reply<u64>, MetaErr
 /// Asks the voter at `addr` for a linearizable read.
 pub async fn query(peers: &Peers, addr: &str, q: &Query) -> Result<Answer, MetaError> {
     let data = postcard::to_stdvec(q).map_err(|e| MetaError::Internal(e.to_string()))?;
-    let r = client(peers, addr)?.query(request(Payload { data })).await.map_err(|s| status(addr, s))?.into_inner();
+    let r = within(addr, TRY_TIMEOUT, client(peers, addr)?.query(request(Payload { data }))).await?;
     decode(&r.data)
 }
 
