@@ -51,6 +51,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
+/// How long a probe write may take before it is tried again.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What is done to the leader.
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
@@ -76,7 +79,7 @@ pub async fn leader_faults(cluster: LocalCluster, fault: Fault, times: usize, pu
     let url = cluster.lb()?;
     let workload = Workload::start(&url, pushers, rand::random::<u32>() as u64 * 1_000_000);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let http = workload::client();
+    let probe_http = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build()?;
     let mut failover_ms = Vec::new();
     for k in 0..times {
         let mut leader = None;
@@ -99,30 +102,35 @@ pub async fn leader_faults(cluster: LocalCluster, fault: Fault, times: usize, pu
             Fault::Kill(_) => blocking(move || c.kill(leader)).await?,
             Fault::Pause(_) => blocking(move || c.signal(leader, "STOP")).await?,
         }
-        // The first write acknowledged after the fault: a new leader has committed it.
+        // The node recovers on schedule, whatever the probes below are waiting for.
+        let recovery = {
+            let c = cluster.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(hold.saturating_sub(struck.elapsed())).await;
+                match fault {
+                    Fault::Kill(_) => blocking(move || c.start(leader)).await,
+                    Fault::Pause(_) => blocking(move || c.signal(leader, "CONT")).await,
+                }
+            })
+        };
+        // The first write acknowledged after the fault: a new leader has committed it. Like
+        // a retrying client, a probe that hangs (the balancer sent it to the frozen node) is
+        // given up after `PROBE_TIMEOUT` and sent again.
         let mut probe = 0u64;
         loop {
             probe += 1;
             let data = workload::bytes(rand::random(), 64);
-            if workload::push_blob(&http, &url, "chaos/probe", &data).await.is_ok() {
+            if workload::push_blob(&probe_http, &url, "chaos/probe", &data).await.is_ok() {
                 break;
             }
             if struck.elapsed() > Duration::from_secs(60) {
-                if matches!(fault, Fault::Pause(_)) {
-                    let c = cluster.clone();
-                    let _ = blocking(move || c.signal(leader, "CONT")).await;
-                }
+                let _ = recovery.await;
                 bail!("fault {k}: no write succeeded within 60 s of SIG{signal} to node {leader} ({probe} tries)");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         failover_ms.push(struck.elapsed().as_millis() as u64);
-        tokio::time::sleep(hold.saturating_sub(struck.elapsed())).await;
-        let c = cluster.clone();
-        match fault {
-            Fault::Kill(_) => blocking(move || c.start(leader)).await?,
-            Fault::Pause(_) => blocking(move || c.signal(leader, "CONT")).await?,
-        }
+        recovery.await??;
         // Let it rejoin (or step down) before the next fault, so a majority stays possible.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

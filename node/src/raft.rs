@@ -23,11 +23,13 @@ pub struct RaftNode {
 }
 
 /// Milliseconds between the leader's heartbeats.
-pub const HEARTBEAT_MS: u64 = 200;
+pub const HEARTBEAT_MS: u64 = 150;
 /// A follower's election timeout is drawn from this range. openraft also gives the leader it
-/// last heard a lease of `ELECTION_TIMEOUT_MS.1`: a follower campaigns only after lease plus
-/// timeout without a heartbeat, 2.0 to 2.4 s, so a dead leader is replaced in about that time.
-pub const ELECTION_TIMEOUT_MS: (u64, u64) = (800, 1200);
+/// last heard a lease of `ELECTION_TIMEOUT_MS.1`: a follower's own timer campaigns only after
+/// lease plus timeout without a heartbeat (1.5 to 1.8 s). Berth's failover watch
+/// (`membership::failover`) makes the best-placed voter campaign as soon as the lease has
+/// run out, about 1 s after the last heartbeat.
+pub const ELECTION_TIMEOUT_MS: (u64, u64) = (600, 900);
 /// A leader that no majority has acknowledged for this long would have been replaced by a
 /// healthy majority (see `ELECTION_TIMEOUT_MS`): it has lost its quorum.
 pub const QUORUM_LOST_AFTER_MS: u64 = 2 * ELECTION_TIMEOUT_MS.1 + 100;

@@ -4,8 +4,10 @@
 //! and the next one tried, within one overall deadline, so a frontend can start before the
 //! cluster and keeps working while voters come and go.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use berth_api::MetaError;
@@ -15,6 +17,9 @@ use super::remote::{self, backoff, Reply, TIMEOUT};
 use super::MetadataBackend;
 use crate::peers::Peers;
 
+/// How long a voter that failed a call is passed over: longer than an election takes.
+const SUSPECT_FOR: Duration = Duration::from_secs(3);
+
 /// Metadata served by the voters at `voters` (gRPC addresses).
 pub struct RemoteMetadata {
     peers: Peers,
@@ -23,6 +28,10 @@ pub struct RemoteMetadata {
     leader: Mutex<Option<String>>,
     /// Which voter to try next when the leader is unknown.
     next: AtomicUsize,
+    /// Voters that just failed a call (refused it, or hung: a frozen process), and until when
+    /// they are passed over, so that a request does not spend its time on them twice while
+    /// the others elect a new leader. Hints that name them are not followed meanwhile.
+    suspects: Mutex<HashMap<String, Instant>>,
     forwarded: prometheus::IntCounterVec,
 }
 
@@ -34,29 +43,51 @@ impl RemoteMetadata {
             &["kind", "result"],
         )?;
         registry.register(Box::new(forwarded.clone()))?;
-        Ok(RemoteMetadata { peers, voters, leader: Mutex::new(None), next: AtomicUsize::new(0), forwarded })
+        Ok(RemoteMetadata { peers, voters, leader: Mutex::new(None), next: AtomicUsize::new(0), suspects: Mutex::default(), forwarded })
     }
 
     /// Whom to ask: the known leader, else the next voter in turn.
     fn target(&self) -> String {
-        if let Some(l) = self.leader.lock().unwrap().clone() {
+        if let Some(l) = self.leader.lock().unwrap().clone().filter(|l| !self.suspect(l)) {
             return l;
         }
-        let i = self.next.load(Ordering::Relaxed);
-        self.voters[i % self.voters.len()].clone()
+        let start = self.next.load(Ordering::Relaxed);
+        let n = self.voters.len();
+        // The next voter in turn that has not just failed; if all have, the next in turn.
+        (0..n)
+            .map(|k| &self.voters[(start + k) % n])
+            .find(|v| !self.suspect(v))
+            .unwrap_or(&self.voters[start % n])
+            .clone()
     }
 
-    /// `addr` failed: forget it as leader and move on to the next voter.
+    /// Whether `addr` failed a call within the last `SUSPECT_FOR`.
+    fn suspect(&self, addr: &str) -> bool {
+        let mut s = self.suspects.lock().unwrap();
+        match s.get(addr) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                s.remove(addr);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `addr` failed: forget it as leader, pass it over for a while, move on to the next voter.
     fn failed(&self, addr: &str) {
         let mut leader = self.leader.lock().unwrap();
         if leader.as_deref() == Some(addr) {
             *leader = None;
         }
+        self.suspects.lock().unwrap().insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
         self.next.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A voter named the leader (or said it does not know one: then ask the next voter).
+    /// A voter named the leader (or said it does not know one: then ask the next voter). A
+    /// voter that has not noticed yet that the leader hangs may name it: that hint waits.
     fn learned(&self, addr: Option<String>) {
+        let addr = addr.filter(|a| !self.suspect(a));
         if addr.is_none() {
             self.next.fetch_add(1, Ordering::Relaxed);
         }
@@ -71,6 +102,7 @@ impl RemoteMetadata {
 
     async fn apply_once(&self, req: &Request, give_up: u64) -> Result<Outcome, String> {
         let mut last = String::from("no voter answered");
+        let mut doubt = false;
         for attempt in 0..self.attempts() {
             let addr = self.target();
             match remote::apply(&self.peers, &addr, req, give_up).await {
@@ -88,12 +120,16 @@ impl RemoteMetadata {
                     }
                 }
                 Err(e) => {
+                    doubt |= remote::in_doubt(&e);
                     last = e.to_string();
                     self.failed(&addr);
                     self.forwarded.with_label_values(&["write", "retry"]).inc();
                 }
             }
             backoff(attempt).await;
+        }
+        if doubt {
+            remote::outlive(give_up).await;
         }
         Err(last)
     }
@@ -124,7 +160,7 @@ impl RemoteMetadata {
 impl MetadataBackend for RemoteMetadata {
     async fn apply(&self, req: Request) -> Result<Outcome, MetaError> {
         let kind = req.command.kind();
-        match tokio::time::timeout(TIMEOUT, self.apply_once(&req, remote::give_up_at())).await {
+        match tokio::time::timeout(TIMEOUT + std::time::Duration::from_millis(100), self.apply_once(&req, remote::give_up_at())).await {
             Ok(Ok(o)) => Ok(o),
             Ok(Err(e)) => Err(MetaError::Unavailable(format!("{kind}: {e}"))),
             Err(_) => Err(MetaError::Unavailable(format!("{kind}: no voter committed it in time"))),

@@ -54,6 +54,35 @@ fn request<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
+/// What a sender says of a write it did not send because its time had run out.
+const TIME_RAN_OUT: &str = "the write's time ran out";
+
+/// What `within` says of a call that got no answer in time.
+const NO_ANSWER: &str = "no answer within";
+
+/// Whether a failed try may still land. Only two failures say for sure that it will not: no
+/// connection could be made (nothing was sent), or the leader refused it before proposing
+/// (it has lost its quorum, or the write's time had run out). Any other failure (no answer in
+/// time, a connection reset mid-call) may leave the request on its way: bytes in a socket
+/// reach the leader once a partition heals or a frozen process wakes up.
+pub fn in_doubt(e: &MetaError) -> bool {
+    match e {
+        MetaError::Unavailable(m) => !["tcp connect error", "error trying to connect", "no quorum:", TIME_RAN_OUT].iter().any(|s| m.contains(s)),
+        MetaError::Full(_) => false,
+        _ => true,
+    }
+}
+
+/// Waits until the write that gives up at `give_up` (Unix ms) can no longer land: after that
+/// time the leader refuses it. A sender with a try in doubt waits for this before it answers
+/// 503, so that a client told 503 never sees the write applied afterwards.
+pub async fn outlive(give_up: u64) {
+    let left = give_up.saturating_sub(unix_ms());
+    if left > 0 {
+        tokio::time::sleep(Duration::from_millis(left + 50)).await;
+    }
+}
+
 /// Awaits one call for at most `limit`. tonic only sends the deadline to the server; a server
 /// that hangs (a frozen process whose socket stays open) would hold the call until HTTP/2
 /// keepalive gives up, so the client enforces it too.
@@ -64,7 +93,7 @@ async fn within<T>(
 ) -> Result<T, MetaError> {
     match tokio::time::timeout(limit, call).await {
         Ok(r) => Ok(r.map_err(|s| status(addr, s))?.into_inner()),
-        Err(_) => Err(MetaError::Unavailable(format!("{addr}: no answer within {limit:?}"))),
+        Err(_) => Err(MetaError::Unavailable(format!("{addr}: {NO_ANSWER} {limit:?}"))),
     }
 }
 
@@ -100,7 +129,7 @@ pub fn give_up_at() -> u64 {
 pub async fn apply(peers: &Peers, addr: &str, req: &Request, give_up: u64) -> Result<Reply<Outcome>, MetaError> {
     let left = give_up.saturating_sub(unix_ms());
     if left == 0 {
-        return Err(MetaError::Unavailable("the write's time ran out before it reached the leader".into()));
+        return Err(MetaError::Unavailable(format!("{TIME_RAN_OUT} before it reached the leader")));
     }
     let data = postcard::to_stdvec(req).map_err(|e| MetaError::Internal(e.to_string()))?;
     let mut call = tonic::Request::new(Payload { data });

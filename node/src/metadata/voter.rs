@@ -220,6 +220,7 @@ impl MetadataBackend for RaftMetadata {
         // Commands are idempotent (links, puts of the same digest, deletes), so a retry after a
         // lost reply does no harm. Forwarded tries share one deadline.
         let give_up = remote::give_up_at();
+        let mut doubt = false;
         for attempt in 0..ATTEMPTS {
             let leader = match hint.take() {
                 Some(l) => Some(l),
@@ -239,11 +240,17 @@ impl MetadataBackend for RaftMetadata {
                         hint = l.filter(|l| *l != leader);
                     }
                     Err(e @ MetaError::Full(_)) => return Err(e),
-                    Err(e) => last = e.to_string(),
+                    Err(e) => {
+                        doubt |= remote::in_doubt(&e);
+                        last = e.to_string();
+                    }
                 }
                 self.node.forwarded.with_label_values(&["write", "retry"]).inc();
             }
             backoff(attempt).await;
+        }
+        if doubt {
+            remote::outlive(give_up).await;
         }
         Err(MetaError::Unavailable(format!("{kind}: {last}")))
     }
