@@ -24,19 +24,29 @@ fn nginx_present() -> bool {
     ok
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_kills_lose_no_acknowledged_push() {
+/// A local cluster of 3 voters and 2 frontends behind nginx, from the current build; None
+/// (the test skips) where nginx is missing outside CI.
+fn cluster_up() -> Option<(tempfile::TempDir, LocalCluster)> {
     if !nginx_present() {
         eprintln!("SKIP: nginx is not installed");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let script = repo_root().join("deploy/local/cluster.sh");
-    let bin = berth_bin();
-    let cluster = LocalCluster::new(&script, dir.path(), Some(&bin));
+    let cluster = handle(&dir);
     cluster.up(3, 2).unwrap();
+    Some((dir, cluster))
+}
+
+/// A second handle on the same cluster, for the chaos run to own.
+fn handle(dir: &tempfile::TempDir) -> LocalCluster {
+    LocalCluster::new(&repo_root().join("deploy/local/cluster.sh"), dir.path(), Some(&berth_bin()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kills_lose_no_acknowledged_push() {
+    let Some((dir, cluster)) = cluster_up() else { return };
     let _down = cluster.down_on_drop();
-    let report = leader_kills(LocalCluster::new(&script, dir.path(), Some(&bin)), 4, 4, Duration::from_millis(1500)).await.unwrap();
+    let report = leader_kills(handle(&dir), 4, 4, Duration::from_millis(1500)).await.unwrap();
     println!("chaos: {}", report.summary());
     for l in &report.lost {
         println!("LOST {l}");
@@ -50,19 +60,11 @@ async fn leader_kills_lose_no_acknowledged_push() {
 /// old leader steps down when it thaws, and no acknowledged push is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_is_routed_around_and_steps_down_when_it_thaws() {
-    if !nginx_present() {
-        eprintln!("SKIP: nginx is not installed");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let script = repo_root().join("deploy/local/cluster.sh");
-    let bin = berth_bin();
-    let cluster = LocalCluster::new(&script, dir.path(), Some(&bin));
-    cluster.up(3, 2).unwrap();
+    let Some((dir, cluster)) = cluster_up() else { return };
     let _down = cluster.down_on_drop();
     let frozen = cluster.leader().expect("a leader");
     let fault = berth_chaos::Fault::Pause(Duration::from_secs(4));
-    let report = berth_chaos::leader_faults(LocalCluster::new(&script, dir.path(), Some(&bin)), fault, 2, 4).await.unwrap();
+    let report = berth_chaos::leader_faults(handle(&dir), fault, 2, 4).await.unwrap();
     println!("chaos (pause): {}", report.summary());
     assert!(report.lost.is_empty(), "acknowledged pushes lost: {}", report.summary());
     assert!(report.acknowledged > 20, "too few pushes acknowledged to mean anything: {}", report.summary());
@@ -70,5 +72,5 @@ async fn a_frozen_leader_is_routed_around_and_steps_down_when_it_thaws() {
     let status = cluster.run(&["status"]).unwrap();
     let leaders = status.lines().filter(|l| l.contains("state=Leader")).count();
     assert_eq!(leaders, 1, "{status}");
-    assert!(!status.lines().any(|l| l.starts_with(&format!("node {frozen} ")) && l.contains("state=Leader")) || leaders == 1, "{status}");
+    println!("first frozen leader: node {frozen}\n{status}");
 }

@@ -188,7 +188,8 @@ class Scope:
         return value
 
 
-def split_pipes(src):
+def split_top(src, is_sep):
+    """Splits `src` at the characters `is_sep` accepts, outside quotes and parentheses."""
     parts, depth, cur, quoted = [], 0, "", False
     for c in src:
         if c == '"':
@@ -196,32 +197,21 @@ def split_pipes(src):
         if not quoted:
             depth += c == "("
             depth -= c == ")"
-            if c == "|" and depth == 0:
-                parts.append(cur.strip())
+            if depth == 0 and is_sep(c):
+                parts.append(cur)
                 cur = ""
                 continue
         cur += c
-    parts.append(cur.strip())
+    parts.append(cur)
     return parts
 
 
+def split_pipes(src):
+    return [p.strip() for p in split_top(src, lambda c: c == "|")]
+
+
 def split_words(src):
-    words, depth, cur, quoted = [], 0, "", False
-    for c in src:
-        if c == '"':
-            quoted = not quoted
-        if not quoted:
-            depth += c == "("
-            depth -= c == ")"
-            if c.isspace() and depth == 0:
-                if cur:
-                    words.append(cur)
-                cur = ""
-                continue
-        cur += c
-    if cur:
-        words.append(cur)
-    return words
+    return [w for w in split_top(src, str.isspace) if w]
 
 
 def execute(nodes, scope, out):

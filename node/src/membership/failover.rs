@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use berth_raft_store::Raft;
 use tokio::sync::watch;
 
-use super::status;
+use super::{status, tick};
 use crate::peers::Peers;
 use crate::raft::ELECTION_TIMEOUT_MS;
 
@@ -65,9 +65,8 @@ pub fn spawn(raft: Raft, peers: Peers, contact: LeaderContact, mut stop: watch::
     tokio::spawn(async move {
         let mut asked_at: Option<Instant> = None;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(EVERY) => {}
-                _ = stop.changed() => return,
+            if !tick(EVERY, &mut stop).await {
+                return;
             }
             let m = raft.metrics().borrow().clone();
             let membership = m.membership_config.membership().clone();

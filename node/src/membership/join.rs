@@ -11,7 +11,7 @@ use berth_proto::rpc::{AddLearnerRequest, AddVoterRequest, AdminReply, StatusRep
 use berth_raft_store::Raft;
 use tokio::sync::watch;
 
-use super::{client, status, CALL_TIMEOUT};
+use super::{client, status, tick, CALL_TIMEOUT};
 use crate::peers::Peers;
 
 /// A voter on its way into the cluster.
@@ -95,9 +95,8 @@ impl Joiner {
                         }
                     }
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => return,
+                if !tick(delay, &mut stop).await {
+                    return;
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

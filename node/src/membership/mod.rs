@@ -23,6 +23,14 @@ fn client(peers: &Peers, addr: &str) -> anyhow::Result<ClusterServiceClient<Peer
     ))
 }
 
+/// Waits `every`; false once the node is stopping (the caller's loop then ends).
+async fn tick(every: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(every) => true,
+        _ = stop.changed() => false,
+    }
+}
+
 /// A peer's view of the cluster.
 async fn status(peers: &Peers, addr: &str, timeout: Duration) -> anyhow::Result<StatusReply> {
     let mut req = tonic::Request::new(StatusRequest {});

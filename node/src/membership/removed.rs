@@ -12,7 +12,7 @@ use std::time::Duration;
 use berth_raft_store::Raft;
 use tokio::sync::watch;
 
-use super::status;
+use super::{status, tick};
 use crate::peers::Peers;
 
 /// How often the watch looks.
@@ -23,9 +23,8 @@ pub fn spawn(raft: Raft, peers: Peers, id: u64, mut stop: watch::Receiver<bool>)
     tokio::spawn(async move {
         let mut leaderless = 0u32;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(EVERY) => {}
-                _ = stop.changed() => return,
+            if !tick(EVERY, &mut stop).await {
+                return;
             }
             let m = raft.metrics().borrow().clone();
             let membership = m.membership_config.membership().clone();
