@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use anyhow::bail;
 use berth_proto::rpc::cluster_service_client::ClusterServiceClient;
-use berth_proto::rpc::{AddLearnerRequest, AdminReply, ChangeMembershipRequest, RemoveNodeRequest, StatusReply, StatusRequest};
+use berth_proto::rpc::{AddLearnerRequest, AdminReply, ChangeMembershipRequest, RemoveNodeRequest, StatusReply};
 
 use crate::config::Config;
 use crate::metadata::remote::hint;
 use crate::cluster_token::ClusterToken;
+use crate::membership;
 use crate::progress::{Progress, Unit};
 use crate::peers::{MutualTls, PeerChannel, Peers};
 
@@ -28,7 +29,7 @@ impl Admin {
     }
 
     pub(crate) fn client(&self, addr: &str) -> anyhow::Result<ClusterServiceClient<PeerChannel>> {
-        Ok(ClusterServiceClient::new(self.peers.channel(addr).map_err(anyhow::Error::msg)?))
+        membership::client(&self.peers, addr)
     }
 
     /// Runs an admin call at `node`, and once more at the leader if `node` is not the leader.
@@ -101,9 +102,7 @@ impl Admin {
     }
 
     async fn status_of(&self, addr: &str) -> anyhow::Result<StatusReply> {
-        let mut req = tonic::Request::new(StatusRequest {});
-        req.set_timeout(Duration::from_secs(5));
-        Ok(self.client(addr)?.status(req).await.map_err(|s| anyhow::anyhow!("{addr}: {}", s.message()))?.into_inner())
+        membership::status(&self.peers, addr, Duration::from_secs(5)).await
     }
 
     /// Prints `leader ID`, the term, then one line per member with its own indexes.

@@ -1,5 +1,8 @@
-//! A voter's place in the cluster over its life: joining without an operator
-//! (`berth.join`) and leaving the leadership to another voter when it is stopped.
+//! A voter's place in the cluster over its life: joining without an operator (`join`),
+//! replacing a leader that is gone (`failover`), handing the leadership over when it is
+//! stopped (`handover`), holding back commands some member cannot read (`protocol`), and
+//! noticing that it was removed (`removed`). The ClusterService client calls they share
+//! (and `berth cluster` uses) are here.
 
 pub mod failover;
 pub mod handover;
@@ -17,7 +20,8 @@ use crate::peers::{PeerChannel, Peers};
 /// How long one admin call to a peer may take before it counts as unanswered.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn client(peers: &Peers, addr: &str) -> anyhow::Result<ClusterServiceClient<PeerChannel>> {
+/// The ClusterService at `addr`.
+pub(crate) fn client(peers: &Peers, addr: &str) -> anyhow::Result<ClusterServiceClient<PeerChannel>> {
     Ok(ClusterServiceClient::new(
         peers.channel(addr).map_err(anyhow::Error::msg)?,
     ))
@@ -31,8 +35,8 @@ async fn tick(every: Duration, stop: &mut tokio::sync::watch::Receiver<bool>) ->
     }
 }
 
-/// A peer's view of the cluster.
-async fn status(peers: &Peers, addr: &str, timeout: Duration) -> anyhow::Result<StatusReply> {
+/// A peer's view of the cluster; `timeout` is enforced here (tonic only sends it).
+pub(crate) async fn status(peers: &Peers, addr: &str, timeout: Duration) -> anyhow::Result<StatusReply> {
     let mut req = tonic::Request::new(StatusRequest {});
     req.set_timeout(timeout);
     let reply = tokio::time::timeout(timeout, client(peers, addr)?.status(req))
