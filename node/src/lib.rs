@@ -374,13 +374,21 @@ async fn start_voter(
     let bound = grpc.as_ref().map_or_else(|| DEFAULT_GRPC_ADDR.to_string(), |(_, local)| local.to_string());
     let raft_addr = cfg.berth.advertiseaddr.clone().unwrap_or(bound);
     let join = cfg.berth.join.clone().unwrap_or_default().0;
-    let mut bootstrap = cfg.founds_cluster()?;
-    if bootstrap && !join.is_empty() {
-        if let Some(other) = membership::join::existing_cluster(&peers, &join, &raft_addr).await {
-            tracing::info!(%other, "a cluster exists already: joining it instead of founding one");
-            bootstrap = false;
+    let founds = cfg.founds_cluster()?;
+    // Asked only of a node without Raft data: with `join`, a founder first looks for a
+    // cluster that exists already.
+    let bootstrap = async {
+        if !founds || join.is_empty() {
+            return founds;
         }
-    }
+        match membership::join::existing_cluster(&peers, &join, &raft_addr).await {
+            Some(other) => {
+                tracing::info!(%other, "a cluster exists already: joining it instead of founding one");
+                false
+            }
+            None => true,
+        }
+    };
     let network = raft_network::GrpcNetwork::new(peers.clone());
     let node = raft::start(&data_dir.join("raft"), node_id, &raft_addr, snapshot_every, bootstrap, network).await?;
     let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers.clone(), space.clone(), registry)?);

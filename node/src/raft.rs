@@ -37,16 +37,16 @@ pub const QUORUM_LOST_AFTER_MS: u64 = 2 * ELECTION_TIMEOUT_MS.1 + 100;
 /// Default log entries between snapshots; the log is purged behind each snapshot.
 pub const SNAPSHOT_EVERY: u64 = 10_000;
 
-/// Opens storage under `dir` and starts Raft. With `bootstrap`, a node that has never been
-/// part of a cluster initializes a one-voter cluster of itself (the embedded default); without
-/// it, the node waits to be added by a leader. A node that is the only voter waits until it
+/// Opens storage under `dir` and starts Raft. A node that has never been part of a cluster
+/// asks `bootstrap` (only then) whether to found a one-voter cluster of itself (the embedded
+/// default); if not, it waits to be added by a leader. A node that is the only voter waits until it
 /// leads, so the first request after start does not fail.
 pub async fn start(
     dir: &Path,
     node_id: u64,
     advertise: &str,
     snapshot_every: u64,
-    bootstrap: bool,
+    bootstrap: impl std::future::Future<Output = bool>,
     network: GrpcNetwork,
 ) -> anyhow::Result<RaftNode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -65,7 +65,7 @@ pub async fn start(
     let sm = StateMachineStore::open(&dir.join("state")).context("opening the state machine")?;
     let state = sm.shared();
     let raft = Raft::new(node_id, Arc::new(config), network, log, sm).await?;
-    if bootstrap && !raft.is_initialized().await? {
+    if !raft.is_initialized().await? && bootstrap.await {
         tracing::info!(node_id, "initializing a new single-voter cluster");
         let members = BTreeMap::from([(node_id, BasicNode::new(advertise))]);
         raft.initialize(members).await?;
