@@ -56,9 +56,10 @@ impl Admin {
         }
         progress.finish(got);
         let sum = hasher.finalize();
-        if got != total || hex::encode(sum) != said {
+        let sum_right = hex::encode(sum) == said;
+        if got != total || !sum_right {
             let _ = std::fs::remove_file(&tmp);
-            bail!("{node}: the backup arrived damaged ({got} of {total} bytes, checksum {})", if hex::encode(sum) == said { "right" } else { "wrong" });
+            bail!("{node}: the backup arrived damaged ({got} of {total} bytes, checksum {})", if sum_right { "right" } else { "wrong" });
         }
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(MAGIC.len() as u64))?;

@@ -1,7 +1,7 @@
 //! Leadership handover when a leader is stopped (SIGTERM: a rolling restart, a node drain).
 //!
 //! Left alone, the followers of a leader that stops notice only after their election timeout
-//! plus openraft's leader lease (2 to 2.4 s here), and writes wait that long. Instead the
+//! plus openraft's leader lease (1.5 to 1.8 s here), and writes wait that long. Instead the
 //! stopping leader, once its HTTP requests have drained:
 //! 1. holds new writes off (they are answered "not the leader", and their senders retry
 //!    within 50 ms), so its log stops growing;

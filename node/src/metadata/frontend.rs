@@ -160,7 +160,7 @@ impl RemoteMetadata {
 impl MetadataBackend for RemoteMetadata {
     async fn apply(&self, req: Request) -> Result<Outcome, MetaError> {
         let kind = req.command.kind();
-        match tokio::time::timeout(TIMEOUT + std::time::Duration::from_millis(100), self.apply_once(&req, remote::give_up_at())).await {
+        match tokio::time::timeout(TIMEOUT + Duration::from_millis(100), self.apply_once(&req, remote::give_up_at())).await {
             Ok(Ok(o)) => Ok(o),
             Ok(Err(e)) => Err(MetaError::Unavailable(format!("{kind}: {e}"))),
             Err(_) => Err(MetaError::Unavailable(format!("{kind}: no voter committed it in time"))),
