@@ -2,7 +2,8 @@
 //!
 //! `berth cluster backup` asks a voter for its state (everything applied so far: a
 //! consistent prefix of the log) and writes it to a file: `BERTHBK1`, the SHA-256 of the
-//! state, then the state in the snapshot encoding. `berth restore` turns such a file into the
+//! state, then the state as a snapshot stream (`berth_raft_store::disk::snapshot`; files of
+//! format 3 and older held the whole state encoded at once, and are still read). `berth restore` turns such a file into the
 //! data directory of a new one-voter cluster, which then grows by adding voters as any
 //! cluster does. Blobs are not in the file: copy the blob store after taking the backup, so
 //! that every blob the metadata names is in the copy.
@@ -101,11 +102,10 @@ pub fn restore(cfg: &Config, data_dir: &Path, from: &Path) -> anyhow::Result<()>
     let addr = cfg.berth.advertiseaddr.clone().or_else(|| cfg.berth.grpcaddr.clone()).unwrap_or_else(|| crate::DEFAULT_GRPC_ADDR.to_string());
     let state = StateMachineStore::seed_from_backup(&raft_dir.join("state"), &data, node_id, &addr)
         .with_context(|| format!("restoring into {}", data_dir.display()))?;
-    let tags: usize = state.repos.values().map(|r| r.tags.len()).sum();
+    let (repos, tags, _) = state.totals()?;
     println!(
-        "restored {} repositories, {tags} tags and {} users into {} as node {node_id} ({addr}), the one voter of a new cluster",
-        state.repos.len(),
-        state.identity.users.len(),
+        "restored {repos} repositories, {tags} tags and {} users into {} as node {node_id} ({addr}), the one voter of a new cluster",
+        state.small().identity.users.len(),
         data_dir.display()
     );
     println!("next: start it (berth serve), then add voters; give it a copy of the blob store taken after the backup");

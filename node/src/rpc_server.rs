@@ -102,40 +102,60 @@ fn refused(error: String) -> Result<Response<AdminReply>, Status> {
 /// Size of one `Backup` chunk (gRPC messages stay far below their 4 MiB limit).
 const BACKUP_CHUNK: usize = 1 << 20;
 
-/// The chunks of a backup of `bytes`, applied up to `applied_index`.
-fn backup_chunks(bytes: Vec<u8>, applied_index: u64) -> Vec<Result<BackupChunk, Status>> {
-    use sha2::Digest as _;
-    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-    let total = bytes.len() as u64;
-    let mut chunks: Vec<Result<BackupChunk, Status>> =
-        bytes.chunks(BACKUP_CHUNK).map(|c| Ok(BackupChunk { data: c.to_vec(), ..Default::default() })).collect();
-    if chunks.is_empty() {
-        chunks.push(Ok(BackupChunk::default()));
+/// Sends the file at `path` (then removes it) as backup chunks: the first names its total size
+/// and the log index it holds, the last its SHA-256.
+async fn send_backup(path: std::path::PathBuf, total: u64, applied_index: u64, sha256: String, tx: tokio::sync::mpsc::Sender<Result<BackupChunk, Status>>) {
+    use tokio::io::AsyncReadExt;
+    let sent = async {
+        let mut file = tokio::fs::File::open(&path).await?;
+        let (mut sent, mut first) = (0u64, true);
+        loop {
+            let mut data = vec![0u8; BACKUP_CHUNK];
+            let mut n = 0;
+            while n < BACKUP_CHUNK {
+                match file.read(&mut data[n..]).await? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            data.truncate(n);
+            sent += n as u64;
+            let last = n < BACKUP_CHUNK || sent == total;
+            let mut chunk = BackupChunk { data, ..Default::default() };
+            if first {
+                (chunk.total, chunk.applied_index, first) = (total, applied_index, false);
+            }
+            if last {
+                chunk.sha256 = sha256.clone();
+            }
+            if tx.send(Ok(chunk)).await.is_err() || last {
+                return std::io::Result::Ok(());
+            }
+        }
+    };
+    if let Err(e) = sent.await {
+        let _ = tx.send(Err(Status::internal(format!("reading the backup: {e}")))).await;
     }
-    if let Some(Ok(first)) = chunks.first_mut() {
-        first.total = total;
-        first.applied_index = applied_index;
-    }
-    if let Some(Ok(last)) = chunks.last_mut() {
-        last.sha256 = sha256;
-    }
-    chunks
+    let _ = tokio::fs::remove_file(&path).await;
 }
 
 #[tonic::async_trait]
 impl ClusterService for ClusterRpc {
-    type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<BackupChunk, Status>>>;
+    type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<BackupChunk, Status>>;
 
     async fn backup(&self, _req: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
-        // A clone is cheap (manifests are shared); encoding happens off the async threads.
-        let state = self.state.read().unwrap().clone();
-        let applied = state.last_applied.map_or(0, |l| l.index);
-        let bytes = tokio::task::spawn_blocking(move || state.encode())
+        // The state is exported from one read transaction to a file beside it, then streamed.
+        let state = self.state.clone();
+        let name = format!("backup-{}.tmp", berth_proto::now_ms());
+        let (path, head, total, sha256) = tokio::task::spawn_blocking(move || state.export_file(state.dir(), &name))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(format!("encoding the state: {e}")))?;
-        tracing::info!(bytes = bytes.len(), applied, "serving a backup");
-        Ok(Response::new(tokio_stream::iter(backup_chunks(bytes, applied))))
+            .map_err(|e| Status::internal(format!("exporting the state: {e}")))?;
+        let applied = head.last_applied.map_or(0, |l| l.index);
+        tracing::info!(bytes = total, applied, "serving a backup");
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(send_backup(path, total, applied, sha256, tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Response<AdminReply>, Status> {
@@ -147,7 +167,7 @@ impl ClusterService for ClusterRpc {
         if membership.nodes().any(|(id, _)| *id == r.node_id) {
             return refused(format!("node id {} is already a member; node ids are never reused", r.node_id));
         }
-        if self.state.read().unwrap().node_ids_used.contains(&r.node_id) {
+        if self.state.node_id_used(r.node_id) {
             return refused(format!("node id {} belonged to a node that was removed; node ids are never reused", r.node_id));
         }
         tracing::info!(node_id = r.node_id, addr = %r.grpc_addr, "adding learner");

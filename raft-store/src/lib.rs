@@ -1,6 +1,8 @@
 //! Berth's Raft storage: the openraft type config, the durable log (redb), the registry state
-//! machine with durable snapshots, and read-only queries over the state. No HTTP, no network.
+//! on disk (redb) with its state machine and streamed snapshots, and read-only queries over the
+//! state. No HTTP, no network.
 
+pub mod disk;
 pub mod identity;
 pub mod log_store;
 pub mod state;
@@ -8,6 +10,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
+pub use disk::DiskState;
 pub use state::{RegistryState, Repo, TagRecord};
 pub use state_machine::{SharedState, StateMachineStore};
 pub use types::{typ, NodeId, Raft, TypeConfig};

@@ -1,6 +1,9 @@
-//! The registry state that Raft replicates: repositories, blob links, manifests, tags, the
-//! referrers index, identity and cluster secrets. `apply` is the only way it changes; everything else
-//! here is a read-only query.
+//! The registry state held whole in memory: repositories, blob links, manifests, tags, the
+//! referrers index, identity and cluster secrets. Until format 4 this was the state machine;
+//! now the state lives on disk ([`crate::disk`]) and this form remains for two jobs: reading
+//! snapshots and backups of formats 0 to 3 (which are migrated), and serving as the simple
+//! model that the on-disk state must answer exactly like (the property tests in `disk`).
+//! `apply` is the only way it changes; everything else here is a read-only query.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;

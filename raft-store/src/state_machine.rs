@@ -1,35 +1,45 @@
-//! The Raft state machine: applies committed commands to [`RegistryState`] and keeps durable
-//! snapshots so the log can be purged.
+//! The Raft state machine: applies committed commands to the on-disk state ([`DiskState`]) and
+//! keeps durable snapshots so the log can be purged.
 //!
-//! The state lives in memory (metadata is small); its durability comes from the fsynced log
-//! plus the last snapshot, which is written to a temporary file, fsynced and renamed into place.
-//! On start the snapshot is loaded and openraft re-applies the committed log after it.
+//! A snapshot is a file: the state exported row by row from one read transaction while
+//! applying goes on, fsynced, then named in `snapshots/current` (also fsynced). openraft sends
+//! it to a follower in chunks read from the file, and the follower writes them to
+//! `snapshots/incoming.part` and imports it in one transaction. No side holds the state in
+//! memory.
+//!
+//! Files under the state directory: `state.redb` (the state), `snapshots/*.snap`,
+//! `snapshots/current`; `snapshot.bin` was the whole state of format 3 and older, migrated
+//! into `state.redb` on the first start of this build (then renamed `snapshot.bin.migrated`).
 
-use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
-use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError};
+use openraft::{AnyError, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError};
 use serde::{Deserialize, Serialize};
 
 use berth_proto::Outcome;
 
-use crate::state::RegistryState;
+use crate::disk::{DiskError, DiskState, Head};
 use crate::types::typ::{Entry, LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::TypeConfig;
 
 type SResult<T> = Result<T, StorageError<u64>>;
 
-const SNAPSHOT_FILE: &str = "snapshot.bin";
-
 /// The registry state shared between the state machine (writer) and request handlers (readers).
-pub type SharedState = Arc<RwLock<RegistryState>>;
+pub type SharedState = Arc<DiskState>;
 
+const STATE_DB: &str = "state.redb";
+const LEGACY_SNAPSHOT: &str = "snapshot.bin";
+const SNAPSHOTS: &str = "snapshots";
+const CURRENT: &str = "current";
+const INCOMING: &str = "incoming.part";
+
+/// What `snapshots/current` holds: the snapshot's metadata and its file's name.
 #[derive(Serialize, Deserialize, Clone)]
-struct StoredSnapshot {
+struct Current {
     meta: SnapshotMeta,
-    data: Vec<u8>,
+    file: String,
 }
 
 /// The state machine store handed to openraft.
@@ -37,13 +47,15 @@ struct StoredSnapshot {
 pub struct StateMachineStore {
     state: SharedState,
     dir: PathBuf,
-    current: Arc<Mutex<Option<StoredSnapshot>>>,
     /// Serializes snapshot building and installation.
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
-fn sm_read_err(e: impl std::fmt::Display) -> StorageError<u64> {
-    StorageIOError::read_state_machine(AnyError::error(e.to_string())).into()
+fn sm_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::write_state_machine(AnyError::error(e.to_string())).into()
+}
+fn snap_read_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::read_snapshot(None, AnyError::error(e.to_string())).into()
 }
 fn snap_write_err(e: impl std::fmt::Display) -> StorageError<u64> {
     StorageIOError::write_snapshot(None, AnyError::error(e.to_string())).into()
@@ -51,6 +63,7 @@ fn snap_write_err(e: impl std::fmt::Display) -> StorageError<u64> {
 
 /// Writes `bytes` to `dir/name` atomically and durably: temp file, fsync, rename, fsync dir.
 fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
@@ -60,59 +73,54 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl StateMachineStore {
-    /// Opens the state machine in `dir`, loading the last snapshot if there is one.
+    /// Opens the state machine in `dir`, migrating a state of an older format, and makes a
+    /// snapshot if there is state but none (after a migration or a restore), so that a new
+    /// voter can always be sent one.
     pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(SNAPSHOT_FILE);
-        let (state, current) = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let snap: StoredSnapshot = postcard::from_bytes(&bytes)
-                    .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-                let state = RegistryState::decode(&snap.data)
-                    .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
-                (state, Some(snap))
+        let snapshots = dir.join(SNAPSHOTS);
+        std::fs::create_dir_all(&snapshots)?;
+        let state = DiskState::open(&dir.join(STATE_DB), Some(&dir.join(LEGACY_SNAPSHOT))).map_err(std::io::Error::other)?;
+        let store = StateMachineStore { state: Arc::new(state), dir: dir.to_path_buf(), snapshot_lock: Arc::new(tokio::sync::Mutex::new(())) };
+        let current = store.current().map_err(std::io::Error::other)?;
+        // Leftovers of a transfer or a build that a crash cut short, and replaced snapshots.
+        for entry in std::fs::read_dir(&snapshots)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name != CURRENT && current.as_ref().is_none_or(|c| c.file != name) {
+                let _ = std::fs::remove_file(snapshots.join(&name));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (RegistryState::default(), None),
-            Err(e) => return Err(e),
-        };
-        Ok(StateMachineStore {
-            state: Arc::new(RwLock::new(state)),
-            dir: dir.to_path_buf(),
-            current: Arc::new(Mutex::new(current)),
-            snapshot_lock: Arc::new(tokio::sync::Mutex::new(())),
-        })
+        }
+        if current.is_none() && store.state.applied().0.is_some() {
+            store.write_snapshot().map_err(std::io::Error::other)?;
+        }
+        Ok(store)
     }
 
-    /// Makes `dir` (empty: no snapshot yet) the state machine of a new single-voter cluster
-    /// of node `node_id` at `addr`, holding the registry state of `backup` (bytes made by
-    /// [`RegistryState::encode`], as `berth cluster backup` writes them). The state becomes a
-    /// snapshot at log index 0 whose membership is that one voter; the node then starts as
-    /// that cluster's leader, and voters added later receive the state as a snapshot. The
+    /// Makes `dir` (empty: no state yet) the state machine of a new single-voter cluster of
+    /// node `node_id` at `addr`, holding the registry state of `backup` (as `berth cluster
+    /// backup` writes it: the snapshot stream, or a whole state of format 3 and older). The
+    /// state is placed at log index 0 with that one voter as its membership; the node then
+    /// starts as that cluster's leader, and voters added later receive it as a snapshot. The
     /// old cluster's node ids are forgotten (the new cluster numbers its own nodes).
     /// Returns the restored state.
-    pub fn seed_from_backup(dir: &Path, backup: &[u8], node_id: u64, addr: &str) -> std::io::Result<RegistryState> {
-        if dir.join(SNAPSHOT_FILE).exists() {
+    pub fn seed_from_backup(dir: &Path, backup: &[u8], node_id: u64, addr: &str) -> std::io::Result<SharedState> {
+        if dir.join(STATE_DB).exists() || dir.join(LEGACY_SNAPSHOT).exists() {
             return Err(std::io::Error::other(format!("{} already holds a state machine", dir.display())));
         }
-        let mut state = RegistryState::decode(backup).map_err(|e| std::io::Error::other(format!("not a Berth backup: {e}")))?;
+        std::fs::create_dir_all(dir)?;
+        let state = DiskState::open(&dir.join(STATE_DB), None).map_err(std::io::Error::other)?;
         let log_id = LogId::new(openraft::CommittedLeaderId::new(0, node_id), 0);
         let membership = openraft::Membership::new(
             vec![std::collections::BTreeSet::from([node_id])],
             std::collections::BTreeMap::from([(node_id, openraft::BasicNode::new(addr))]),
         );
-        state.last_applied = Some(log_id);
-        state.last_membership = StoredMembership::new(Some(log_id), membership);
-        state.node_ids_used = std::collections::BTreeSet::from([node_id]);
-        let data = state.encode().map_err(std::io::Error::other)?;
-        let meta = SnapshotMeta {
-            last_log_id: state.last_applied,
-            last_membership: state.last_membership.clone(),
-            snapshot_id: format!("restored-{}", berth_proto::now_ms()),
-        };
-        std::fs::create_dir_all(dir)?;
-        let bytes = postcard::to_stdvec(&StoredSnapshot { meta, data }).map_err(std::io::Error::other)?;
-        write_durably(dir, SNAPSHOT_FILE, &bytes)?;
-        Ok(state)
+        state
+            .restore(backup, |head| {
+                head.last_applied = Some(log_id);
+                head.last_membership = StoredMembership::new(Some(log_id), membership);
+                head.node_ids_used = std::collections::BTreeSet::from([node_id]);
+            })
+            .map_err(|e| std::io::Error::other(format!("not a Berth backup: {e}")))?;
+        Ok(Arc::new(state))
     }
 
     /// The state, for read-only queries.
@@ -120,36 +128,64 @@ impl StateMachineStore {
         self.state.clone()
     }
 
-    async fn persist(&self, snap: StoredSnapshot) -> SResult<()> {
-        let bytes = postcard::to_stdvec(&snap).map_err(snap_write_err)?;
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || write_durably(&dir, SNAPSHOT_FILE, &bytes))
-            .await
-            .map_err(snap_write_err)?
-            .map_err(snap_write_err)?;
-        *self.current.lock().unwrap() = Some(snap);
+    fn current(&self) -> Result<Option<Current>, DiskError> {
+        match std::fs::read(self.dir.join(SNAPSHOTS).join(CURRENT)) {
+            Ok(bytes) => Ok(Some(postcard::from_bytes(&bytes)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes `file` (in the snapshots directory, fsynced) the current snapshot, and removes
+    /// the one it replaces.
+    fn make_current(&self, meta: &SnapshotMeta, file: String) -> Result<(), DiskError> {
+        let old = self.current()?;
+        let dir = self.dir.join(SNAPSHOTS);
+        write_durably(&dir, CURRENT, &postcard::to_stdvec(&Current { meta: meta.clone(), file: file.clone() })?)?;
+        if let Some(old) = old.filter(|o| o.file != file) {
+            let _ = std::fs::remove_file(dir.join(old.file));
+        }
         Ok(())
+    }
+
+    /// Exports the state to a new snapshot file and makes it current (blocking).
+    fn write_snapshot(&self) -> Result<SnapshotMeta, DiskError> {
+        let dir = self.dir.join(SNAPSHOTS);
+        let name = format!("{}.snap", berth_proto::now_ms());
+        let tmp = format!("{name}.tmp");
+        let started = std::time::Instant::now();
+        let (path, head, bytes, _) = self.state.export_file(&dir, &tmp)?;
+        std::fs::rename(&path, dir.join(&name))?;
+        let meta = snapshot_meta(&head);
+        self.make_current(&meta, name)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, ms = started.elapsed().as_millis() as u64, "snapshot built");
+        Ok(meta)
+    }
+}
+
+fn snapshot_meta(head: &Head) -> SnapshotMeta {
+    let snapshot_id = match head.last_applied {
+        Some(l) => format!("{}-{}-{}", l.leader_id, l.index, berth_proto::now_ms()),
+        None => format!("none-{}", berth_proto::now_ms()),
+    };
+    SnapshotMeta { last_log_id: head.last_applied, last_membership: head.last_membership.clone(), snapshot_id }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, DiskError> + Send + 'static) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> SResult<Snapshot> {
         let _guard = self.snapshot_lock.lock().await;
-        // Cloning is cheap (manifests are shared); serialization happens outside the lock.
-        let state = self.state.read().unwrap().clone();
-        let data = state.encode().map_err(snap_write_err)?;
-        let snapshot_id = match state.last_applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, berth_proto::now_ms()),
-            None => format!("none-{}", berth_proto::now_ms()),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: state.last_applied,
-            last_membership: state.last_membership.clone(),
-            snapshot_id,
-        };
-        self.persist(StoredSnapshot { meta: meta.clone(), data: data.clone() }).await?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let me = self.clone();
+        let meta = blocking(move || me.write_snapshot()).await.map_err(snap_write_err)?;
+        let current = self.current().map_err(snap_read_err)?.ok_or_else(|| snap_read_err("the snapshot just built is gone"))?;
+        let file = tokio::fs::File::open(self.dir.join(SNAPSHOTS).join(current.file)).await.map_err(snap_read_err)?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
 
@@ -157,8 +193,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> SResult<(Option<LogId>, StoredMembership)> {
-        let s = self.state.read().unwrap();
-        Ok((s.last_applied, s.last_membership.clone()))
+        Ok(self.state.applied())
     }
 
     async fn apply<I>(&mut self, entries: I) -> SResult<Vec<Outcome>>
@@ -166,47 +201,48 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut s = self.state.write().unwrap();
-        let mut out = Vec::new();
-        for entry in entries {
-            s.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => out.push(Outcome::Unchanged),
-                EntryPayload::Normal(req) => out.push(s.apply(&req)),
-                EntryPayload::Membership(m) => {
-                    s.node_ids_used.extend(m.nodes().map(|(id, _)| *id));
-                    s.last_membership = StoredMembership::new(Some(entry.log_id), m);
-                    out.push(Outcome::Unchanged);
-                }
-            }
-        }
-        Ok(out)
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let state = self.state.clone();
+        blocking(move || state.apply_entries(entries)).await.map_err(sm_err)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<tokio::fs::File>> {
+        let path = self.dir.join(SNAPSHOTS).join(INCOMING);
+        let file = tokio::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).await.map_err(snap_write_err)?;
+        Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> SResult<()> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> SResult<()> {
         let _guard = self.snapshot_lock.lock().await;
-        let data = snapshot.into_inner();
-        let mut new_state = RegistryState::decode(&data).map_err(sm_read_err)?;
-        new_state.last_applied = meta.last_log_id;
-        new_state.last_membership = meta.last_membership.clone();
-        self.persist(StoredSnapshot { meta: meta.clone(), data }).await?;
-        *self.state.write().unwrap() = new_state;
-        tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
-        Ok(())
+        let mut file = snapshot.into_std().await;
+        let (me, m) = (self.clone(), meta.clone());
+        blocking(move || {
+            use std::io::Seek;
+            file.sync_all()?;
+            file.seek(std::io::SeekFrom::Start(0))?;
+            let started = std::time::Instant::now();
+            me.state.import(&mut file, |head| {
+                head.last_applied = m.last_log_id;
+                head.last_membership = m.last_membership.clone();
+            })?;
+            let dir = me.dir.join(SNAPSHOTS);
+            let name = format!("{}.snap", berth_proto::now_ms());
+            std::fs::rename(dir.join(INCOMING), dir.join(&name))?;
+            me.make_current(&m, name)?;
+            tracing::info!(snapshot = %m.snapshot_id, ms = started.elapsed().as_millis() as u64, "snapshot installed");
+            Ok(())
+        })
+        .await
+        .map_err(snap_write_err)
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot>> {
-        Ok(self.current.lock().unwrap().clone().map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        let Some(current) = self.current().map_err(snap_read_err)? else { return Ok(None) };
+        let file = tokio::fs::File::open(self.dir.join(SNAPSHOTS).join(current.file)).await.map_err(snap_read_err)?;
+        Ok(Some(Snapshot { meta: current.meta, snapshot: Box::new(file) }))
     }
 }

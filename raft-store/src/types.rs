@@ -1,7 +1,5 @@
 //! The openraft type configuration for Berth's metadata log.
 
-use std::io::Cursor;
-
 use berth_proto::{Outcome, Request};
 
 openraft::declare_raft_types!(
@@ -12,7 +10,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 /// A node id; ids are never reused.

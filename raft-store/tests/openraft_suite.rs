@@ -63,10 +63,9 @@ async fn reopen_keeps_vote_log_committed_and_snapshot() {
     assert_eq!(snap.meta.last_log_id, Some(log_id(4)));
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(4)));
-    let shared = sm.shared();
-    let state = shared.read().unwrap();
+    let state = sm.shared();
     for i in 1..=4u64 {
-        assert_eq!(state.blob_size(&repo, &Digest::sha256_of(&i.to_be_bytes())), Some(i));
+        assert_eq!(state.blob_size(&repo, &Digest::sha256_of(&i.to_be_bytes())).unwrap(), Some(i));
     }
-    assert_eq!(state.blob_size(&repo, &Digest::sha256_of(&5u64.to_be_bytes())), None);
+    assert_eq!(state.blob_size(&repo, &Digest::sha256_of(&5u64.to_be_bytes())).unwrap(), None);
 }

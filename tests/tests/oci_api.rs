@@ -100,7 +100,11 @@ async fn snapshots_purge_the_log_and_restarts_restore_from_them() {
     }
     println!("last log {last}, snapshot {snap}, purged {purged}");
     assert!(snap >= 250 && purged >= 200, "snapshot {snap}, purged {purged}, last {last}");
-    assert!(dir.path().join("data/raft/state/snapshot.bin").exists());
+    // One snapshot file, named by `current`: each new one replaces the last.
+    let snapshots = dir.path().join("data/raft/state/snapshots");
+    let files: Vec<String> = std::fs::read_dir(&snapshots).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(files.contains(&"current".to_string()), "{files:?}");
+    assert_eq!(files.iter().filter(|f| f.ends_with(".snap")).count(), 1, "{files:?}");
 
     tracing::info!("restart restores snapshot + log tail");
     node.restart();

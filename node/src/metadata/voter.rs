@@ -257,7 +257,7 @@ impl MetadataBackend for RaftMetadata {
 
     async fn query(&self, q: Query) -> Result<Answer, MetaError> {
         self.barrier().await?;
-        Ok(self.state.read().unwrap().answer(&q))
+        self.state.answer(&q).map_err(|e| MetaError::Internal(e.to_string()))
     }
 }
 

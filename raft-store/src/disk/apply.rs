@@ -1,0 +1,347 @@
+//! Applying commands to the on-disk state: one write transaction per batch of log entries,
+//! `last_applied` written in the same transaction. The rules are those of
+//! [`RegistryState::apply`](crate::state::RegistryState::apply), which the property tests hold
+//! this to; the indexes (`blob_users`, `manifest_tags`, `referrers`) make every check a range
+//! read instead of a scan of the repository.
+
+use std::sync::Arc;
+
+use berth_proto::{Command, Digest, ManifestRecord, Outcome, RepoName, Request};
+use openraft::EntryPayload;
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::tables::{self, bounds, key2, key3, last_part, seq_key, within};
+use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_EVERY, META_HEAD, META_IDENTITY};
+use crate::state::{RegistryState, TagRecord, Tombstone, MAX_TOMBSTONES, TOMBSTONE_TTL_MS};
+use crate::types::typ::{Entry, StoredMembership};
+
+type T<'t> = Table<'t, &'static str, &'static [u8]>;
+
+impl DiskState {
+    /// Applies `entries` (consecutive, in log order) in one transaction.
+    pub fn apply_entries(&self, entries: Vec<Entry>) -> DResult<Vec<Outcome>> {
+        let mut undurable = self.undurable.lock().unwrap();
+        let n = entries.len() as u64;
+        let durable = *undurable + n >= DURABLE_EVERY;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None });
+        let (out, small) = {
+            let mut w = Writer::open(&txn, self.small())?;
+            let mut out = Vec::with_capacity(entries.len());
+            for entry in entries {
+                w.small.head.last_applied = Some(entry.log_id);
+                out.push(match entry.payload {
+                    EntryPayload::Blank => Outcome::Unchanged,
+                    EntryPayload::Normal(req) => w.apply(&req)?,
+                    EntryPayload::Membership(m) => {
+                        w.small.head.node_ids_used.extend(m.nodes().map(|(id, _)| *id));
+                        w.small.head.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                        Outcome::Unchanged
+                    }
+                });
+            }
+            (out, w.finish()?)
+        };
+        txn.commit()?;
+        *self.small.write().unwrap() = small;
+        *undurable = if durable { 0 } else { *undurable + n };
+        Ok(out)
+    }
+}
+
+/// Loads a state of an older format (held in memory) into the empty tables of `txn`.
+pub(super) fn load_legacy(txn: &WriteTransaction, state: &RegistryState) -> DResult<()> {
+    let small = Small {
+        head: Head {
+            last_applied: state.last_applied,
+            last_membership: state.last_membership.clone(),
+            http_secret: state.http_secret.clone(),
+            node_ids_used: state.node_ids_used.clone(),
+            tomb_first: 0,
+            tomb_next: 0,
+        },
+        identity: state.identity.clone(),
+    };
+    let mut w = Writer::open(txn, small)?;
+    w.identity_changed = true;
+    for (name, repo) in &state.repos {
+        for (digest, size) in &repo.blobs {
+            w.link_blob(name, digest, *size)?;
+        }
+        for (digest, record) in &repo.manifests {
+            w.insert_manifest(name, digest, record)?;
+        }
+        for (tag, record) in &repo.tags {
+            w.set_tag(name, tag.as_str(), record)?;
+        }
+    }
+    for t in &state.recent_deletes {
+        w.push_tombstone(t)?;
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// The tables of one write transaction and the working copy of the in-memory part.
+struct Writer<'t> {
+    meta: T<'t>,
+    repos: T<'t>,
+    blobs: T<'t>,
+    manifests: T<'t>,
+    tags: T<'t>,
+    referrers: T<'t>,
+    blob_users: T<'t>,
+    manifest_tags: T<'t>,
+    tombstones: T<'t>,
+    small: Small,
+    identity_changed: bool,
+}
+
+fn decode<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> DResult<V> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+/// A stored blob size.
+pub(super) fn blob_size(bytes: &[u8]) -> DResult<u64> {
+    Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| DiskError::Format("a blob size is not 8 bytes".into()))?))
+}
+
+impl<'t> Writer<'t> {
+    fn open(txn: &'t WriteTransaction, small: Small) -> DResult<Self> {
+        Ok(Writer {
+            meta: txn.open_table(tables::META)?,
+            repos: txn.open_table(tables::REPOS)?,
+            blobs: txn.open_table(tables::BLOBS)?,
+            manifests: txn.open_table(tables::MANIFESTS)?,
+            tags: txn.open_table(tables::TAGS)?,
+            referrers: txn.open_table(tables::REFERRERS)?,
+            blob_users: txn.open_table(tables::BLOB_USERS)?,
+            manifest_tags: txn.open_table(tables::MANIFEST_TAGS)?,
+            tombstones: txn.open_table(tables::TOMBSTONES)?,
+            small,
+            identity_changed: false,
+        })
+    }
+
+    /// Writes the in-memory part into the meta table and hands it back.
+    fn finish(mut self) -> DResult<Small> {
+        self.meta.insert(META_HEAD, postcard::to_stdvec(&self.small.head)?.as_slice())?;
+        if self.identity_changed {
+            self.meta.insert(META_IDENTITY, postcard::to_stdvec(&*self.small.identity)?.as_slice())?;
+        }
+        Ok(self.small)
+    }
+
+    fn counts(&self, repo: &str) -> DResult<Option<RepoCounts>> {
+        self.repos.get(repo)?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Changes a repository's counts, dropping its row when it is empty.
+    fn count(&mut self, repo: &str, change: impl FnOnce(&mut RepoCounts)) -> DResult<()> {
+        let mut c = self.counts(repo)?.unwrap_or_default();
+        change(&mut c);
+        if c.is_empty() {
+            self.repos.remove(repo)?;
+        } else {
+            self.repos.insert(repo, postcard::to_stdvec(&c)?.as_slice())?;
+        }
+        Ok(())
+    }
+
+    fn has(table: &T<'t>, key: &str) -> DResult<bool> {
+        Ok(table.get(key)?.is_some())
+    }
+
+    /// The last parts of the keys within `prefix`.
+    fn parts_within(table: &T<'t>, prefix: &str) -> DResult<Vec<String>> {
+        let range = within(prefix);
+        let mut out = Vec::new();
+        for row in table.range::<&str>(bounds(&range))? {
+            out.push(last_part(row?.0.value()).to_string());
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, req: &Request) -> DResult<Outcome> {
+        Ok(match &req.command {
+            Command::InitHttpSecret { secret } => {
+                if self.small.head.http_secret.is_some() {
+                    Outcome::Unchanged
+                } else {
+                    self.small.head.http_secret = Some(secret.clone());
+                    Outcome::Done
+                }
+            }
+            Command::LinkBlob { repo, digest, size } => {
+                self.link_blob(repo, digest, *size)?;
+                Outcome::Done
+            }
+            Command::UnlinkBlob { repo, digest } => {
+                if self.counts(repo.as_str())?.is_none() {
+                    return Ok(Outcome::NotFound);
+                }
+                // Decided here, in log order, so a delete racing a push of a manifest that
+                // references the blob either wins before it or is refused after it.
+                let users = Self::parts_within(&self.blob_users, &key2(repo.as_str(), &digest.to_string()))?;
+                if !users.is_empty() {
+                    let manifests = users.iter().map(|d| Digest::parse(d)).collect::<Result<_, _>>().map_err(|e| DiskError::Format(e.to_string()))?;
+                    return Ok(Outcome::InUse { manifests });
+                }
+                if self.blobs.remove(key2(repo.as_str(), &digest.to_string()).as_str())?.is_some() {
+                    self.count(repo.as_str(), |c| c.blobs -= 1)?;
+                    Outcome::Done
+                } else {
+                    Outcome::NotFound
+                }
+            }
+            Command::PutManifest { repo, digest, manifest, tag } => {
+                let r = repo.as_str();
+                let mut missing_blobs = Vec::new();
+                for b in &manifest.blobs {
+                    if !Self::has(&self.blobs, &key2(r, &b.to_string()))? {
+                        missing_blobs.push(b.clone());
+                    }
+                }
+                let mut missing_manifests = Vec::new();
+                for m in &manifest.manifests {
+                    if m != digest && !Self::has(&self.manifests, &key2(r, &m.to_string()))? {
+                        missing_manifests.push(m.clone());
+                    }
+                }
+                if !missing_blobs.is_empty() || !missing_manifests.is_empty() {
+                    return Ok(Outcome::MissingReferences { blobs: missing_blobs, manifests: missing_manifests });
+                }
+                // Same digest, same bytes: the first record (and its creation time) stays.
+                let existing = self.manifests.get(key2(r, &digest.to_string()).as_str())?.map(|v| decode::<ManifestRecord>(v.value())).transpose()?;
+                match existing {
+                    None => self.insert_manifest(repo, digest, manifest)?,
+                    Some(existing) => {
+                        if let Some(subject) = &existing.subject {
+                            self.referrers.insert(key3(r, &subject.to_string(), &digest.to_string()).as_str(), [].as_slice())?;
+                        }
+                    }
+                }
+                if let Some(tag) = tag {
+                    self.set_tag(repo, tag.as_str(), &TagRecord { digest: digest.clone(), updated_ms: req.at_ms })?;
+                }
+                Outcome::Done
+            }
+            Command::DeleteManifest { repo, digest } => {
+                let (r, d) = (repo.as_str(), digest.to_string());
+                let Some(record) = self.manifests.remove(key2(r, &d).as_str())?.map(|v| decode::<ManifestRecord>(v.value())).transpose()? else {
+                    return self.gone(repo, &d, req.at_ms);
+                };
+                let tags = Self::parts_within(&self.manifest_tags, &key2(r, &d))?;
+                for t in &tags {
+                    self.tags.remove(key2(r, t).as_str())?;
+                    self.manifest_tags.remove(key3(r, &d, t).as_str())?;
+                }
+                for b in &record.blobs {
+                    self.blob_users.remove(key3(r, &b.to_string(), &d).as_str())?;
+                }
+                if let Some(subject) = &record.subject {
+                    self.referrers.remove(key3(r, &subject.to_string(), &d).as_str())?;
+                }
+                let n = tags.len() as u64;
+                self.count(r, |c| {
+                    c.manifests -= 1;
+                    c.tags -= n;
+                })?;
+                self.remember_delete(repo, d, req.at_ms)?;
+                Outcome::Done
+            }
+            Command::DeleteTag { repo, tag } => {
+                let r = repo.as_str();
+                let old = self.tags.remove(key2(r, tag.as_str()).as_str())?.map(|v| decode::<TagRecord>(v.value())).transpose()?;
+                match old {
+                    Some(old) => {
+                        self.manifest_tags.remove(key3(r, &old.digest.to_string(), tag.as_str()).as_str())?;
+                        self.count(r, |c| c.tags -= 1)?;
+                        self.remember_delete(repo, tag.to_string(), req.at_ms)?;
+                        Outcome::Done
+                    }
+                    None => self.gone(repo, tag.as_str(), req.at_ms)?,
+                }
+            }
+            Command::Identity(change) => {
+                self.identity_changed = true;
+                crate::identity::apply(Arc::make_mut(&mut self.small.identity), change, req.at_ms)
+            }
+        })
+    }
+
+    fn link_blob(&mut self, repo: &RepoName, digest: &Digest, size: u64) -> DResult<()> {
+        let r = repo.as_str();
+        if self.blobs.insert(key2(r, &digest.to_string()).as_str(), size.to_le_bytes().as_slice())?.is_none() {
+            self.count(r, |c| c.blobs += 1)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a manifest that is not stored yet, with its index rows.
+    fn insert_manifest(&mut self, repo: &RepoName, digest: &Digest, record: &ManifestRecord) -> DResult<()> {
+        let (r, d) = (repo.as_str(), digest.to_string());
+        self.manifests.insert(key2(r, &d).as_str(), postcard::to_stdvec(record)?.as_slice())?;
+        for b in &record.blobs {
+            self.blob_users.insert(key3(r, &b.to_string(), &d).as_str(), [].as_slice())?;
+        }
+        if let Some(subject) = &record.subject {
+            self.referrers.insert(key3(r, &subject.to_string(), &d).as_str(), [].as_slice())?;
+        }
+        self.count(r, |c| c.manifests += 1)
+    }
+
+    /// Points a tag at a manifest, moving it if it pointed elsewhere.
+    fn set_tag(&mut self, repo: &RepoName, tag: &str, record: &TagRecord) -> DResult<()> {
+        let r = repo.as_str();
+        let old = self.tags.insert(key2(r, tag).as_str(), postcard::to_stdvec(record)?.as_slice())?.map(|v| decode::<TagRecord>(v.value())).transpose()?;
+        match old {
+            Some(old) => {
+                self.manifest_tags.remove(key3(r, &old.digest.to_string(), tag).as_str())?;
+            }
+            None => self.count(r, |c| c.tags += 1)?,
+        }
+        self.manifest_tags.insert(key3(r, &record.digest.to_string(), tag).as_str(), [].as_slice())?;
+        Ok(())
+    }
+
+    /// The answer to deleting what is not there: done if it was deleted recently (a retry).
+    fn gone(&self, repo: &RepoName, reference: &str, now_ms: u64) -> DResult<Outcome> {
+        for row in self.tombstones.iter()? {
+            let t: Tombstone = decode(row?.1.value())?;
+            if t.repo == *repo && t.reference == reference && t.at_ms.saturating_add(TOMBSTONE_TTL_MS) >= now_ms {
+                return Ok(Outcome::Done);
+            }
+        }
+        Ok(Outcome::NotFound)
+    }
+
+    fn remember_delete(&mut self, repo: &RepoName, reference: String, at_ms: u64) -> DResult<()> {
+        loop {
+            let head = &self.small.head;
+            if head.tomb_first == head.tomb_next {
+                break;
+            }
+            let key = seq_key(head.tomb_first);
+            let front: Tombstone = match self.tombstones.get(key.as_str())? {
+                Some(v) => decode(v.value())?,
+                None => return Err(DiskError::Format(format!("tombstone {} is missing", head.tomb_first))),
+            };
+            let full = head.tomb_next - head.tomb_first >= MAX_TOMBSTONES as u64;
+            if front.at_ms.saturating_add(TOMBSTONE_TTL_MS) >= at_ms && !full {
+                break;
+            }
+            self.tombstones.remove(key.as_str())?;
+            self.small.head.tomb_first += 1;
+        }
+        self.push_tombstone(&Tombstone { repo: repo.clone(), reference, at_ms })
+    }
+
+    fn push_tombstone(&mut self, t: &Tombstone) -> DResult<()> {
+        let seq = self.small.head.tomb_next;
+        self.tombstones.insert(seq_key(seq).as_str(), postcard::to_stdvec(t)?.as_slice())?;
+        self.small.head.tomb_next += 1;
+        Ok(())
+    }
+}
+

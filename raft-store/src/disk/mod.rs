@@ -1,0 +1,248 @@
+//! The registry state on disk: one redb database that the state machine writes in Raft order
+//! and request handlers read from, so no node holds the whole state in memory.
+//!
+//! - [`tables`]: what is stored and how keys are spelt.
+//! - [`apply`]: a batch of log entries applied in one write transaction, `last_applied` with it.
+//! - [`read`]: the queries, each on its own read transaction (a consistent view).
+//! - [`snapshot`]: the state copied row by row to a file and back, for Raft snapshots and backups.
+//!
+//! Only the small part of the state (the applied position, membership, cluster secret and
+//! identity) is also kept in memory, in [`Head`].
+//!
+//! Durability: the log is fsynced before an entry commits, so applying need not be. A batch is
+//! committed without an fsync and every [`DURABLE_EVERY`] entries (and before every snapshot)
+//! one is fsynced; a crash loses at most the entries since, together with the `last_applied`
+//! that names them, and openraft applies them again from the log on start. Nothing is ever
+//! applied twice, and the log is never purged past what is durable here.
+
+pub mod apply;
+pub mod read;
+pub mod snapshot;
+pub mod tables;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use berth_proto::identity::Identity;
+use redb::{Database, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::state::RegistryState;
+use crate::types::typ::{LogId, StoredMembership};
+
+/// The on-disk format this build writes. Format 3 and older were one in-memory state in
+/// `snapshot.bin` (see [`crate::state`]); they are migrated into this database on start.
+pub const FORMAT: u32 = 4;
+
+/// Entries applied between two fsynced commits of the state.
+pub const DURABLE_EVERY: u64 = 1000;
+
+/// Pages of the database kept in memory (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 64 << 20;
+
+/// Keys of the meta table.
+const META_FORMAT: &str = "format";
+const META_HEAD: &str = "head";
+const META_IDENTITY: &str = "identity";
+
+/// What went wrong reading or writing the state.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The database.
+    #[error("state database: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored value that does not decode.
+    #[error("state record: {0}")]
+    Codec(#[from] postcard::Error),
+    /// A file.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Data that is not what it claims to be.
+    #[error("{0}")]
+    Format(String),
+}
+
+macro_rules! into_db_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DiskError {
+            fn from(e: $t) -> Self {
+                DiskError::Db(e.into())
+            }
+        }
+    )*};
+}
+into_db_error!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, redb::DatabaseError);
+
+/// Result of a state operation.
+pub type DResult<T> = Result<T, DiskError>;
+
+/// The small part of the state, kept in memory as well as in the meta table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    /// Last log entry applied.
+    pub last_applied: Option<LogId>,
+    /// Last membership applied.
+    pub last_membership: StoredMembership,
+    /// Secret that signs upload state; identical on every node.
+    pub http_secret: Option<Vec<u8>>,
+    /// Every node id ever in the membership (ids are never reused).
+    pub node_ids_used: BTreeSet<u64>,
+    /// Sequence number of the oldest tombstone kept.
+    pub tomb_first: u64,
+    /// Sequence number the next tombstone gets.
+    pub tomb_next: u64,
+}
+
+/// How much one repository holds; the row goes when all three are zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoCounts {
+    /// Linked blobs.
+    pub blobs: u64,
+    /// Manifests.
+    pub manifests: u64,
+    /// Tags.
+    pub tags: u64,
+}
+
+impl RepoCounts {
+    fn is_empty(&self) -> bool {
+        self.blobs == 0 && self.manifests == 0 && self.tags == 0
+    }
+}
+
+/// The in-memory part: [`Head`] and identity, replaced as a whole after each commit.
+#[derive(Debug, Clone, Default)]
+pub struct Small {
+    /// The head.
+    pub head: Head,
+    /// Users, projects, tokens, keys (small; shared by queries until the next change).
+    pub identity: Arc<Identity>,
+}
+
+/// The registry state in a redb database.
+pub struct DiskState {
+    db: Database,
+    /// The directory the database is in.
+    dir: std::path::PathBuf,
+    small: RwLock<Small>,
+    /// Entries applied since the last fsynced commit.
+    undurable: Mutex<u64>,
+}
+
+impl DiskState {
+    /// Opens (or creates) the state database at `path`. If `legacy` names a state of an older
+    /// format (a `snapshot.bin` of format 3 or before) and the database is new, that state is
+    /// loaded into it first, in one transaction.
+    pub fn open(path: &Path, legacy: Option<&Path>) -> DResult<Self> {
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path)?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate);
+        for (_, def) in tables::ALL {
+            txn.open_table(def)?;
+        }
+        let format = {
+            let meta = txn.open_table(tables::META)?;
+            let f = meta.get(META_FORMAT)?.map(|v| v.value().to_vec());
+            f
+        };
+        match format {
+            Some(f) => {
+                let f: u32 = postcard::from_bytes(&f)?;
+                if f > FORMAT {
+                    return Err(DiskError::Format(format!(
+                        "{} holds state of format {f}, newer than this build's {FORMAT}: run a newer Berth on it",
+                        path.display()
+                    )));
+                }
+                txn.abort()?;
+            }
+            None => {
+                if let Some(legacy) = legacy.filter(|p| p.exists()) {
+                    let state = read_legacy(legacy)?;
+                    apply::load_legacy(&txn, &state)?;
+                    tracing::info!(from = %legacy.display(), "migrated the state to format {FORMAT}");
+                } else {
+                    let head = Head::default();
+                    let mut meta = txn.open_table(tables::META)?;
+                    meta.insert(META_HEAD, postcard::to_stdvec(&head)?.as_slice())?;
+                    meta.insert(META_IDENTITY, postcard::to_stdvec(&Identity::default())?.as_slice())?;
+                }
+                txn.open_table(tables::META)?.insert(META_FORMAT, postcard::to_stdvec(&FORMAT)?.as_slice())?;
+                txn.commit()?;
+                if let Some(legacy) = legacy.filter(|p| p.exists()) {
+                    // The database now holds it, durably; the old file would only mislead.
+                    let done = legacy.with_extension("bin.migrated");
+                    std::fs::rename(legacy, &done)?;
+                }
+            }
+        }
+        let small = load_small(&db)?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(DiskState { db, dir, small: RwLock::new(small), undurable: Mutex::new(0) })
+    }
+
+    /// The directory the database is in (room for exports).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The applied position and membership.
+    pub fn applied(&self) -> (Option<LogId>, StoredMembership) {
+        let s = self.small.read().unwrap();
+        (s.head.last_applied, s.head.last_membership.clone())
+    }
+
+    /// The in-memory part of the state.
+    pub fn small(&self) -> Small {
+        self.small.read().unwrap().clone()
+    }
+
+    /// True if `id` was ever a member's node id.
+    pub fn node_id_used(&self, id: u64) -> bool {
+        self.small.read().unwrap().head.node_ids_used.contains(&id)
+    }
+
+    /// Makes every commit so far durable (an fsynced empty commit).
+    pub fn make_durable(&self) -> DResult<()> {
+        let mut undurable = self.undurable.lock().unwrap();
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate);
+        txn.commit()?;
+        *undurable = 0;
+        Ok(())
+    }
+
+    /// Rereads the in-memory part from the database (after a snapshot replaced it).
+    fn reload_small(&self) -> DResult<()> {
+        *self.small.write().unwrap() = load_small(&self.db)?;
+        Ok(())
+    }
+}
+
+fn load_small(db: &Database) -> DResult<Small> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(tables::META)?;
+    let get = |k: &str| -> DResult<Vec<u8>> {
+        Ok(meta.get(k)?.ok_or_else(|| DiskError::Format(format!("the state has no {k:?} record")))?.value().to_vec())
+    };
+    Ok(Small { head: postcard::from_bytes(&get(META_HEAD)?)?, identity: Arc::new(postcard::from_bytes(&get(META_IDENTITY)?)?) })
+}
+
+/// A state of format 3 or older, as `snapshot.bin` held it, at the snapshot's position.
+fn read_legacy(path: &Path) -> DResult<RegistryState> {
+    #[derive(Deserialize)]
+    struct StoredSnapshot {
+        meta: crate::types::typ::SnapshotMeta,
+        data: Vec<u8>,
+    }
+    let bytes = std::fs::read(path)?;
+    let snap: StoredSnapshot = postcard::from_bytes(&bytes).map_err(|e| DiskError::Format(format!("{}: {e}", path.display())))?;
+    let mut state = RegistryState::decode(&snap.data).map_err(|e| DiskError::Format(format!("{}: {e}", path.display())))?;
+    state.last_applied = snap.meta.last_log_id;
+    state.last_membership = snap.meta.last_membership;
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests;

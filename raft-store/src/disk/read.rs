@@ -1,0 +1,120 @@
+//! Queries of the on-disk state. Each query reads one redb read transaction: a consistent view
+//! that applying (which commits new transactions) never blocks or changes.
+
+use std::sync::Arc;
+
+use berth_proto::{Answer, Digest, ManifestRecord, Query, Reference, RepoName};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
+
+use super::tables::{self, bounds, key2, last_part, within, within_after};
+use super::{apply::blob_size, DResult, DiskError, DiskState};
+use crate::state::TagRecord;
+
+type R = ReadOnlyTable<&'static str, &'static [u8]>;
+
+impl DiskState {
+    /// Answers a read.
+    pub fn answer(&self, query: &Query) -> DResult<Answer> {
+        let small = || self.small.read().unwrap();
+        Ok(match query {
+            Query::BlobSize { repo, digest } => Answer::BlobSize(self.blob_size(repo, digest)?),
+            Query::Manifest { repo, reference } => Answer::Manifest(self.manifest(repo, reference)?),
+            Query::Tags { repo, last, n } => Answer::Tags(self.tags(repo, last.as_deref(), *n as usize)?),
+            Query::Catalog { last, n } => Answer::Catalog(self.catalog(last.as_deref(), *n as usize)?),
+            Query::Referrers { repo, subject } => Answer::Referrers(self.referrers(repo, subject)?),
+            Query::HttpSecret => Answer::HttpSecret(small().head.http_secret.clone()),
+            Query::IdentityVersion => Answer::IdentityVersion(small().identity.version),
+            Query::Identity => Answer::Identity(small().identity.clone()),
+        })
+    }
+
+    fn read(&self) -> DResult<ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// Size of a blob if it is linked into `repo`.
+    pub fn blob_size(&self, repo: &RepoName, digest: &Digest) -> DResult<Option<u64>> {
+        let t = self.read()?.open_table(tables::BLOBS)?;
+        t.get(key2(repo.as_str(), &digest.to_string()).as_str())?.map(|v| blob_size(v.value())).transpose()
+    }
+
+    /// A manifest by tag or digest, with its digest.
+    pub fn manifest(&self, repo: &RepoName, reference: &Reference) -> DResult<Option<(Digest, Arc<ManifestRecord>)>> {
+        let txn = self.read()?;
+        let digest = match reference {
+            Reference::Digest(d) => d.clone(),
+            Reference::Tag(t) => {
+                let tags = txn.open_table(tables::TAGS)?;
+                let Some(v) = tags.get(key2(repo.as_str(), t.as_str()).as_str())? else { return Ok(None) };
+                postcard::from_bytes::<TagRecord>(v.value())?.digest
+            }
+        };
+        let manifests = txn.open_table(tables::MANIFESTS)?;
+        Ok(record(&manifests, repo.as_str(), &digest)?.map(|m| (digest, Arc::new(m))))
+    }
+
+    /// Up to `n` tags after `last`, in lexical order; `None` if the repository does not exist.
+    pub fn tags(&self, repo: &RepoName, last: Option<&str>, n: usize) -> DResult<Option<Vec<String>>> {
+        let txn = self.read()?;
+        if txn.open_table(tables::REPOS)?.get(repo.as_str())?.is_none() {
+            return Ok(None);
+        }
+        let range = match last {
+            Some(l) => within_after(repo.as_str(), l),
+            None => within(repo.as_str()),
+        };
+        let tags = txn.open_table(tables::TAGS)?;
+        let mut out = Vec::with_capacity(n.min(1024));
+        for row in tags.range::<&str>(bounds(&range))?.take(n) {
+            out.push(last_part(row?.0.value()).to_string());
+        }
+        Ok(Some(out))
+    }
+
+    /// Up to `n` repository names after `last`, in lexical order.
+    pub fn catalog(&self, last: Option<&str>, n: usize) -> DResult<Vec<String>> {
+        let repos = self.read()?.open_table(tables::REPOS)?;
+        let rows = match last {
+            Some(l) => repos.range::<&str>((std::ops::Bound::Excluded(l), std::ops::Bound::Unbounded))?,
+            None => repos.range::<&str>(..)?,
+        };
+        let mut out = Vec::with_capacity(n.min(1024));
+        for row in rows.take(n) {
+            out.push(row?.0.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Manifests in `repo` whose subject is `subject`, in digest order.
+    pub fn referrers(&self, repo: &RepoName, subject: &Digest) -> DResult<Vec<(Digest, Arc<ManifestRecord>)>> {
+        let txn = self.read()?;
+        let index = txn.open_table(tables::REFERRERS)?;
+        let manifests = txn.open_table(tables::MANIFESTS)?;
+        let range = within(&key2(repo.as_str(), &subject.to_string()));
+        let mut out = Vec::new();
+        for row in index.range::<&str>(bounds(&range))? {
+            let d = Digest::parse(last_part(row?.0.value())).map_err(|e| DiskError::Format(e.to_string()))?;
+            if let Some(m) = record(&manifests, repo.as_str(), &d)? {
+                out.push((d, Arc::new(m)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Repositories, tags and manifests held (each a full scan of a count table: for reports).
+    pub fn totals(&self) -> DResult<(u64, u64, u64)> {
+        let repos = self.read()?.open_table(tables::REPOS)?;
+        let (mut n, mut tags, mut manifests) = (0, 0, 0);
+        for row in repos.iter()? {
+            let c: super::RepoCounts = postcard::from_bytes(row?.1.value())?;
+            n += 1;
+            tags += c.tags;
+            manifests += c.manifests;
+        }
+        Ok((n, tags, manifests))
+    }
+}
+
+fn record(manifests: &R, repo: &str, digest: &Digest) -> DResult<Option<ManifestRecord>> {
+    manifests.get(key2(repo, &digest.to_string()).as_str())?.map(|v| Ok(postcard::from_bytes(v.value())?)).transpose()
+}
