@@ -390,7 +390,7 @@ async fn start_voter(
         }
     };
     let network = raft_network::GrpcNetwork::new(peers.clone());
-    let node = raft::start(&data_dir.join("raft"), node_id, &raft_addr, snapshot_every, bootstrap, network).await?;
+    let node = raft::start(&data_dir.join("raft"), node_id, &raft_addr, snapshot_every, space.clone(), bootstrap, network).await?;
     let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers.clone(), space.clone(), registry)?);
     let contact = membership::failover::LeaderContact::default();
     if let Some((grpc_listener, grpc_local)) = grpc {

@@ -46,6 +46,7 @@ pub async fn start(
     node_id: u64,
     advertise: &str,
     snapshot_every: u64,
+    space: crate::space::SpaceGuard,
     bootstrap: impl std::future::Future<Output = bool>,
     network: GrpcNetwork,
 ) -> anyhow::Result<RaftNode> {
@@ -62,7 +63,11 @@ pub async fn start(
     }
     .validate()?;
     let log = LogStore::open(&dir.join("log.redb")).with_context(|| format!("opening {}", dir.join("log.redb").display()))?;
-    let sm = StateMachineStore::open(&dir.join("state")).context("opening the state machine")?;
+    // Below half the disk reserve (where an upload in flight is cut off too), committed
+    // entries wait in the log until space returns instead of meeting a full disk.
+    let sm = StateMachineStore::open(&dir.join("state"))
+        .context("opening the state machine")?
+        .with_space_check(Arc::new(move || space.check_streaming().map_err(|e| e.to_string())));
     let state = sm.shared();
     let raft = Raft::new(node_id, Arc::new(config), network, log, sm).await?;
     if !raft.is_initialized().await? && bootstrap.await {

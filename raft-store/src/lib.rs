@@ -12,5 +12,5 @@ pub mod types;
 pub use log_store::LogStore;
 pub use disk::DiskState;
 pub use state::{RegistryState, Repo, TagRecord};
-pub use state_machine::{SharedState, StateMachineStore};
+pub use state_machine::{SharedState, SpaceCheck, StateMachineStore};
 pub use types::{typ, NodeId, Raft, TypeConfig};

@@ -42,11 +42,16 @@ struct Current {
     file: String,
 }
 
+/// Asked before each batch is applied: `Err(why)` while the disk is too full to write the
+/// state safely.
+pub type SpaceCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// The state machine store handed to openraft.
 #[derive(Clone)]
 pub struct StateMachineStore {
     state: SharedState,
     dir: PathBuf,
+    space: Option<SpaceCheck>,
     /// Serializes snapshot building and installation.
     snapshot_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -80,7 +85,7 @@ impl StateMachineStore {
         let snapshots = dir.join(SNAPSHOTS);
         std::fs::create_dir_all(&snapshots)?;
         let state = DiskState::open(&dir.join(STATE_DB), Some(&dir.join(LEGACY_SNAPSHOT))).map_err(std::io::Error::other)?;
-        let store = StateMachineStore { state: Arc::new(state), dir: dir.to_path_buf(), snapshot_lock: Arc::new(tokio::sync::Mutex::new(())) };
+        let store = StateMachineStore { state: Arc::new(state), dir: dir.to_path_buf(), space: None, snapshot_lock: Arc::new(tokio::sync::Mutex::new(())) };
         let current = store.current().map_err(std::io::Error::other)?;
         // Leftovers of a transfer or a build that a crash cut short, and replaced snapshots.
         for entry in std::fs::read_dir(&snapshots)? {
@@ -121,6 +126,15 @@ impl StateMachineStore {
             })
             .map_err(|e| std::io::Error::other(format!("not a Berth backup: {e}")))?;
         Ok(Arc::new(state))
+    }
+
+    /// Waits, before applying, until `check` passes. openraft stops its core for good on a
+    /// storage error, so a write that would meet a full disk must not be tried: committed
+    /// entries wait in the log instead (reads then wait for them, and fail with 503 after
+    /// their timeout), and applying resumes by itself once space returns.
+    pub fn with_space_check(mut self, check: SpaceCheck) -> Self {
+        self.space = Some(check);
+        self
     }
 
     /// The state, for read-only queries.
@@ -201,6 +215,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if let Some(check) = &self.space {
+            let mut waited = false;
+            while let Err(why) = check() {
+                if !waited {
+                    tracing::warn!(%why, "the disk is too full to apply committed entries; waiting for space");
+                    waited = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            if waited {
+                tracing::info!("space returned: applying again");
+            }
+        }
         let entries: Vec<Entry> = entries.into_iter().collect();
         let state = self.state.clone();
         blocking(move || state.apply_entries(entries)).await.map_err(sm_err)

@@ -157,8 +157,8 @@ fn alive(pid: u32) -> bool {
 async fn a_follower_with_a_full_disk_stays_up_and_catches_up_when_space_returns() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    // Node 3's data directory (its Raft log) is a small disk of its own.
-    let Some(disk) = SmallDisk::mount(&dir.path().join("node3"), 64) else { return };
+    // Node 3's data directory (its Raft log and state) is a small disk of its own.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("node3"), 128) else { return };
     let reserve = 16u64 << 20;
     let reserve_s = reserve.to_string();
     let env = [("REGISTRY_BERTH_LIMITS_DISKRESERVE", reserve_s.as_str())];
@@ -196,7 +196,11 @@ async fn a_follower_with_a_full_disk_stays_up_and_catches_up_when_space_returns(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(served, "node 3 did not catch up once space returned");
+    if !served {
+        let du = std::process::Command::new("du").args(["-ak"]).arg(dir.path().join("node3")).output().unwrap();
+        let df = std::process::Command::new("df").args(["-k"]).arg(dir.path().join("node3")).output().unwrap();
+        panic!("node 3 did not catch up once space returned:\n{}{}", String::from_utf8_lossy(&du.stdout), String::from_utf8_lossy(&df.stdout));
+    }
     for (i, body) in pushed.iter().enumerate() {
         assert_eq!(&reg3.get_manifest("full/app", &format!("big{i}")).await.unwrap().1, body);
     }

@@ -11,7 +11,7 @@ use openraft::EntryPayload;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::tables::{self, bounds, key2, key3, last_part, seq_key, within};
-use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_EVERY, META_HEAD, META_IDENTITY};
+use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_IDENTITY};
 use crate::state::{RegistryState, TagRecord, Tombstone, MAX_TOMBSTONES, TOMBSTONE_TTL_MS};
 use crate::types::typ::{Entry, StoredMembership};
 
@@ -22,7 +22,8 @@ impl DiskState {
     pub fn apply_entries(&self, entries: Vec<Entry>) -> DResult<Vec<Outcome>> {
         let mut undurable = self.undurable.lock().unwrap();
         let n = entries.len() as u64;
-        let durable = *undurable + n >= DURABLE_EVERY;
+        let bytes: u64 = entries.iter().map(weight).sum();
+        let durable = undurable.0 + n >= DURABLE_EVERY || undurable.1 + bytes >= DURABLE_BYTES;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(if durable { redb::Durability::Immediate } else { redb::Durability::None });
         let (out, small) = {
@@ -44,8 +45,16 @@ impl DiskState {
         };
         txn.commit()?;
         *self.small.write().unwrap() = small;
-        *undurable = if durable { 0 } else { *undurable + n };
+        *undurable = if durable { (0, 0) } else { (undurable.0 + n, undurable.1 + bytes) };
         Ok(out)
+    }
+}
+
+/// Roughly how many bytes applying an entry writes (manifest bodies dominate).
+fn weight(e: &Entry) -> u64 {
+    match &e.payload {
+        EntryPayload::Normal(Request { command: Command::PutManifest { manifest, .. }, .. }) => 256 + manifest.body.len() as u64,
+        _ => 256,
     }
 }
 

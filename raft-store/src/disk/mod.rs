@@ -10,10 +10,12 @@
 //! identity) is also kept in memory, in [`Head`].
 //!
 //! Durability: the log is fsynced before an entry commits, so applying need not be. A batch is
-//! committed without an fsync and every [`DURABLE_EVERY`] entries (and before every snapshot)
-//! one is fsynced; a crash loses at most the entries since, together with the `last_applied`
-//! that names them, and openraft applies them again from the log on start. Nothing is ever
-//! applied twice, and the log is never purged past what is durable here.
+//! committed without an fsync and every [`DURABLE_EVERY`] entries or [`DURABLE_BYTES`] written
+//! (and before every snapshot) one is fsynced; a crash loses at most the entries since, together
+//! with the `last_applied` that names them, and openraft applies them again from the log on
+//! start. Nothing is ever applied twice, and the log is never purged past what is durable here.
+//! (redb frees the pages a transaction replaced only at an fsynced commit, so the byte bound
+//! also bounds how far the file grows between two.)
 
 pub mod apply;
 pub mod read;
@@ -37,6 +39,8 @@ pub const FORMAT: u32 = 4;
 
 /// Entries applied between two fsynced commits of the state.
 pub const DURABLE_EVERY: u64 = 1000;
+/// Bytes (roughly) applied between two fsynced commits of the state.
+pub const DURABLE_BYTES: u64 = 4 << 20;
 
 /// Pages of the database kept in memory (redb's default is 1 GiB).
 const CACHE_BYTES: usize = 64 << 20;
@@ -126,8 +130,8 @@ pub struct DiskState {
     /// The directory the database is in.
     dir: std::path::PathBuf,
     small: RwLock<Small>,
-    /// Entries applied since the last fsynced commit.
-    undurable: Mutex<u64>,
+    /// Entries and bytes applied since the last fsynced commit.
+    undurable: Mutex<(u64, u64)>,
 }
 
 impl DiskState {
@@ -179,7 +183,7 @@ impl DiskState {
         }
         let small = load_small(&db)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(DiskState { db, dir, small: RwLock::new(small), undurable: Mutex::new(0) })
+        Ok(DiskState { db, dir, small: RwLock::new(small), undurable: Mutex::new((0, 0)) })
     }
 
     /// The directory the database is in (room for exports).
@@ -209,7 +213,7 @@ impl DiskState {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate);
         txn.commit()?;
-        *undurable = 0;
+        *undurable = (0, 0);
         Ok(())
     }
 
