@@ -57,6 +57,7 @@ if [[ "$voters" == 1 ]]; then
   nodes=("single $pid $work/single")
 else
   deploy/local/cluster.sh up --dir "$work/cluster" --voters 3 --frontends 1 >/dev/null
+  export REGISTRY_BERTH_CLUSTERTOKENFILE="$work/cluster/cluster-token"  # for `berth cluster`
   trap 'deploy/local/cluster.sh down --dir "$work/cluster" >/dev/null; kill ${joiner:-} 2>/dev/null || true' EXIT
   url="$(cat "$work/cluster/lb")"
   nodes=()
@@ -104,7 +105,7 @@ else
   mkdir -p "$work/node4"
   t0=$(date +%s.%N)
   REGISTRY_HTTP_ADDR="$h4" REGISTRY_BERTH_GRPCADDR="$g4" REGISTRY_BERTH_NODEID=4 REGISTRY_BERTH_JOIN="$grpcs,$g4" \
-    REGISTRY_BERTH_CLUSTERTOKENFILE="$work/cluster/cluster-token" REGISTRY_HTTP_DEBUG_ADDR=127.0.0.1:0 \
+    REGISTRY_HTTP_DEBUG_ADDR=127.0.0.1:0 \
     REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY="$work/cluster/blobs" \
     "$BERTH_BIN" serve --data-dir "$work/node4/data" >"$work/node4/log" 2>&1 &
   joiner=$!

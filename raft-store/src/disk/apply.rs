@@ -10,6 +10,7 @@ use berth_proto::{Command, Digest, ManifestRecord, Outcome, RepoName, Request};
 use openraft::EntryPayload;
 use redb::{ReadableTable, Table, WriteTransaction};
 
+use super::cache::Changed;
 use super::tables::{self, bounds, key2, key3, last_part, seq_key, within};
 use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_IDENTITY};
 use crate::state::{RegistryState, TagRecord, Tombstone, MAX_TOMBSTONES, TOMBSTONE_TTL_MS};
@@ -43,7 +44,9 @@ impl DiskState {
             }
             (out, w.finish()?)
         };
+        let (small, changed) = small;
         txn.commit()?;
+        self.cache.invalidate(&changed);
         *self.small.write().unwrap() = small;
         *undurable = if durable { (0, 0) } else { (undurable.0 + n, undurable.1 + bytes) };
         Ok(out)
@@ -104,6 +107,8 @@ struct Writer<'t> {
     tombstones: T<'t>,
     small: Small,
     identity_changed: bool,
+    /// What the cache may hold that this batch changed.
+    changed: Changed,
 }
 
 fn decode<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> DResult<V> {
@@ -129,16 +134,17 @@ impl<'t> Writer<'t> {
             tombstones: txn.open_table(tables::TOMBSTONES)?,
             small,
             identity_changed: false,
+            changed: Changed::default(),
         })
     }
 
-    /// Writes the in-memory part into the meta table and hands it back.
-    fn finish(mut self) -> DResult<Small> {
+    /// Writes the in-memory part into the meta table and hands it back, with what changed.
+    fn finish(mut self) -> DResult<(Small, Changed)> {
         self.meta.insert(META_HEAD, postcard::to_stdvec(&self.small.head)?.as_slice())?;
         if self.identity_changed {
             self.meta.insert(META_IDENTITY, postcard::to_stdvec(&*self.small.identity)?.as_slice())?;
         }
-        Ok(self.small)
+        Ok((self.small, self.changed))
     }
 
     fn counts(&self, repo: &str) -> DResult<Option<RepoCounts>> {
@@ -244,7 +250,9 @@ impl<'t> Writer<'t> {
                 for t in &tags {
                     self.tags.remove(key2(r, t).as_str())?;
                     self.manifest_tags.remove(key3(r, &d, t).as_str())?;
+                    self.changed.tags.push((r.to_string(), t.clone()));
                 }
+                self.changed.manifests.push((r.to_string(), digest.clone()));
                 for b in &record.blobs {
                     self.blob_users.remove(key3(r, &b.to_string(), &d).as_str())?;
                 }
@@ -265,6 +273,7 @@ impl<'t> Writer<'t> {
                 match old {
                     Some(old) => {
                         self.manifest_tags.remove(key3(r, &old.digest.to_string(), tag.as_str()).as_str())?;
+                        self.changed.tags.push((r.to_string(), tag.to_string()));
                         self.count(r, |c| c.tags -= 1)?;
                         self.remember_delete(repo, tag.to_string(), req.at_ms)?;
                         Outcome::Done
@@ -303,6 +312,7 @@ impl<'t> Writer<'t> {
     /// Points a tag at a manifest, moving it if it pointed elsewhere.
     fn set_tag(&mut self, repo: &RepoName, tag: &str, record: &TagRecord) -> DResult<()> {
         let r = repo.as_str();
+        self.changed.tags.push((r.to_string(), tag.to_string()));
         let old = self.tags.insert(key2(r, tag).as_str(), postcard::to_stdvec(record)?.as_slice())?.map(|v| decode::<TagRecord>(v.value())).transpose()?;
         match old {
             Some(old) => {

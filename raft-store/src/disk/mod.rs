@@ -4,6 +4,7 @@
 //! - [`tables`]: what is stored and how keys are spelt.
 //! - [`apply`]: a batch of log entries applied in one write transaction, `last_applied` with it.
 //! - [`read`]: the queries, each on its own read transaction (a consistent view).
+//! - [`cache`]: a bounded cache of hot tags and manifest records, invalidated by applying.
 //! - [`snapshot`]: the state copied row by row to a file and back, for Raft snapshots and backups.
 //!
 //! Only the small part of the state (the applied position, membership, cluster secret and
@@ -18,6 +19,7 @@
 //! also bounds how far the file grows between two.)
 
 pub mod apply;
+pub mod cache;
 pub mod read;
 pub mod snapshot;
 pub mod tables;
@@ -38,12 +40,16 @@ use crate::types::typ::{LogId, StoredMembership};
 pub const FORMAT: u32 = 4;
 
 /// Entries applied between two fsynced commits of the state.
-pub const DURABLE_EVERY: u64 = 1000;
+pub const DURABLE_EVERY: u64 = 256;
 /// Bytes (roughly) applied between two fsynced commits of the state.
 pub const DURABLE_BYTES: u64 = 4 << 20;
 
 /// Pages of the database kept in memory (redb's default is 1 GiB).
 const CACHE_BYTES: usize = 64 << 20;
+
+/// Tag entries and manifest bytes the hot cache holds (per segment; at most twice that).
+const CACHE_TAGS: usize = 100_000;
+const CACHE_MANIFEST_BYTES: usize = 16 << 20;
 
 /// Keys of the meta table.
 const META_FORMAT: &str = "format";
@@ -132,6 +138,8 @@ pub struct DiskState {
     small: RwLock<Small>,
     /// Entries and bytes applied since the last fsynced commit.
     undurable: Mutex<(u64, u64)>,
+    /// Hot reads.
+    cache: cache::HotCache,
 }
 
 impl DiskState {
@@ -183,7 +191,7 @@ impl DiskState {
         }
         let small = load_small(&db)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(DiskState { db, dir, small: RwLock::new(small), undurable: Mutex::new((0, 0)) })
+        Ok(DiskState { db, dir, small: RwLock::new(small), undurable: Mutex::new((0, 0)), cache: cache::HotCache::new(CACHE_TAGS, CACHE_MANIFEST_BYTES) })
     }
 
     /// The directory the database is in (room for exports).
@@ -219,6 +227,7 @@ impl DiskState {
 
     /// Rereads the in-memory part from the database (after a snapshot replaced it).
     fn reload_small(&self) -> DResult<()> {
+        self.cache.clear();
         *self.small.write().unwrap() = load_small(&self.db)?;
         Ok(())
     }

@@ -38,19 +38,38 @@ impl DiskState {
         t.get(key2(repo.as_str(), &digest.to_string()).as_str())?.map(|v| blob_size(v.value())).transpose()
     }
 
-    /// A manifest by tag or digest, with its digest.
+    /// A manifest by tag or digest, with its digest. Hot tags and records come from the
+    /// cache; what is read from the database fills it.
     pub fn manifest(&self, repo: &RepoName, reference: &Reference) -> DResult<Option<(Digest, Arc<ManifestRecord>)>> {
-        let txn = self.read()?;
+        let r = repo.as_str();
+        // Taken before reading, so that a batch applied meanwhile keeps this read out of the cache.
+        let seen = self.cache.generation();
+        let mut txn = None;
         let digest = match reference {
             Reference::Digest(d) => d.clone(),
-            Reference::Tag(t) => {
-                let tags = txn.open_table(tables::TAGS)?;
-                let Some(v) = tags.get(key2(repo.as_str(), t.as_str()).as_str())? else { return Ok(None) };
-                postcard::from_bytes::<TagRecord>(v.value())?.digest
-            }
+            Reference::Tag(t) => match self.cache.tag(r, t.as_str()) {
+                Some(d) => d,
+                None => {
+                    let tags = txn.insert(self.read()?).open_table(tables::TAGS)?;
+                    let Some(v) = tags.get(key2(r, t.as_str()).as_str())? else { return Ok(None) };
+                    let d = postcard::from_bytes::<TagRecord>(v.value())?.digest;
+                    self.cache.fill_tag(seen, r, t.as_str(), &d);
+                    d
+                }
+            },
+        };
+        if let Some(m) = self.cache.manifest(r, &digest) {
+            return Ok(Some((digest, m)));
+        }
+        let txn = match txn {
+            Some(t) => t,
+            None => self.read()?,
         };
         let manifests = txn.open_table(tables::MANIFESTS)?;
-        Ok(record(&manifests, repo.as_str(), &digest)?.map(|m| (digest, Arc::new(m))))
+        let Some(m) = record(&manifests, r, &digest)? else { return Ok(None) };
+        let m = Arc::new(m);
+        self.cache.fill_manifest(seen, r, &digest, &m);
+        Ok(Some((digest, m)))
     }
 
     /// Up to `n` tags after `last`, in lexical order; `None` if the repository does not exist.
