@@ -39,6 +39,8 @@ pub struct ApiConfig {
     pub trusted_proxies: client::TrustedProxies,
     /// Write an access log line per request.
     pub access_log: bool,
+    /// Largest manifest body a push may store (`berth.limits.maxmanifestbytes`).
+    pub max_manifest_bytes: usize,
 }
 
 /// Everything a request handler needs.

@@ -254,6 +254,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             body_rate: berth_api::handlers::BodyRate { bytes_per_sec: limits.min_body_rate, window: limits.body_rate_window },
             trusted_proxies: cfg.trusted_proxies()?,
             access_log: cfg.log.accesslog.disabled != Some(true),
+            max_manifest_bytes: limits.max_manifest_bytes,
         },
         metrics: HttpMetrics::new(&registry)?,
         auth: Arc::new(authorizer),

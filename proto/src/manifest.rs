@@ -18,8 +18,12 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 /// Signed Docker schema 1 (refused).
 pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
-/// Largest manifest body accepted.
-pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Largest manifest body accepted unless configured otherwise (`berth.limits.maxmanifestbytes`;
+/// Distribution's limit too).
+pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// The most `berth.limits.maxmanifestbytes` may allow: a manifest travels in one Raft entry,
+/// and Raft messages between nodes are limited to 64 MiB.
+pub const MAX_MANIFEST_BYTES: usize = 32 * 1024 * 1024;
 
 /// Why a manifest body was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -607,3 +607,41 @@ async fn the_grpc_listener_is_capped_and_drops_silent_connections() {
         assert!(closed, "a silent gRPC connection was kept");
     }
 }
+
+/// A manifest over `berth.limits.maxmanifestbytes` is refused with 413 `SIZE_INVALID` and
+/// stores nothing; one within it is stored. The limit is 4 MiB unless configured.
+#[tokio::test]
+async fn manifests_over_the_configured_size_are_refused_and_store_nothing() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let padded = |pad: usize, config: &Digest| {
+        let mut m: serde_json::Value = serde_json::from_slice(&berth_tests::image_manifest((config, 2), &[])).unwrap();
+        m["annotations"] = serde_json::json!({"pad": "x".repeat(pad)});
+        serde_json::to_vec(&m).unwrap()
+    };
+    for (limit, env) in [(4usize << 20, vec![]), (2048, vec![("REGISTRY_BERTH_LIMITS_MAXMANIFESTBYTES", "2048")])] {
+        let home = dir.path().join(limit.to_string());
+        std::fs::create_dir_all(&home).unwrap();
+        let b = node(&home, &env);
+        let reg = Registry::new(&b.url);
+        let config = reg.push_blob("size/app", b"{}").await.unwrap();
+        let over = padded(limit, &config);
+        assert!(over.len() > limit);
+        let r = reg
+            .http
+            .put(reg.abs("/v2/size/app/manifests/big"))
+            .header("Content-Type", berth_tests::OCI_MANIFEST)
+            .body(over)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE, "limit {limit}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("SIZE_INVALID") && body.contains("maxmanifestbytes"), "{body}");
+        assert_eq!(reg.get_manifest("size/app", "big").await.unwrap().0, StatusCode::NOT_FOUND);
+        let within = padded(limit - 400, &config);
+        assert!(within.len() <= limit);
+        reg.push_manifest("size/app", "ok", &within, berth_tests::OCI_MANIFEST).await.unwrap();
+        assert_eq!(reg.get_manifest("size/app", "ok").await.unwrap().1, within);
+    }
+}

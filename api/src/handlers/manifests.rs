@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, StatusCode};
-use berth_proto::manifest::{parse_manifest, ManifestError, MAX_MANIFEST_BYTES};
+use berth_proto::manifest::{parse_manifest, ManifestError};
 use berth_proto::{Command, Digest, ManifestRecord, Outcome, Reference};
 
 use super::{empty, finish, repo_name, ApiResult};
@@ -106,8 +106,9 @@ async fn negotiate(
 }
 
 async fn put(api: &Api, repo: berth_proto::RepoName, reference: Reference, headers: &HeaderMap, body: Body) -> ApiResult {
-    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_BYTES).await.map_err(|_| {
-        ApiError::new(Code::SizeInvalid, format!("manifest is larger than {MAX_MANIFEST_BYTES} bytes"))
+    let max = api.config.max_manifest_bytes;
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::new(Code::SizeInvalid, format!("manifest is larger than {max} bytes (berth.limits.maxmanifestbytes)"))
             .status(StatusCode::PAYLOAD_TOO_LARGE)
     })?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());

@@ -26,6 +26,9 @@ pub struct LimitsConfig {
     /// Free space kept on the data and blob filesystems: writes are refused (507) below it,
     /// so the Raft log never meets a full disk (default 256MiB, in bytes).
     pub diskreserve: Option<u64>,
+    /// Largest manifest a push may store, in bytes (default 4194304, as Distribution; at most
+    /// 33554432). A larger one is refused with 413 `SIZE_INVALID`.
+    pub maxmanifestbytes: Option<usize>,
 }
 
 /// The limits with defaults applied.
@@ -43,6 +46,8 @@ pub struct Limits {
     pub body_rate_window: Duration,
     /// See [`LimitsConfig::diskreserve`].
     pub disk_reserve: u64,
+    /// See [`LimitsConfig::maxmanifestbytes`].
+    pub max_manifest_bytes: usize,
 }
 
 impl Limits {
@@ -65,7 +70,12 @@ impl Limits {
             min_body_rate: c.minbodyrate.unwrap_or(1024),
             body_rate_window: dur(&c.bodyratewindow, "bodyratewindow", 30)?,
             disk_reserve: c.diskreserve.unwrap_or(256 << 20),
+            max_manifest_bytes: c.maxmanifestbytes.unwrap_or(berth_proto::manifest::DEFAULT_MAX_MANIFEST_BYTES),
         };
+        let most = berth_proto::manifest::MAX_MANIFEST_BYTES;
+        if !(1..=most).contains(&limits.max_manifest_bytes) {
+            bail!("invalid configuration value at berth.limits.maxmanifestbytes: must be between 1 and {most}");
+        }
         if limits.max_connections == 0 {
             bail!("invalid configuration value at berth.limits.maxconnections: must be positive");
         }
@@ -86,5 +96,8 @@ mod tests {
         assert!(Limits::from_config(&bad).unwrap_err().to_string().contains("berth.limits.idletimeout"));
         let bad = LimitsConfig { maxconnections: Some(0), ..Default::default() };
         assert!(Limits::from_config(&bad).unwrap_err().to_string().contains("berth.limits.maxconnections"));
+        assert_eq!(l.max_manifest_bytes, 4 << 20);
+        let bad = LimitsConfig { maxmanifestbytes: Some(64 << 20), ..Default::default() };
+        assert!(Limits::from_config(&bad).unwrap_err().to_string().contains("berth.limits.maxmanifestbytes"));
     }
 }
