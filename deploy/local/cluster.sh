@@ -46,8 +46,38 @@ token="$dir/cluster-token"
 export REGISTRY_BERTH_CLUSTERTOKENFILE="$token"
 
 py="$(command -v /usr/bin/python3 || command -v python3)"
+# A free loopback port from below the kernel's ephemeral range: a port from that range can be
+# taken by any outgoing connection between this pick and the node's bind (a CI run lost a
+# cluster to that while another cluster was busy on the same machine).
+# free_port VAR: sets VAR to a port not picked before by this run.
+picked=" "
 free_port() {
-  "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  local _picked_port  # not a name a caller passes
+  while :; do
+    _picked_port="$(pick_port)"
+    [[ "$picked" == *" $_picked_port "* ]] || break
+  done
+  picked+="$_picked_port "
+  printf -v "$1" '%s' "$_picked_port"
+}
+pick_port() {
+  "$py" - <<'PY'
+import random, socket
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except Exception:
+    low = 32768
+for _ in range(1000 if low > 11000 else 0):
+    port = random.randrange(10000, low)
+    try:
+        socket.socket().bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(port)
+    break
+else:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
+PY
 }
 
 # field ID N: the Nth field of node ID's line in DIR/nodes.
@@ -176,7 +206,9 @@ up() {
   [[ -f "$token" ]] || (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$token")
   local grpcs=() https=()
   for n in $(seq 1 "$voters"); do
-    local h="127.0.0.1:$(free_port)" g="127.0.0.1:$(free_port)"
+    local hp gp
+    free_port hp; free_port gp
+    local h="127.0.0.1:$hp" g="127.0.0.1:$gp"
     write_config "$n" voter "$h" "$g" ""
     grpcs+=("$g"); https+=("$h")
   done
@@ -198,7 +230,9 @@ up() {
     wait_http "${https[n-1]}" "$dir/node$n/log"
   done
   for f in $(seq 1 "$frontends"); do
-    local n=$((voters + f)) h="127.0.0.1:$(free_port)" pid
+    local hp
+    free_port hp
+    local n=$((voters + f)) h="127.0.0.1:$hp" pid
     write_config "$n" frontend "$h" "-" "$peers"
     pid="$(launch "$n")"
     wait_http "$h" "$dir/node$n/log"
@@ -207,7 +241,7 @@ up() {
   done
   mv "$dir/nodes.tmp" "$dir/nodes"
   local port
-  port="$(free_port)"
+  free_port port
   write_nginx "$port" "${https[@]}"
   (exec nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" >>"$dir/nginx/error.log" 2>&1) &
   echo "http://127.0.0.1:$port" >"$dir/lb"

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod ports;
 pub mod suite;
 pub mod tokens;
 
@@ -117,22 +118,35 @@ impl Berth {
 
     /// Starts the process; `addr` pins the port (used for restarts so URLs stay valid).
     fn spawn(&mut self, addr: Option<&str>) {
+        // A first start on loopback picks its ports below the ephemeral range (see `ports`);
+        // in the rare case another picker took one first, it picks again.
+        for _ in 0..3 {
+            if self.spawn_once(addr) {
+                return;
+            }
+            self.grpc_addr.clear();
+        }
+        panic!("berth found its ports taken three times; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+    }
+
+    /// One start; false if a first start on loopback found a picked port taken.
+    fn spawn_once(&mut self, addr: Option<&str>) -> bool {
         let mut cmd = match &self.place {
             None => Command::new(berth_bin()),
             Some((ns, _)) => berth_chaos::net::command_in(ns, berth_bin()),
         };
         cmd.env("REGISTRY_BERTH_CLUSTERTOKENFILE", cluster_token_file());
-        let any_port = match &self.place {
-            None => "127.0.0.1:0".to_string(),
+        let any_port = || match &self.place {
+            None => ports::free_addr(),
             Some((_, ip)) => format!("{ip}:0"),
         };
         cmd.arg("serve").arg("--data-dir").arg(&self.data_dir);
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
         }
-        cmd.env("REGISTRY_HTTP_ADDR", addr.unwrap_or(&any_port));
+        cmd.env("REGISTRY_HTTP_ADDR", addr.map(str::to_string).unwrap_or_else(any_port));
         // Every node gets its own gRPC port; a restart keeps it, since peers know it.
-        let grpc = if self.grpc_addr.is_empty() { any_port.clone() } else { self.grpc_addr.clone() };
+        let grpc = if self.grpc_addr.is_empty() { any_port() } else { self.grpc_addr.clone() };
         cmd.env("REGISTRY_BERTH_GRPCADDR", grpc);
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -167,7 +181,12 @@ impl Berth {
                 Ok((_, u)) => self.debug_url = Some(u),
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("berth did not start; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    if addr.is_none() && self.place.is_none() && log.contains("Address already in use") {
+                        return false;
+                    }
+                    panic!("berth did not start; log:\n{log}");
                 }
             }
         }
@@ -175,6 +194,7 @@ impl Berth {
         self.addr = url.trim_start_matches("http://").trim_start_matches("https://").to_string();
         self.url = url;
         self.child = Some(child);
+        true
     }
 
     /// SIGKILL, no chance to clean up.

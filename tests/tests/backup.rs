@@ -69,7 +69,7 @@ async fn a_cluster_lost_whole_comes_back_from_a_backup_and_a_blob_copy() {
 
     tracing::info!("restore into a new node 1, which founds a new cluster; two new voters join it");
     let new = dir.path().join("new");
-    let grpcs: Vec<String> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string()).collect();
+    let grpcs: Vec<String> = (0..3).map(|_| berth_tests::ports::free_addr()).collect();
     let join = grpcs.join(",");
     let blobs_s = blobs.to_str().unwrap().to_string();
     let env = |id: usize| -> Vec<(String, String)> {

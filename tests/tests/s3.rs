@@ -14,17 +14,13 @@ impl Drop for Moto {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distribution_api_on_s3() {
     init_tracing();
     if !require_tool("moto_server") {
         return;
     }
-    let port = free_port();
+    let port = berth_tests::ports::free_port();
     let mut moto = Moto(
         Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -85,7 +81,7 @@ async fn distribution_api_on_s3() {
 #[test]
 fn an_unreachable_object_store_stops_the_start_naming_the_cause() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = format!("http://127.0.0.1:{}", berth_tests::ports::free_port());
     let t = std::time::Instant::now();
     let out = berth_tests::berth_command()
         .args(["serve", "--data-dir"])
