@@ -141,4 +141,8 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn finish_upload(&self, id: &str, digest: &Digest) -> Result<u64, BlobError>;
     /// Removes an upload's staging area.
     async fn remove_upload(&self, id: &str) -> Result<(), BlobError>;
+    /// Stores small content whole (a manifest body) at its content address, durably, after
+    /// checking that it hashes to `digest` ([`BlobError::DigestMismatch`] otherwise). A no-op
+    /// if the blob exists.
+    async fn put_content(&self, digest: &Digest, bytes: Bytes) -> Result<(), BlobError>;
 }

@@ -232,7 +232,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let meta_space = SpaceGuard::new(vec![data_dir.clone()], limits.disk_reserve);
     let (meta, handover): (Arc<dyn Metadata>, Option<membership::handover::Handover>) = match role {
         Role::Voter => {
-            let (meta, handover) = start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, meta_space.clone(), limits, &registry, stop_rx.clone()).await?;
+            let bodies = Arc::new(metadata::bodies::ManifestBodies::new(blobs.clone(), metadata::bodies::CACHE_BYTES, &registry)?);
+            let (meta, handover) =
+                start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, meta_space.clone(), bodies, limits, &registry, stop_rx.clone()).await?;
             (meta, Some(handover))
         }
         Role::Frontend => {
@@ -361,6 +363,7 @@ async fn start_voter(
     tls: Option<&MutualTls>,
     token: &cluster_token::ClusterToken,
     space: SpaceGuard,
+    bodies: Arc<metadata::bodies::ManifestBodies>,
     limits: config::Limits,
     registry: &prometheus::Registry,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -392,7 +395,7 @@ async fn start_voter(
     };
     let network = raft_network::GrpcNetwork::new(peers.clone());
     let node = raft::start(&data_dir.join("raft"), node_id, &raft_addr, snapshot_every, space.clone(), bootstrap, network).await?;
-    let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers.clone(), space.clone(), registry)?);
+    let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers.clone(), space.clone(), bodies, registry)?);
     let contact = membership::failover::LeaderContact::default();
     if let Some((grpc_listener, grpc_local)) = grpc {
         let (raft, state, voter, tls, token, mut stop) =

@@ -54,7 +54,7 @@ impl SpaceGuard {
     /// they are how an operator makes room.
     pub fn admit(&self, command: &Command) -> Result<(), MetaError> {
         match command {
-            Command::LinkBlob { .. } | Command::PutManifest { .. } => self.check().map_err(MetaError::Full),
+            Command::LinkBlob { .. } | Command::PutManifest { .. } | Command::PutStoredManifest { .. } => self.check().map_err(MetaError::Full),
             _ => Ok(()),
         }
     }

@@ -69,6 +69,20 @@ pub enum Command {
     },
     /// Changes users, projects, members, tokens or signing keys.
     Identity(IdentityChange),
+    /// [`Command::PutManifest`] for a manifest whose body is durable and verified in the blob
+    /// store under `digest`: `manifest.body` is empty, the entry carries only what the indexes
+    /// need, and readers take the body from the store. The leader proposes it in place of a
+    /// `PutManifest` once every member reads protocol 3.
+    PutStoredManifest {
+        /// Repository.
+        repo: RepoName,
+        /// Digest of the body, which the blob store holds.
+        digest: Digest,
+        /// The manifest and what it references; `body` is empty.
+        manifest: ManifestRecord,
+        /// Tag to point at it, if pushed by tag.
+        tag: Option<Tag>,
+    },
 }
 
 /// The newest log-entry protocol this build writes and reads. A command that came after
@@ -79,13 +93,15 @@ pub enum Command {
 ///
 /// 1. Blobs, manifests, tags, users, projects, members, tokens, signing keys.
 /// 2. Groups, group members and group deploy tokens.
-pub const PROTOCOL: u32 = 2;
+/// 3. Manifest bodies in the blob store ([`Command::PutStoredManifest`]).
+pub const PROTOCOL: u32 = 3;
 
 impl Command {
     /// The protocol that introduced this command (see [`PROTOCOL`]).
     pub fn since(&self) -> u32 {
         match self {
             Command::Identity(change) => change.since(),
+            Command::PutStoredManifest { .. } => 3,
             _ => 1,
         }
     }
@@ -100,6 +116,7 @@ impl Command {
             Command::DeleteManifest { .. } => "delete_manifest",
             Command::DeleteTag { .. } => "delete_tag",
             Command::Identity(_) => "identity",
+            Command::PutStoredManifest { .. } => "put_manifest",
         }
     }
 }
@@ -109,7 +126,9 @@ impl Command {
 pub struct ManifestRecord {
     /// Media type it is served with.
     pub media_type: String,
-    /// The exact bytes pushed.
+    /// The exact bytes pushed; empty in the state for a manifest whose body is in the blob
+    /// store ([`Command::PutStoredManifest`]; no manifest is empty), and filled from the store
+    /// in every answer.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// Blobs it references (config and layers), sorted.

@@ -5,6 +5,7 @@
 pub mod disk;
 pub mod identity;
 pub mod log_store;
+pub mod segments;
 pub mod state;
 pub mod state_machine;
 pub mod types;

@@ -238,7 +238,7 @@ impl RegistryState {
                     Outcome::NotFound
                 }
             }
-            Command::PutManifest { repo, digest, manifest, tag } => {
+            Command::PutManifest { repo, digest, manifest, tag } | Command::PutStoredManifest { repo, digest, manifest, tag } => {
                 let empty = Repo::default();
                 let r = self.repos.get(repo).unwrap_or(&empty);
                 let blobs: Vec<Digest> =

@@ -398,13 +398,7 @@ async fn voters_named_in_join_add_themselves_in_any_order() {
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("blobs").to_str().unwrap().to_string();
     let grpcs: Vec<String> = (0..3)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .to_string()
-        })
+        .map(|_| berth_tests::ports::free_addr())
         .collect();
     let join = grpcs.join(",");
     let start = |id: usize| {
@@ -639,4 +633,61 @@ async fn a_removed_node_stops_campaigning_says_so_and_can_come_back_under_a_new_
     assert_eq!(status.matches(" voter ").count(), 3, "{status}");
     let m = push_image(&Registry::new(&voters[0].url), "removed/app", "v2", 6).await;
     assert_eq!(Registry::new(&voters[2].url).get_manifest("removed/app", "v2").await.unwrap(), (reqwest::StatusCode::OK, m));
+}
+
+/// The sum over `nodes` of `berth_manifest_bodies_total{body="<body>"}`.
+async fn manifest_bodies(nodes: &[&Berth], body: &str) -> u64 {
+    let mut total = 0;
+    for n in nodes {
+        let text = reqwest::get(format!("{}/metrics", n.debug_url.as_ref().unwrap())).await.unwrap().text().await.unwrap();
+        let prefix = format!("berth_manifest_bodies_total{{body=\"{body}\"}} ");
+        total += text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.trim().parse::<u64>().unwrap());
+    }
+    total
+}
+
+/// Manifest bodies are content (issue 10): the leader leaves a body out of the log entry
+/// (protocol 3) only once every member has said it reads such entries. While one has not (a
+/// member down since before anyone asked, as in a rolling upgrade), pushes are not held back:
+/// their entries carry the body as before. Either way every node serves every manifest whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_bodies_leave_the_log_once_every_member_reads_protocol_3() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = voter_cluster(dir.path(), 3, &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
+    let status = berth_cluster(&["status", "--node", &nodes[0].grpc_addr]);
+    assert_eq!(status.matches("protocol=3").count(), 3, "{status}");
+    tracing::info!("node 3 goes down before the leader has asked it anything");
+    nodes[2].kill9();
+    let reg = Registry::new(&nodes[1].url);
+    let inline = push_image(&reg, "upgrade/app", "inline", 1).await;
+    assert_eq!(manifest_bodies(&[&nodes[0], &nodes[1]], "entry").await, 1, "the body must stay in the entry while node 3 is unknown");
+    assert_eq!(manifest_bodies(&[&nodes[0], &nodes[1]], "store").await, 0);
+
+    tracing::info!("node 3 is back: later bodies go to the blob store only");
+    nodes[2].restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pushed = Vec::new();
+    while manifest_bodies(&[&nodes[0], &nodes[1], &nodes[2]], "store").await == 0 {
+        assert!(Instant::now() < deadline, "no manifest left the log after node 3 came back");
+        let tag = format!("stored-{}", pushed.len());
+        pushed.push((tag.clone(), push_image(&reg, "upgrade/app", &tag, 10 + pushed.len() as u64).await));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stored = pushed.last().unwrap().clone();
+    for n in &nodes {
+        let reg = Registry::new(&n.url);
+        for (tag, body) in [("inline".to_string(), &inline), (stored.0.clone(), &stored.1)] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let (s, got) = reg.get_manifest("upgrade/app", &tag).await.unwrap();
+                if s == 200 {
+                    assert_eq!(&got, body, "{tag} from {}", n.url);
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{tag} from {}: {s}", n.url);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }

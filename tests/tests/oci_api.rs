@@ -218,3 +218,85 @@ async fn tls_speaks_http2_reloads_on_sighup_and_checks_client_certificates() {
     let (cc, ck) = (client_cert.to_str().unwrap(), client_key.to_str().unwrap());
     assert_eq!(curl_tls(&["--cacert", &ca_path, "--cert", cc, "--key", ck, &url]), (true, "200 2".into()));
 }
+
+/// Every file under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Manifest bodies are content (issue 10): the body lands in the blob store, verified; the
+/// Raft log and the state database keep only what the indexes need; after a restart the body
+/// is served from the store; a body damaged in the store or gone from it is an error, never
+/// other bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_bodies_live_in_the_blob_store_not_the_log() {
+    use berth_proto::Digest;
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut node = Berth::start(&data, None, &[]);
+    let reg = Registry::new(&node.url);
+    let (config, layer) = (random_bytes(1, 300), random_bytes(2, 3000));
+    let (cd, ld) = (reg.push_blob("content/app", &config).await.unwrap(), reg.push_blob("content/app", &layer).await.unwrap());
+    // A marker where no index looks: a layer's annotation.
+    let marker = format!("marker-{:016x}", rand::random::<u64>());
+    let body = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": berth_tests::OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld.to_string(), "size": layer.len(),
+                    "annotations": {"org.example.marker": marker}}],
+    }))
+    .unwrap();
+    let digest = reg.push_manifest("content/app", "v1", &body, berth_tests::OCI_MANIFEST).await.unwrap();
+    assert_eq!(digest, Digest::sha256_of(&body));
+
+    let stored: Vec<_> = files_under(&data).into_iter().filter(|p| *p.file_name().unwrap() == *digest.hex()).collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), body);
+    let raft = files_under(&data.join("raft"));
+    assert!(!raft.is_empty());
+    for f in &raft {
+        let bytes = std::fs::read(f).unwrap();
+        assert!(!bytes.windows(marker.len()).any(|w| w == marker.as_bytes()), "the body is in {}", f.display());
+    }
+    assert_eq!(reg.get_manifest("content/app", "v1").await.unwrap(), (reqwest::StatusCode::OK, body.clone()));
+    assert_eq!(reg.get_manifest("content/app", &digest.to_string()).await.unwrap(), (reqwest::StatusCode::OK, body.clone()));
+
+    tracing::info!("after a restart the body comes from the store");
+    node.restart();
+    let reg = Registry::new(&node.url);
+    assert_eq!(reg.get_manifest("content/app", "v1").await.unwrap(), (reqwest::StatusCode::OK, body.clone()));
+
+    tracing::info!("damaged in the store: refused, not served");
+    std::fs::remove_file(&stored[0]).unwrap();
+    std::fs::write(&stored[0], b"{\"schemaVersion\":2}").unwrap();
+    node.restart();
+    let reg = Registry::new(&node.url);
+    let (s, got) = reg.get_manifest("content/app", "v1").await.unwrap();
+    assert_eq!(s, reqwest::StatusCode::INTERNAL_SERVER_ERROR, "{}", String::from_utf8_lossy(&got));
+    assert!(String::from_utf8_lossy(&got).contains("damaged"), "{}", String::from_utf8_lossy(&got));
+    tracing::info!("pushed again, the damaged copy is replaced");
+    reg.push_manifest("content/app", "v1", &body, berth_tests::OCI_MANIFEST).await.unwrap();
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), body);
+    assert_eq!(reg.get_manifest("content/app", "v1").await.unwrap(), (reqwest::StatusCode::OK, body.clone()));
+    tracing::info!("gone from the store: an error that says so");
+    std::fs::remove_file(&stored[0]).unwrap();
+    node.restart();
+    let reg = Registry::new(&node.url);
+    let (s, got) = reg.get_manifest("content/app", "v1").await.unwrap();
+    assert_eq!(s, reqwest::StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(String::from_utf8_lossy(&got).contains("missing"), "{}", String::from_utf8_lossy(&got));
+    tracing::info!("pushed again, it is whole again");
+    reg.push_manifest("content/app", "v1", &body, berth_tests::OCI_MANIFEST).await.unwrap();
+    assert_eq!(reg.get_manifest("content/app", "v1").await.unwrap(), (reqwest::StatusCode::OK, body));
+}

@@ -128,6 +128,10 @@ async fn put(api: &Api, repo: berth_proto::RepoName, reference: Reference, heade
         Reference::Tag(t) => (Digest::sha256_of(&bytes), Some(t)),
     };
     let subject = parsed.subject.clone();
+    // The body is content: durable and verified in the blob store before the entry that
+    // names it commits. The leader checks it is there and leaves it out of the entry once
+    // every member reads such entries (see the node's `metadata::bodies`).
+    api.blobs.put_content(&digest, bytes.clone()).await?;
     let record = ManifestRecord {
         media_type: parsed.media_type,
         body: bytes.to_vec(),

@@ -10,7 +10,8 @@
 //! from holds the command back, with a 503 that says which node to upgrade.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_api::MetaError;
@@ -32,11 +33,37 @@ pub struct ProtocolGate {
     heard: Mutex<HashMap<u64, u32>>,
     /// The last successful check: when, for which members, up to which protocol.
     checked: Mutex<Option<(Instant, BTreeSet<u64>, u32)>>,
+    /// Set while a check started by [`ProtocolGate::supports`] runs.
+    checking: AtomicBool,
 }
 
 impl ProtocolGate {
     pub fn new(raft: Raft, peers: Peers) -> Self {
-        ProtocolGate { raft, peers, heard: Mutex::default(), checked: Mutex::default() }
+        ProtocolGate { raft, peers, heard: Mutex::default(), checked: Mutex::default(), checking: AtomicBool::new(false) }
+    }
+
+    /// Whether every member reads protocol `need`, for a command that has a form every
+    /// member reads: never waits on members, but answers from the last check while it is
+    /// fresh, else from what each member said last, and starts a new check for later callers.
+    pub fn supports(self: &Arc<Self>, need: u32) -> bool {
+        let members: BTreeSet<u64> = {
+            let m = self.raft.metrics().borrow().clone();
+            m.membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| *id != m.id).collect()
+        };
+        if let Some((at, seen, upto)) = self.checked.lock().unwrap().as_ref() {
+            if at.elapsed() < FRESH && *seen == members && *upto >= need {
+                return true;
+            }
+        }
+        if !self.checking.swap(true, Ordering::AcqRel) {
+            let gate = self.clone();
+            tokio::spawn(async move {
+                let _ = gate.admit(need, "a check").await;
+                gate.checking.store(false, Ordering::Release);
+            });
+        }
+        let heard = self.heard.lock().unwrap();
+        members.iter().all(|id| heard.get(id).is_some_and(|p| *p >= need))
     }
 
     /// Ok when every member of the cluster reads entries of protocol `need`.
@@ -73,9 +100,11 @@ impl ProtocolGate {
                 None => Some(format!("node {id} ({addr}) has not said which protocol it reads")),
             })
             .collect();
+        // What every member reads, so that a check for a lower protocol keeps a higher one.
+        let upto = members.iter().filter_map(|(id, _)| heard.get(id).copied()).min().unwrap_or(berth_proto::PROTOCOL);
         drop(heard);
         if behind.is_empty() {
-            *self.checked.lock().unwrap() = Some((Instant::now(), ids, need));
+            *self.checked.lock().unwrap() = Some((Instant::now(), ids, upto));
             return Ok(());
         }
         Err(MetaError::Unavailable(format!(

@@ -4,6 +4,7 @@
 //! node only needs two operations, `apply` and `query`; [`ClusterMetadata`] builds the API's
 //! calls from them.
 
+pub mod bodies;
 pub mod coalesce;
 pub mod frontend;
 pub mod remote;

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_api::MetaError;
-use berth_proto::{Answer, Outcome, Query, Request};
+use berth_proto::{Answer, Command, Outcome, Query, Request};
 use berth_raft_store::{Raft, SharedState};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::BasicNode;
 
 use super::remote::{self, backoff, Leader, Reply, TIMEOUT};
+use super::bodies::ManifestBodies;
 use super::coalesce::Coalescer;
 use super::MetadataBackend;
 use crate::peers::Peers;
@@ -53,12 +54,22 @@ struct Node {
     paused: Arc<AtomicBool>,
     /// Holds back commands that some member's build could not decode.
     protocol: Arc<ProtocolGate>,
+    /// Manifest bodies in the blob store.
+    bodies: Arc<ManifestBodies>,
 }
 
 impl RaftMetadata {
     /// Wraps a started Raft node; `peers` supplies the (shared) channels to the leader, and
-    /// `space` refuses additions while this node leads with too little free disk.
-    pub fn new(raft: Raft, state: SharedState, peers: Peers, space: SpaceGuard, registry: &prometheus::Registry) -> prometheus::Result<Self> {
+    /// `space` refuses additions while this node leads with too little free disk; manifest
+    /// bodies are kept in, and read from, `bodies`.
+    pub fn new(
+        raft: Raft,
+        state: SharedState,
+        peers: Peers,
+        space: SpaceGuard,
+        bodies: Arc<ManifestBodies>,
+        registry: &prometheus::Registry,
+    ) -> prometheus::Result<Self> {
         let forwarded = prometheus::IntCounterVec::new(
             prometheus::Opts::new("berth_forwarded_requests_total", "Metadata requests forwarded to the leader."),
             &["kind", "result"],
@@ -67,7 +78,7 @@ impl RaftMetadata {
         let r = raft.clone();
         let confirm = Arc::new(Coalescer::new(move || confirm_read_index(r.clone())));
         let protocol = Arc::new(ProtocolGate::new(raft.clone(), peers.clone()));
-        let node = Node { raft, peers, space, forwarded, confirm, paused: Arc::default(), protocol };
+        let node = Node { raft, peers, space, forwarded, confirm, paused: Arc::default(), protocol, bodies };
         let n = node.clone();
         let read_index = Coalescer::new(move || {
             let n = n.clone();
@@ -116,7 +127,7 @@ impl Node {
         Some(MetaError::Unavailable(format!("no quorum: a majority of voters has not answered the leader for {ms} ms")))
     }
 
-    async fn commit_here(&self, req: Request, wait: Duration) -> Result<Reply<Outcome>, MetaError> {
+    async fn commit_here(&self, mut req: Request, wait: Duration) -> Result<Reply<Outcome>, MetaError> {
         if let Some(e) = self.quorum_lost() {
             return Err(e);
         }
@@ -131,6 +142,15 @@ impl Node {
         if leads {
             // Only the leader proposes: its log (and then every voter's) takes the entry.
             self.space.admit(&req.command)?;
+            // A manifest's body leaves the entry for the blob store, unless some member's build
+            // reads no such entries yet: then the entry carries it, as before.
+            if matches!(req.command, Command::PutManifest { .. }) {
+                if self.protocol.supports(3) {
+                    req.command = self.bodies.out_of_entry(req.command).await?;
+                } else {
+                    self.bodies.kept_in_entry();
+                }
+            }
             self.protocol.admit(req.command.since(), req.command.kind()).await?;
         }
         let kind = req.command.kind();
@@ -257,7 +277,8 @@ impl MetadataBackend for RaftMetadata {
 
     async fn query(&self, q: Query) -> Result<Answer, MetaError> {
         self.barrier().await?;
-        self.state.answer(&q).map_err(|e| MetaError::Internal(e.to_string()))
+        let answer = self.state.answer(&q).map_err(|e| MetaError::Internal(e.to_string()))?;
+        self.node.bodies.fill_answer(answer).await
     }
 }
 

@@ -189,6 +189,16 @@ impl FsBlobStore {
             let mut n = 0;
             for entry in std::fs::read_dir(&dir).map_err(io_err)? {
                 let path = entry.map_err(io_err)?.path();
+                if path.is_file() {
+                    // Content staged by `put_content` in a process that died before it
+                    // linked the content and removed the file.
+                    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+                    let age_ms = modified.and_then(|m| m.elapsed().ok()).map_or(u64::MAX, |a| a.as_millis() as u64);
+                    if age_ms > age.as_millis() as u64 && !dry_run {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    continue;
+                }
                 let started = std::fs::read_to_string(path.join("startedat"))
                     .ok()
                     .and_then(|s| s.trim().parse::<u64>().ok())
@@ -391,6 +401,38 @@ impl BlobStore for FsBlobStore {
         valid_id(id).map_err(|_| BlobError::UploadUnknown)?;
         let dir = self.upload_dir(id);
         blocking(move || std::fs::remove_dir_all(dir).map_err(upload_err)).await
+    }
+
+    async fn put_content(&self, digest: &Digest, bytes: bytes::Bytes) -> Result<(), BlobError> {
+        let actual = digest.same_algorithm_of(&bytes);
+        if &actual != digest {
+            return Err(BlobError::DigestMismatch { expected: digest.clone(), actual });
+        }
+        let target = self.blob_path(digest);
+        // Staged beside the uploads (same filesystem, so the rename below is atomic); a file
+        // left by a crash is removed by upload purging.
+        let staged = self.root.join("uploads").join(format!("content-{:016x}", rand::random::<u64>()));
+        let expected = digest.clone();
+        blocking(move || {
+            // Small content is checked where it stands: a damaged copy is replaced, so pushing
+            // a manifest again repairs it.
+            if std::fs::read(&target).is_ok_and(|held| expected.same_algorithm_of(&held) == expected) {
+                return Ok(());
+            }
+            let stored = (|| {
+                let mut f = std::fs::File::create(&staged)?;
+                std::io::Write::write_all(&mut f, &bytes)?;
+                // The bytes reach the disk before the blob's name does.
+                f.sync_all()?;
+                let parent = target.parent().expect("blob path has a parent");
+                create_dirs_durably(parent)?;
+                std::fs::rename(&staged, &target)?;
+                sync_dir(parent)
+            })();
+            let _ = std::fs::remove_file(&staged);
+            stored.map_err(io_err)
+        })
+        .await
     }
 }
 

@@ -178,4 +178,11 @@ impl BlobStore for MeteredStore {
         self.observe("Delete", t);
         r
     }
+    async fn put_content(&self, digest: &Digest, bytes: bytes::Bytes) -> Result<(), BlobError> {
+        self.space.admit_upload()?;
+        let t = Instant::now();
+        let r = self.inner.inner().put_content(digest, bytes).await;
+        self.observe("PutContent", t);
+        r
+    }
 }

@@ -267,4 +267,18 @@ impl BlobStore for ObjectBlobStore {
         }
         Ok(())
     }
+
+    async fn put_content(&self, digest: &Digest, bytes: bytes::Bytes) -> Result<(), BlobError> {
+        let actual = digest.same_algorithm_of(&bytes);
+        if &actual != digest {
+            return Err(BlobError::DigestMismatch { expected: digest.clone(), actual });
+        }
+        let target = self.blob_path(digest);
+        if self.store.head(&target).await.is_ok() {
+            return Ok(());
+        }
+        // One PUT: the object appears whole or not at all, and is durable once acknowledged.
+        self.store.put(&target, PutPayload::from(bytes)).await.map_err(os_err)?;
+        Ok(())
+    }
 }

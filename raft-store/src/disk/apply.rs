@@ -209,7 +209,7 @@ impl<'t> Writer<'t> {
                     Outcome::NotFound
                 }
             }
-            Command::PutManifest { repo, digest, manifest, tag } => {
+            Command::PutManifest { repo, digest, manifest, tag } | Command::PutStoredManifest { repo, digest, manifest, tag } => {
                 let r = repo.as_str();
                 let mut missing_blobs = Vec::new();
                 for b in &manifest.blobs {

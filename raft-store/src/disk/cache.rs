@@ -6,53 +6,14 @@
 //! read, so it can never put back what a concurrent batch removed; and a linearizable read
 //! waits for the applied index, which moves only after the invalidation.
 //!
-//! Eviction is two-segment: entries go into `young`; when it is full it becomes `old` (the
-//! previous `old` is dropped) and a hit in `old` moves the entry back to `young`. Memory is
-//! bounded by twice a segment's budget.
+//! Eviction is two-segment ([`Segments`]).
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use berth_proto::{Digest, ManifestRecord};
 
-/// One two-segment map, bounded by a budget of `cost` per segment.
-struct Segments<K, V> {
-    young: HashMap<K, V>,
-    old: HashMap<K, V>,
-    young_cost: usize,
-    budget: usize,
-}
-
-impl<K: Hash + Eq + Clone, V: Clone> Segments<K, V> {
-    fn new(budget: usize) -> Self {
-        Segments { young: HashMap::new(), old: HashMap::new(), young_cost: 0, budget }
-    }
-
-    fn get(&mut self, k: &K, cost: impl Fn(&V) -> usize) -> Option<V> {
-        if let Some(v) = self.young.get(k) {
-            return Some(v.clone());
-        }
-        let v = self.old.remove(k)?;
-        self.insert(k.clone(), v.clone(), cost(&v));
-        Some(v)
-    }
-
-    fn insert(&mut self, k: K, v: V, cost: usize) {
-        if self.young_cost + cost > self.budget {
-            self.old = std::mem::take(&mut self.young);
-            self.young_cost = 0;
-        }
-        self.young_cost += cost;
-        self.young.insert(k, v);
-    }
-
-    fn remove(&mut self, k: &K) {
-        self.young.remove(k);
-        self.old.remove(k);
-    }
-}
+use crate::segments::Segments;
 
 /// What a batch changed that the cache may hold.
 #[derive(Default)]
@@ -126,7 +87,7 @@ impl HotCache {
         let mut tags = self.tags.lock().unwrap();
         let mut manifests = self.manifests.lock().unwrap();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let (tb, mb) = (tags.budget, manifests.budget);
+        let (tb, mb) = (tags.budget(), manifests.budget());
         *tags = Segments::new(tb);
         *manifests = Segments::new(mb);
     }
@@ -167,6 +128,6 @@ mod tests {
             c.fill_tag(c.generation(), "r", &format!("x{i}"), &d);
         }
         let t = c.tags.lock().unwrap();
-        assert!(t.young.len() + t.old.len() <= 8);
+        assert!(t.len() <= 8);
     }
 }

@@ -40,14 +40,16 @@ fn arb_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (0u8..3, 0u8..6).prop_map(|(r, d)| Command::LinkBlob { repo: repo(r), digest: digest(d), size: d as u64 }),
         (0u8..3, 0u8..6).prop_map(|(r, d)| Command::UnlinkBlob { repo: repo(r), digest: digest(d) }),
-        (0u8..3, 10u8..14, ids(0..6), ids(10..14), proptest::option::of(10u8..14), proptest::option::of(0u8..3)).prop_map(
-            |(r, m, blobs, children, subject, t)| Command::PutManifest {
-                repo: repo(r),
-                digest: digest(m),
-                manifest: manifest(m, blobs, children, subject),
-                tag: t.map(tag),
-            }
-        ),
+        (0u8..3, 10u8..14, ids(0..6), ids(10..14), proptest::option::of(10u8..14), proptest::option::of(0u8..3), any::<bool>())
+            .prop_map(|(r, m, blobs, children, subject, t, stored)| {
+                let (repo, digest, manifest, tag) = (repo(r), digest(m), manifest(m, blobs, children, subject), t.map(tag));
+                if stored {
+                    // The body is in the blob store (protocol 3); inline and stored entries mix.
+                    Command::PutStoredManifest { repo, digest, manifest: ManifestRecord { body: vec![], ..manifest }, tag }
+                } else {
+                    Command::PutManifest { repo, digest, manifest, tag }
+                }
+            }),
         (0u8..3, 10u8..14).prop_map(|(r, d)| Command::DeleteManifest { repo: repo(r), digest: digest(d) }),
         (0u8..3, 0u8..3).prop_map(|(r, t)| Command::DeleteTag { repo: repo(r), tag: tag(t) }),
         (0u8..2).prop_map(|s| Command::InitHttpSecret { secret: vec![s] }),
