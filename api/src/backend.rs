@@ -27,6 +27,10 @@ pub enum MetaError {
     /// returns; reads and deletes still work.
     #[error("storage full: {0}")]
     Full(String),
+    /// The command came with a newer log protocol than some member reads (a rolling upgrade
+    /// is under way). Nothing was applied; the caller may send the command's older form.
+    #[error("not read by every member yet: {0}")]
+    Outdated(String),
 }
 
 /// Registry metadata. Reads are linearizable: a write acknowledged anywhere is visible.

@@ -151,8 +151,9 @@ impl IntoResponse for ApiError {
 impl From<MetaError> for ApiError {
     fn from(e: MetaError) -> Self {
         match e {
-            MetaError::Unavailable(m) => ApiError::new(Code::Unavailable, format!("registry metadata unavailable: {m}"))
-                .header(axum::http::header::RETRY_AFTER, "1"),
+            MetaError::Unavailable(m) | MetaError::Outdated(m) => {
+                ApiError::new(Code::Unavailable, format!("registry metadata unavailable: {m}")).header(axum::http::header::RETRY_AFTER, "1")
+            }
             MetaError::Internal(m) => ApiError::new(Code::Unknown, m),
             MetaError::Full(m) => BlobError::Full(m).into(),
         }

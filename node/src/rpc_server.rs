@@ -257,6 +257,7 @@ fn meta_status(e: MetaError) -> Status {
         MetaError::Unavailable(m) => Status::unavailable(m),
         MetaError::Internal(m) => Status::internal(m),
         MetaError::Full(m) => Status::resource_exhausted(m),
+        MetaError::Outdated(m) => Status::failed_precondition(m),
     }
 }
 

@@ -7,6 +7,7 @@ use berth_proto::{Command, Digest, ManifestRecord, Outcome, Reference};
 
 use super::{empty, finish, repo_name, ApiResult};
 use crate::error::{ApiError, Code};
+use crate::MetaError;
 use crate::Api;
 
 fn reference(s: &str) -> Result<Reference, ApiError> {
@@ -38,7 +39,11 @@ pub async fn handle(api: &Api, method: &Method, name: &str, reference_str: &str,
                 .header(header::CONTENT_LENGTH, m.body.len())
                 .header("Docker-Content-Digest", digest.to_string())
                 .header(header::ETAG, format!("\"{digest}\""));
-            let body = if *method == Method::HEAD { Body::empty() } else { Body::from(m.body.clone()) };
+            let body = match *method {
+                Method::HEAD => Body::empty(),
+                // Held here alone (a body just read from the store), it is moved, not copied.
+                _ => Body::from(std::sync::Arc::try_unwrap(m).map_or_else(|shared| shared.body.clone(), |m| m.body)),
+            };
             Ok(finish(b, body))
         }
         Method::PUT => put(api, repo, reference, headers, body).await,
@@ -129,12 +134,11 @@ async fn put(api: &Api, repo: berth_proto::RepoName, reference: Reference, heade
     };
     let subject = parsed.subject.clone();
     // The body is content: durable and verified in the blob store before the entry that
-    // names it commits. The leader checks it is there and leaves it out of the entry once
-    // every member reads such entries (see the node's `metadata::bodies`).
+    // names it commits, which carries only what the indexes need.
     api.blobs.put_content(&digest, bytes.clone()).await?;
     let record = ManifestRecord {
         media_type: parsed.media_type,
-        body: bytes.to_vec(),
+        body: Vec::new(),
         blobs: parsed.blobs,
         manifests: parsed.manifests,
         subject: parsed.subject,
@@ -142,8 +146,16 @@ async fn put(api: &Api, repo: berth_proto::RepoName, reference: Reference, heade
         annotations: parsed.annotations,
         created_ms: berth_proto::now_ms(),
     };
-    let cmd = Command::PutManifest { repo: repo.clone(), digest: digest.clone(), manifest: record, tag };
-    match api.meta.apply(cmd).await? {
+    let stored = Command::PutStoredManifest { repo: repo.clone(), digest: digest.clone(), manifest: record.clone(), tag: tag.clone() };
+    let outcome = match api.meta.apply(stored).await {
+        // A rolling upgrade is under way: the entry carries the body, as older builds expect.
+        Err(MetaError::Outdated(_)) => {
+            let inline = ManifestRecord { body: bytes.to_vec(), ..record };
+            api.meta.apply(Command::PutManifest { repo: repo.clone(), digest: digest.clone(), manifest: inline, tag }).await?
+        }
+        other => other?,
+    };
+    match outcome {
         Outcome::MissingReferences { blobs, manifests } => {
             let missing: Vec<String> = blobs.iter().chain(manifests.iter()).map(|d| d.to_string()).collect();
             Err(ApiError::new(Code::ManifestBlobUnknown, "manifest references content unknown to the repository")

@@ -33,27 +33,36 @@ pub struct ProtocolGate {
     heard: Mutex<HashMap<u64, u32>>,
     /// The last successful check: when, for which members, up to which protocol.
     checked: Mutex<Option<(Instant, BTreeSet<u64>, u32)>>,
+    /// The members [`ProtocolGate::supports`] last asked and waited for.
+    asked: Mutex<Option<BTreeSet<u64>>>,
     /// Set while a check started by [`ProtocolGate::supports`] runs.
     checking: AtomicBool,
 }
 
 impl ProtocolGate {
     pub fn new(raft: Raft, peers: Peers) -> Self {
-        ProtocolGate { raft, peers, heard: Mutex::default(), checked: Mutex::default(), checking: AtomicBool::new(false) }
+        ProtocolGate { raft, peers, heard: Mutex::default(), checked: Mutex::default(), asked: Mutex::default(), checking: AtomicBool::new(false) }
     }
 
     /// Whether every member reads protocol `need`, for a command that has a form every
-    /// member reads: never waits on members, but answers from the last check while it is
-    /// fresh, else from what each member said last, and starts a new check for later callers.
-    pub fn supports(self: &Arc<Self>, need: u32) -> bool {
+    /// member reads. The first call for a set of members asks them (at most [`ASK_TIMEOUT`]);
+    /// later calls never wait: they answer from the last check while it is fresh, else from
+    /// what each member said last, and start a new check for the callers after them.
+    pub async fn supports(self: &Arc<Self>, need: u32) -> bool {
         let members: BTreeSet<u64> = {
             let m = self.raft.metrics().borrow().clone();
             m.membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| *id != m.id).collect()
         };
         if let Some((at, seen, upto)) = self.checked.lock().unwrap().as_ref() {
-            if at.elapsed() < FRESH && *seen == members && *upto >= need {
+            if *seen == members && at.elapsed() < FRESH && *upto >= need {
                 return true;
             }
+        }
+        if self.asked.lock().unwrap().as_ref() != Some(&members) {
+            // Never asked these members (a new leader, a membership change): ask now, once.
+            let ok = self.admit(need, "a check").await.is_ok();
+            *self.asked.lock().unwrap() = Some(members);
+            return ok;
         }
         if !self.checking.swap(true, Ordering::AcqRel) {
             let gate = self.clone();

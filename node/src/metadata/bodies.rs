@@ -17,6 +17,9 @@ use futures::StreamExt;
 
 /// Bytes of bodies held per cache segment (at most twice this in all).
 pub const CACHE_BYTES: usize = 16 << 20;
+/// Bodies larger than this are read from the store each time: hot manifests are small
+/// (a few KiB), and a few large ones would push every small one out.
+pub const CACHE_MAX_BODY: usize = 256 << 10;
 
 /// The blob store's manifest bodies, with a cache of hot ones.
 pub struct ManifestBodies {
@@ -45,8 +48,13 @@ impl ManifestBodies {
     }
 
     /// Counts a manifest proposed with its body in the entry.
-    pub fn kept_in_entry(&self) {
+    pub fn counted_in_entry(&self) {
         self.committed.with_label_values(&["entry"]).inc();
+    }
+
+    /// Counts a manifest proposed with its body in the store.
+    pub fn counted_stored(&self) {
+        self.committed.with_label_values(&["store"]).inc();
     }
 
     /// The body of the manifest `digest`, verified.
@@ -55,8 +63,7 @@ impl ManifestBodies {
             return Ok(b);
         }
         let body = Arc::new(self.read(digest).await?);
-        // A body larger than a quarter of a segment would push out everything else.
-        if body.len() <= self.cache.lock().unwrap().budget() / 4 {
+        if body.len() <= CACHE_MAX_BODY {
             self.cache.lock().unwrap().insert(digest.clone(), body.clone(), cost(&body));
         }
         Ok(body)
@@ -67,8 +74,13 @@ impl ManifestBodies {
             BlobError::NotFound => MetaError::Internal(format!("the body of manifest {digest} is missing from the blob store")),
             e => MetaError::Unavailable(format!("reading the body of manifest {digest}: {e}")),
         };
+        // Sized up front: one allocation of the body's size, not a doubling series of them.
+        let size = self.store.stat(digest).await.map_err(unavailable)?.ok_or_else(|| unavailable(BlobError::NotFound))?;
+        if size > MAX_MANIFEST_BYTES as u64 {
+            return Err(MetaError::Internal(format!("the body of manifest {digest} in the blob store is larger than any manifest")));
+        }
         let mut stream = self.store.read(digest, None).await.map_err(unavailable)?;
-        let mut body = Vec::new();
+        let mut body = Vec::with_capacity(size as usize);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| MetaError::Unavailable(format!("reading the body of manifest {digest}: {e}")))?;
             if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
@@ -97,7 +109,7 @@ impl ManifestBodies {
             BlobError::DigestMismatch { .. } => MetaError::Internal(format!("manifest {digest}: {e}")),
             e => MetaError::Unavailable(format!("storing the body of manifest {digest}: {e}")),
         })?;
-        self.committed.with_label_values(&["store"]).inc();
+        self.counted_stored();
         Ok(Command::PutStoredManifest { repo, digest, manifest, tag })
     }
 
@@ -106,8 +118,10 @@ impl ManifestBodies {
         if !record.body.is_empty() {
             return Ok(record);
         }
-        let body = self.get(digest).await?;
-        Ok(Arc::new(ManifestRecord { body: body.as_ref().clone(), ..record.as_ref().clone() }))
+        // A body not kept in the cache is moved, not copied.
+        let body = Arc::try_unwrap(self.get(digest).await?).unwrap_or_else(|cached| cached.as_ref().clone());
+        let record = Arc::try_unwrap(record).unwrap_or_else(|shared| shared.as_ref().clone());
+        Ok(Arc::new(ManifestRecord { body, ..record }))
     }
 
     /// An answer with every manifest in it whole.

@@ -100,7 +100,7 @@ impl RemoteMetadata {
         self.voters.len() as u32 + 2
     }
 
-    async fn apply_once(&self, req: &Request, give_up: u64) -> Result<Outcome, String> {
+    async fn apply_once(&self, req: &Request, give_up: u64) -> Result<Outcome, MetaError> {
         let mut last = String::from("no voter answered");
         let mut doubt = false;
         for attempt in 0..self.attempts() {
@@ -119,6 +119,7 @@ impl RemoteMetadata {
                         continue;
                     }
                 }
+                Err(e @ (MetaError::Full(_) | MetaError::Outdated(_))) => return Err(e),
                 Err(e) => {
                     doubt |= remote::in_doubt(&e);
                     last = e.to_string();
@@ -131,7 +132,7 @@ impl RemoteMetadata {
         if doubt {
             remote::outlive(give_up).await;
         }
-        Err(last)
+        Err(MetaError::Unavailable(last))
     }
 
     async fn query_once(&self, q: &Query) -> Result<Answer, MetaError> {
@@ -162,7 +163,8 @@ impl MetadataBackend for RemoteMetadata {
         let kind = req.command.kind();
         match tokio::time::timeout(TIMEOUT + Duration::from_millis(100), self.apply_once(&req, remote::give_up_at())).await {
             Ok(Ok(o)) => Ok(o),
-            Ok(Err(e)) => Err(MetaError::Unavailable(format!("{kind}: {e}"))),
+            Ok(Err(MetaError::Unavailable(e))) => Err(MetaError::Unavailable(format!("{kind}: {e}"))),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(MetaError::Unavailable(format!("{kind}: no voter committed it in time"))),
         }
     }

@@ -68,7 +68,7 @@ const NO_ANSWER: &str = "no answer within";
 pub fn in_doubt(e: &MetaError) -> bool {
     match e {
         MetaError::Unavailable(m) => !["tcp connect error", "error trying to connect", "no quorum:", TIME_RAN_OUT].iter().any(|s| m.contains(s)),
-        MetaError::Full(_) => false,
+        MetaError::Full(_) | MetaError::Outdated(_) => false,
         _ => true,
     }
 }
@@ -98,10 +98,13 @@ async fn within<T>(
 }
 
 fn status(addr: &str, s: tonic::Status) -> MetaError {
-    if s.code() == tonic::Code::ResourceExhausted {
-        return MetaError::Full(format!("{addr}: {}", s.message()));
+    match s.code() {
+        tonic::Code::ResourceExhausted => MetaError::Full(format!("{addr}: {}", s.message())),
+        // A leader of this build refusing a command some member does not read yet, or one of
+        // an older build that cannot decode the command at all.
+        tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => MetaError::Outdated(format!("{addr}: {}", s.message())),
+        _ => MetaError::Unavailable(format!("{addr}: {}", s.message())),
     }
-    MetaError::Unavailable(format!("{addr}: {}", s.message()))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, MetaError> {
@@ -162,4 +165,59 @@ pub async fn query(peers: &Peers, addr: &str, q: &Query) -> Result<Answer, MetaE
 /// Exponential back-off between tries: 50, 100, 200, 400, 800 ms.
 pub async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// During a rolling upgrade a leader of an older build cannot decode a newer command and
+    /// answers InvalidArgument; one of this build refuses it with FailedPrecondition. Either
+    /// way the sender learns that nothing was applied and that the older form will do.
+    #[test]
+    fn a_leader_that_cannot_take_a_command_says_so_for_certain() {
+        for s in [tonic::Status::invalid_argument("undecodable payload: Found an enum discriminant that was not in the allowed range"), tonic::Status::failed_precondition("a member reads no log protocol 3 yet")] {
+            let e = status("127.0.0.1:1", s);
+            assert!(matches!(e, MetaError::Outdated(_)), "{e:?}");
+            assert!(!in_doubt(&e));
+        }
+        let e = status("127.0.0.1:1", tonic::Status::resource_exhausted("full"));
+        assert!(matches!(e, MetaError::Full(_)));
+        assert!(in_doubt(&status("127.0.0.1:1", tonic::Status::unavailable("connection reset"))));
+    }
+
+    /// What an old leader really answers for a command its build does not know: postcard
+    /// fails on the variant index, which is how the server's `decode` turns into
+    /// InvalidArgument.
+    #[test]
+    fn a_newer_command_does_not_decode_as_an_older_enum() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        enum Older {
+            InitHttpSecret(Vec<u8>),
+            LinkBlob,
+            UnlinkBlob,
+            PutManifest,
+            DeleteManifest,
+            DeleteTag,
+            Identity,
+        }
+        let cmd = berth_proto::Command::PutStoredManifest {
+            repo: berth_proto::RepoName::parse("a/b").unwrap(),
+            digest: berth_proto::Digest::sha256_of(b"x"),
+            manifest: berth_proto::ManifestRecord {
+                media_type: String::new(),
+                body: vec![],
+                blobs: vec![],
+                manifests: vec![],
+                subject: None,
+                artifact_type: None,
+                annotations: Default::default(),
+                created_ms: 0,
+            },
+            tag: None,
+        };
+        let bytes = postcard::to_stdvec(&cmd).unwrap();
+        assert!(postcard::from_bytes::<Older>(&bytes).is_err());
+    }
 }

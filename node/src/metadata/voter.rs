@@ -142,14 +142,19 @@ impl Node {
         if leads {
             // Only the leader proposes: its log (and then every voter's) takes the entry.
             self.space.admit(&req.command)?;
-            // A manifest's body leaves the entry for the blob store, unless some member's build
-            // reads no such entries yet: then the entry carries it, as before.
-            if matches!(req.command, Command::PutManifest { .. }) {
-                if self.protocol.supports(3) {
-                    req.command = self.bodies.out_of_entry(req.command).await?;
-                } else {
-                    self.bodies.kept_in_entry();
+            // A manifest's body stays out of the entry (in the blob store), unless some member's
+            // build reads no such entries yet: then the entry carries it, as before.
+            match req.command {
+                Command::PutStoredManifest { .. } if !self.protocol.supports(3).await => {
+                    return Err(MetaError::Outdated("a member of the cluster reads no log protocol 3 yet".into()));
                 }
+                Command::PutStoredManifest { .. } => self.bodies.counted_stored(),
+                // From a node of an older build, body included.
+                Command::PutManifest { .. } if self.protocol.supports(3).await => {
+                    req.command = self.bodies.out_of_entry(req.command).await?;
+                }
+                Command::PutManifest { .. } => self.bodies.counted_in_entry(),
+                _ => {}
             }
             self.protocol.admit(req.command.since(), req.command.kind()).await?;
         }
@@ -259,7 +264,7 @@ impl MetadataBackend for RaftMetadata {
                         last = format!("node {} is no longer the leader", leader.0);
                         hint = l.filter(|l| *l != leader);
                     }
-                    Err(e @ MetaError::Full(_)) => return Err(e),
+                    Err(e @ (MetaError::Full(_) | MetaError::Outdated(_))) => return Err(e),
                     Err(e) => {
                         doubt |= remote::in_doubt(&e);
                         last = e.to_string();

@@ -5,6 +5,7 @@
 //! ```text
 //! berth-scale fill URL REPOS MANIFESTS TAGS BIG_REPO_TAGS CONCURRENCY
 //! berth-scale measure URL REPOS BIG_REPO_TAGS
+//! berth-scale large-push|large-read URL COUNT BYTES
 //! ```
 //!
 //! `fill` makes repositories `scale/r00000`.. each with MANIFESTS/REPOS distinct manifests
@@ -12,6 +13,8 @@
 //! spread over them, plus `scale/big` with BIG_REPO_TAGS tags. Every PUT must answer 201.
 //! `measure` prints p50/p99 latencies of: the big repository's first tag page (n=100), its
 //! pages after a random `last=`, catalog pages after a random `last=`, and manifest GETs by tag.
+//! `large-push` pushes COUNT distinct manifests of about BYTES each to `scale/large` (the bulk
+//! is a layer annotation, which no index keeps); `large-read` reads each back and checks it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,7 +51,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, usage: &str) -> T {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: berth-scale fill URL REPOS MANIFESTS TAGS BIG_REPO_TAGS CONCURRENCY | measure URL REPOS BIG_REPO_TAGS";
+    let usage = "usage: berth-scale fill URL REPOS MANIFESTS TAGS BIG_REPO_TAGS CONCURRENCY | measure URL REPOS BIG_REPO_TAGS | large-push|large-read URL COUNT BYTES";
     let reg = Registry::new(args.get(2).expect(usage));
     match args.get(1).map(String::as_str) {
         Some("fill") => {
@@ -57,6 +60,8 @@ async fn main() {
             fill(&reg, repos, manifests, tags, big, conc).await
         }
         Some("measure") => measure(&reg, arg(&args, 3, usage), arg(&args, 4, usage)).await,
+        Some("large-push") => large(&reg, arg(&args, 3, usage), arg(&args, 4, usage), false).await,
+        Some("large-read") => large(&reg, arg(&args, 3, usage), arg(&args, 4, usage), true).await,
         _ => panic!("{usage}"),
     }
 }
@@ -151,4 +156,38 @@ async fn measure(reg: &Registry, repos: u64, big: u64) {
         format!("/v2/{}/manifests/{}", repo(pick(i, repos)), tag(0))
     })
     .await;
+}
+
+async fn large(reg: &Registry, count: u64, bytes: usize, read: bool) {
+    const REPO: &str = "scale/large";
+    let cfg = random_bytes(1, 300);
+    let layer = random_bytes(2, 4096);
+    let (c, l) = (berth_proto::Digest::sha256_of(&cfg).to_string(), berth_proto::Digest::sha256_of(&layer).to_string());
+    if !read {
+        reg.push_blob(REPO, &cfg).await.unwrap();
+        reg.push_blob(REPO, &layer).await.unwrap();
+    }
+    let body = |i: u64| {
+        let pad: String = random_bytes(1000 + i, bytes / 2).iter().map(|b| format!("{b:02x}")).collect();
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": 300},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": l, "size": 4096,
+                        "annotations": {"org.example.padding": pad}}],
+        }))
+        .unwrap()
+    };
+    let t = Instant::now();
+    for i in 0..count {
+        if read {
+            let (status, got) = reg.get_manifest(REPO, &format!("large-{i}")).await.unwrap();
+            assert_eq!(status, 200);
+            assert!(got == body(i), "large-{i} came back different");
+        } else {
+            reg.push_manifest(REPO, &format!("large-{i}"), &body(i), OCI_MANIFEST).await.unwrap();
+        }
+    }
+    let what = if read { "read back and checked" } else { "pushed" };
+    println!("large: {count} manifests of {} bytes {what} in {:.1} s", body(0).len(), t.elapsed().as_secs_f64());
 }

@@ -90,7 +90,7 @@ impl IntoResponse for V4Error {
 impl From<MetaError> for V4Error {
     fn from(e: MetaError) -> Self {
         let status = match e {
-            MetaError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MetaError::Unavailable(_) | MetaError::Outdated(_) => StatusCode::SERVICE_UNAVAILABLE,
             MetaError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             MetaError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
