@@ -113,6 +113,19 @@ pub struct ApiError {
 pub struct ErrorNote(pub String);
 
 impl ApiError {
+    /// The refusal of a change to `repo` that one of the registry's limits does not allow.
+    pub fn limit_reached(repo: &berth_proto::RepoName, limit: berth_proto::LimitKind, max: u64) -> Self {
+        use berth_proto::LimitKind;
+        let what = match limit {
+            LimitKind::TagsPerRepository => format!("repository {repo} holds {max} tags"),
+            LimitKind::RepositoriesPerNamespace => {
+                format!("namespace {} holds {max} repositories", berth_proto::namespace_of(repo.as_str()))
+            }
+        };
+        ApiError::new(Code::Denied, format!("{what}, the most {} allows: delete some, or ask an operator to raise it", limit.key()))
+            .detail(json!({"limit": limit.key(), "max": max}))
+    }
+
     /// An error with the code's usual status.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         ApiError { status: code.default_status(), code, message: message.into(), detail: Value::Null, headers: vec![] }

@@ -422,6 +422,9 @@ async fn start_voter(
     let cluster = Arc::new(ClusterMetadata::new(voter));
     workers::spawn_identity_refresher(cluster.clone(), stop.clone());
     let meta: Arc<dyn Metadata> = cluster;
+    if let Some(registry) = limits.registry {
+        workers::spawn_limits_setter(meta.clone(), registry, stop.clone());
+    }
     // Cluster secrets are seeded by the node that bootstraps the cluster; members that join
     // later receive them through the log.
     if node.sole_voter {

@@ -83,6 +83,29 @@ pub fn spawn_raft_metrics(raft: berth_raft_store::Raft, registry: &prometheus::R
 /// within about this long (plus one read).
 pub const IDENTITY_REFRESH: Duration = Duration::from_millis(250);
 
+/// Puts this voter's configured registry limits in the cluster's state, retrying until the
+/// cluster takes them (it may have no leader yet, or a member may still run an older build).
+pub fn spawn_limits_setter(meta: std::sync::Arc<dyn berth_api::Metadata>, limits: berth_proto::RegistryLimits, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match meta.apply(berth_proto::Command::SetLimits(limits)).await {
+                Ok(berth_proto::Outcome::Done) => {
+                    tracing::info!(?limits, "registry limits set for the cluster");
+                    return;
+                }
+                Ok(_) => return,
+                Err(e) => tracing::info!("registry limits not set yet (retrying in {wait:?}): {e}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    });
+}
+
 /// Keeps the node's copy of identity (users, tokens, signing keys) fresh.
 pub fn spawn_identity_refresher<B: crate::metadata::MetadataBackend>(
     meta: std::sync::Arc<crate::metadata::ClusterMetadata<B>>,

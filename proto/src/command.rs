@@ -83,6 +83,44 @@ pub enum Command {
         /// Tag to point at it, if pushed by tag.
         tag: Option<Tag>,
     },
+    /// Sets the cluster's registry limits (protocol 3).
+    SetLimits(RegistryLimits),
+}
+
+/// Limits on how much the registry holds, kept in the state so that every voter decides a
+/// push against the same numbers, in log order. 0 means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLimits {
+    /// Tags in one repository (`berth.limits.maxtagsperrepository`).
+    pub tags_per_repository: u64,
+    /// Repositories in one namespace (`berth.limits.maxrepositoriespernamespace`).
+    pub repositories_per_namespace: u64,
+}
+
+/// The namespace a repository belongs to, for [`RegistryLimits::repositories_per_namespace`]:
+/// its first path component (`team` for `team/app/api`); a repository with no `/` in its name
+/// is a namespace of its own.
+pub fn namespace_of(repo: &str) -> &str {
+    repo.split('/').next().unwrap_or(repo)
+}
+
+/// Which limit refused a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LimitKind {
+    /// [`RegistryLimits::tags_per_repository`].
+    TagsPerRepository,
+    /// [`RegistryLimits::repositories_per_namespace`].
+    RepositoriesPerNamespace,
+}
+
+impl LimitKind {
+    /// The configuration key that sets it.
+    pub fn key(self) -> &'static str {
+        match self {
+            LimitKind::TagsPerRepository => "berth.limits.maxtagsperrepository",
+            LimitKind::RepositoriesPerNamespace => "berth.limits.maxrepositoriespernamespace",
+        }
+    }
 }
 
 /// The newest log-entry protocol this build writes and reads. A command that came after
@@ -93,7 +131,8 @@ pub enum Command {
 ///
 /// 1. Blobs, manifests, tags, users, projects, members, tokens, signing keys.
 /// 2. Groups, group members and group deploy tokens.
-/// 3. Manifest bodies in the blob store ([`Command::PutStoredManifest`]).
+/// 3. Manifest bodies in the blob store ([`Command::PutStoredManifest`]), registry limits
+///    ([`Command::SetLimits`]).
 pub const PROTOCOL: u32 = 3;
 
 impl Command {
@@ -101,7 +140,7 @@ impl Command {
     pub fn since(&self) -> u32 {
         match self {
             Command::Identity(change) => change.since(),
-            Command::PutStoredManifest { .. } => 3,
+            Command::PutStoredManifest { .. } | Command::SetLimits(_) => 3,
             _ => 1,
         }
     }
@@ -117,6 +156,7 @@ impl Command {
             Command::DeleteTag { .. } => "delete_tag",
             Command::Identity(_) => "identity",
             Command::PutStoredManifest { .. } => "put_manifest",
+            Command::SetLimits(_) => "set_limits",
         }
     }
 }
@@ -175,5 +215,12 @@ pub enum Outcome {
     Conflict {
         /// Why, for people.
         reason: String,
+    },
+    /// Refused: it would take the registry past one of its limits.
+    LimitReached {
+        /// Which one.
+        limit: LimitKind,
+        /// Its value.
+        max: u64,
     },
 }

@@ -10,7 +10,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use berth_proto::identity::Identity;
-use berth_proto::{Answer, Command, Digest, ManifestRecord, Outcome, Query, Reference, RepoName, Request, Tag};
+use berth_proto::{namespace_of, Answer, Command, Digest, LimitKind, ManifestRecord, Outcome, Query, Reference, RegistryLimits, RepoName, Request, Tag};
 use serde::{Deserialize, Serialize};
 
 use crate::types::typ::{LogId, StoredMembership};
@@ -64,6 +64,9 @@ pub struct RegistryState {
     /// Users, projects, members, tokens and token signing keys (shared: queries hand out the
     /// same copy until the next change).
     pub identity: Arc<Identity>,
+    /// Registry limits (format 4 and later only: never in a format-3 snapshot).
+    #[serde(skip)]
+    pub limits: RegistryLimits,
 }
 
 /// What an encoded state starts with (format 3, since groups joined identity). Format 2
@@ -168,6 +171,7 @@ impl RegistryState {
                 node_ids_used: v.node_ids_used,
                 recent_deletes: v.recent_deletes,
                 identity: Arc::new(identity),
+                limits: RegistryLimits::default(),
             });
         }
         let upgrade = |last_applied, last_membership, http_secret, repos, node_ids_used, recent_deletes| RegistryState {
@@ -178,6 +182,7 @@ impl RegistryState {
             node_ids_used,
             recent_deletes,
             identity: Arc::default(),
+            limits: RegistryLimits::default(),
         };
         match postcard::from_bytes::<RegistryStateV1>(bytes) {
             Ok(v) => Ok(upgrade(v.last_applied, v.last_membership, v.http_secret, v.repos, v.node_ids_used, v.recent_deletes)),
@@ -206,6 +211,27 @@ impl RegistryState {
         self.recent_deletes.push_back(Tombstone { repo: repo.clone(), reference, at_ms });
     }
 
+    /// The refusal for a change to `repo` (tagging it `tag`) that would make a repository past
+    /// the namespace limit or a tag past the repository's limit.
+    fn over_limit(&self, repo: &RepoName, tag: Option<&Tag>) -> Option<Outcome> {
+        let limits = self.limits;
+        let existing = self.repos.get(repo);
+        if limits.repositories_per_namespace > 0 && existing.is_none() {
+            let ns = namespace_of(repo.as_str());
+            let held = self.repos.keys().filter(|r| namespace_of(r.as_str()) == ns).count() as u64;
+            if held >= limits.repositories_per_namespace {
+                return Some(Outcome::LimitReached { limit: LimitKind::RepositoriesPerNamespace, max: limits.repositories_per_namespace });
+            }
+        }
+        let tag = tag?;
+        let tags = existing.map_or(0, |r| r.tags.len() as u64);
+        let new = existing.is_none_or(|r| !r.tags.contains_key(tag));
+        if limits.tags_per_repository > 0 && new && tags >= limits.tags_per_repository {
+            return Some(Outcome::LimitReached { limit: LimitKind::TagsPerRepository, max: limits.tags_per_repository });
+        }
+        None
+    }
+
     /// Applies one command. Deterministic: depends only on the state and the request.
     pub fn apply(&mut self, req: &Request) -> Outcome {
         match &req.command {
@@ -218,6 +244,9 @@ impl RegistryState {
                 }
             }
             Command::LinkBlob { repo, digest, size } => {
+                if let Some(refused) = self.over_limit(repo, None) {
+                    return refused;
+                }
                 self.repos.entry(repo.clone()).or_default().blobs.insert(digest.clone(), *size);
                 Outcome::Done
             }
@@ -239,6 +268,9 @@ impl RegistryState {
                 }
             }
             Command::PutManifest { repo, digest, manifest, tag } | Command::PutStoredManifest { repo, digest, manifest, tag } => {
+                if let Some(refused) = self.over_limit(repo, tag.as_ref()) {
+                    return refused;
+                }
                 let empty = Repo::default();
                 let r = self.repos.get(repo).unwrap_or(&empty);
                 let blobs: Vec<Digest> =
@@ -297,6 +329,14 @@ impl RegistryState {
                 }
             }
             Command::Identity(change) => crate::identity::apply(Arc::make_mut(&mut self.identity), change, req.at_ms),
+            Command::SetLimits(limits) => {
+                if self.limits == *limits {
+                    Outcome::Unchanged
+                } else {
+                    self.limits = *limits;
+                    Outcome::Done
+                }
+            }
         }
     }
 

@@ -645,3 +645,83 @@ async fn manifests_over_the_configured_size_are_refused_and_store_nothing() {
         assert_eq!(reg.get_manifest("size/app", "ok").await.unwrap().1, within);
     }
 }
+
+/// Waits until the node's log says, for the `times`th time, that its configured registry
+/// limits are in the cluster's state.
+async fn limits_in_force(b: &Berth, times: usize) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_to_string(&b.log).unwrap_or_default().matches("registry limits set").count() < times {
+        assert!(Instant::now() < deadline, "the limits were never set");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PUTs `body` as `repo:tag` and returns the status and error text.
+async fn put_manifest(reg: &Registry, repo: &str, tag: &str, body: &[u8]) -> (StatusCode, String) {
+    let r = reg
+        .http
+        .put(reg.abs(&format!("/v2/{repo}/manifests/{tag}")))
+        .header("Content-Type", berth_tests::OCI_MANIFEST)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+/// A client cannot grow the registry without bound: tags per repository and repositories per
+/// namespace are limited when configured (`berth.limits.maxtagsperrepository`,
+/// `maxrepositoriespernamespace`), decided in log order so that concurrent pushes cannot
+/// overshoot; past a limit is 403 `DENIED` naming the key, and nothing is stored. Moving an
+/// existing tag is not a new tag; deleting one makes room; a raised limit takes effect when the
+/// voter restarts with it.
+#[tokio::test]
+async fn tags_and_repositories_stop_at_their_configured_limits() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let limits = [("REGISTRY_BERTH_LIMITS_MAXTAGSPERREPOSITORY", "3"), ("REGISTRY_BERTH_LIMITS_MAXREPOSITORIESPERNAMESPACE", "2")];
+    let mut b = node(dir.path(), &limits);
+    limits_in_force(&b, 1).await;
+    let reg = Registry::new(&b.url);
+    let config = reg.push_blob("team/app", b"{}").await.unwrap();
+    let image = |n: usize| {
+        let mut m: serde_json::Value = serde_json::from_slice(&berth_tests::image_manifest((&config, 2), &[])).unwrap();
+        m["annotations"] = serde_json::json!({"n": n.to_string()});
+        serde_json::to_vec(&m).unwrap()
+    };
+    for t in ["a", "b", "c"] {
+        reg.push_manifest("team/app", t, &image(0), berth_tests::OCI_MANIFEST).await.unwrap();
+    }
+    let (s, text) = put_manifest(&reg, "team/app", "d", &image(1)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{text}");
+    assert!(text.contains("DENIED") && text.contains("berth.limits.maxtagsperrepository") && text.contains("holds 3 tags"), "{text}");
+    assert_eq!(reg.get_manifest("team/app", "d").await.unwrap().0, StatusCode::NOT_FOUND);
+    tracing::info!("moving a tag is not a new one; deleting one makes room");
+    reg.push_manifest("team/app", "c", &image(2), berth_tests::OCI_MANIFEST).await.unwrap();
+    assert_eq!(reg.get_manifest("team/app", "c").await.unwrap().1, image(2));
+    let r = reg.http.delete(reg.abs("/v2/team/app/manifests/a")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    reg.push_manifest("team/app", "d", &image(1), berth_tests::OCI_MANIFEST).await.unwrap();
+
+    tracing::info!("a third repository in the namespace is refused, by upload and by mount");
+    reg.push_blob("team/web", b"web").await.unwrap();
+    let upload = reg.push_blob("team/db", b"db").await;
+    let e = upload.expect_err("a third repository in team/ was accepted").to_string();
+    assert!(e.contains("403") || e.contains("DENIED"), "{e}");
+    let r = reg.http.post(reg.abs(&format!("/v2/team/db/blobs/uploads/?mount={config}&from=team/app"))).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("berth.limits.maxrepositoriespernamespace"));
+    let catalog: serde_json::Value = reg.http.get(reg.abs("/v2/_catalog")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!(["team/app", "team/web"]));
+    tracing::info!("other namespaces are not affected");
+    reg.push_blob("other/db", b"db").await.unwrap();
+
+    tracing::info!("raised limits take effect when the voter restarts with them");
+    b.kill9();
+    let mut raised = node(dir.path(), &[("REGISTRY_BERTH_LIMITS_MAXTAGSPERREPOSITORY", "0"), ("REGISTRY_BERTH_LIMITS_MAXREPOSITORIESPERNAMESPACE", "0")]);
+    limits_in_force(&raised, 2).await;
+    let reg = Registry::new(&raised.url);
+    reg.push_blob("team/db", b"db").await.unwrap();
+    reg.push_manifest("team/app", "e", &image(3), berth_tests::OCI_MANIFEST).await.unwrap();
+    raised.kill9();
+}

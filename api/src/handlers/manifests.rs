@@ -156,6 +156,7 @@ async fn put(api: &Api, repo: berth_proto::RepoName, reference: Reference, heade
         other => other?,
     };
     match outcome {
+        Outcome::LimitReached { limit, max } => Err(ApiError::limit_reached(&repo, limit, max)),
         Outcome::MissingReferences { blobs, manifests } => {
             let missing: Vec<String> = blobs.iter().chain(manifests.iter()).map(|d| d.to_string()).collect();
             Err(ApiError::new(Code::ManifestBlobUnknown, "manifest references content unknown to the repository")

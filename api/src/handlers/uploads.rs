@@ -52,6 +52,15 @@ fn created(repo: &RepoName, digest: &Digest) -> axum::response::Response {
     )
 }
 
+/// What a `LinkBlob` did, as the API answers it: a new repository past its namespace's limit is
+/// refused (the bytes stay for a later try, or for garbage collection).
+fn linked(repo: &RepoName, outcome: berth_proto::Outcome) -> Result<(), ApiError> {
+    match outcome {
+        berth_proto::Outcome::LimitReached { limit, max } => Err(ApiError::limit_reached(repo, limit, max)),
+        _ => Ok(()),
+    }
+}
+
 /// Makes staged bytes a blob: verified and durable at the content address first, then linked
 /// through Raft, and only then is the staging area removed (a failed commit can be retried).
 async fn commit(api: &Api, repo: RepoName, id: &str, digest: &Digest) -> ApiResult {
@@ -64,7 +73,7 @@ async fn commit(api: &Api, repo: RepoName, id: &str, digest: &Digest) -> ApiResu
         }
         Err(e) => return Err(e.into()),
     };
-    api.meta.apply(Command::LinkBlob { repo: repo.clone(), digest: digest.clone(), size }).await?;
+    linked(&repo, api.meta.apply(Command::LinkBlob { repo: repo.clone(), digest: digest.clone(), size }).await?)?;
     if let Err(e) = api.blobs.remove_upload(id).await {
         tracing::warn!(upload = id, "staging not removed after commit (purging will): {e}");
     }
@@ -83,7 +92,7 @@ pub async fn start(api: &Api, name: &str, uri: &Uri, body: Body, grant: &Grant) 
         if let Some(from) = from.and_then(|f| RepoName::parse(f).ok()) {
             if let Some(size) = api.meta.blob_size(&from, &mount).await? {
                 if api.blobs.stat(&mount).await?.is_some() {
-                    api.meta.apply(Command::LinkBlob { repo: repo.clone(), digest: mount.clone(), size }).await?;
+                    linked(&repo, api.meta.apply(Command::LinkBlob { repo: repo.clone(), digest: mount.clone(), size }).await?)?;
                     return Ok(created(&repo, &mount));
                 }
             }

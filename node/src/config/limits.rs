@@ -29,6 +29,13 @@ pub struct LimitsConfig {
     /// Largest manifest a push may store, in bytes (default 4194304, as Distribution; at most
     /// 33554432). A larger one is refused with 413 `SIZE_INVALID`.
     pub maxmanifestbytes: Option<usize>,
+    /// Tags one repository may hold (0: no limit). A push of a new tag past it is refused
+    /// with 403 `DENIED` naming this key. Kept in the cluster's state, decided in log order;
+    /// the voter that starts last with this key or the next set decides both for the cluster.
+    pub maxtagsperrepository: Option<u64>,
+    /// Repositories one namespace (the first component of a name: `team` in `team/app`) may
+    /// hold (0: no limit), like `maxtagsperrepository`.
+    pub maxrepositoriespernamespace: Option<u64>,
 }
 
 /// The limits with defaults applied.
@@ -48,6 +55,9 @@ pub struct Limits {
     pub disk_reserve: u64,
     /// See [`LimitsConfig::maxmanifestbytes`].
     pub max_manifest_bytes: usize,
+    /// The cluster's registry limits, if this node's configuration sets either key
+    /// ([`LimitsConfig::maxtagsperrepository`], [`LimitsConfig::maxrepositoriespernamespace`]).
+    pub registry: Option<berth_proto::RegistryLimits>,
 }
 
 impl Limits {
@@ -71,6 +81,10 @@ impl Limits {
             body_rate_window: dur(&c.bodyratewindow, "bodyratewindow", 30)?,
             disk_reserve: c.diskreserve.unwrap_or(256 << 20),
             max_manifest_bytes: c.maxmanifestbytes.unwrap_or(berth_proto::manifest::DEFAULT_MAX_MANIFEST_BYTES),
+            registry: (c.maxtagsperrepository.is_some() || c.maxrepositoriespernamespace.is_some()).then(|| berth_proto::RegistryLimits {
+                tags_per_repository: c.maxtagsperrepository.unwrap_or(0),
+                repositories_per_namespace: c.maxrepositoriespernamespace.unwrap_or(0),
+            }),
         };
         let most = berth_proto::manifest::MAX_MANIFEST_BYTES;
         if !(1..=most).contains(&limits.max_manifest_bytes) {
@@ -97,6 +111,10 @@ mod tests {
         let bad = LimitsConfig { maxconnections: Some(0), ..Default::default() };
         assert!(Limits::from_config(&bad).unwrap_err().to_string().contains("berth.limits.maxconnections"));
         assert_eq!(l.max_manifest_bytes, 4 << 20);
+        assert_eq!(l.registry, None);
+        let some = LimitsConfig { maxtagsperrepository: Some(5), ..Default::default() };
+        let want = berth_proto::RegistryLimits { tags_per_repository: 5, repositories_per_namespace: 0 };
+        assert_eq!(Limits::from_config(&some).unwrap().registry, Some(want));
         let bad = LimitsConfig { maxmanifestbytes: Some(64 << 20), ..Default::default() };
         assert!(Limits::from_config(&bad).unwrap_err().to_string().contains("berth.limits.maxmanifestbytes"));
     }

@@ -12,7 +12,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::cache::Changed;
 use super::tables::{self, bounds, key2, key3, last_part, seq_key, within};
-use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_IDENTITY};
+use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_IDENTITY, META_LIMITS};
 use crate::state::{RegistryState, TagRecord, Tombstone, MAX_TOMBSTONES, TOMBSTONE_TTL_MS};
 use crate::types::typ::{Entry, StoredMembership};
 
@@ -73,6 +73,7 @@ pub(super) fn load_legacy(txn: &WriteTransaction, state: &RegistryState) -> DRes
             tomb_next: 0,
         },
         identity: state.identity.clone(),
+        limits: state.limits,
     };
     let mut w = Writer::open(txn, small)?;
     w.identity_changed = true;
@@ -107,6 +108,7 @@ struct Writer<'t> {
     tombstones: T<'t>,
     small: Small,
     identity_changed: bool,
+    limits_changed: bool,
     /// What the cache may hold that this batch changed.
     changed: Changed,
 }
@@ -134,6 +136,7 @@ impl<'t> Writer<'t> {
             tombstones: txn.open_table(tables::TOMBSTONES)?,
             small,
             identity_changed: false,
+            limits_changed: false,
             changed: Changed::default(),
         })
     }
@@ -143,6 +146,9 @@ impl<'t> Writer<'t> {
         self.meta.insert(META_HEAD, postcard::to_stdvec(&self.small.head)?.as_slice())?;
         if self.identity_changed {
             self.meta.insert(META_IDENTITY, postcard::to_stdvec(&*self.small.identity)?.as_slice())?;
+        }
+        if self.limits_changed {
+            self.meta.insert(META_LIMITS, postcard::to_stdvec(&self.small.limits)?.as_slice())?;
         }
         Ok((self.small, self.changed))
     }
@@ -188,6 +194,9 @@ impl<'t> Writer<'t> {
                 }
             }
             Command::LinkBlob { repo, digest, size } => {
+                if let Some(refused) = self.over_limit(repo, None)? {
+                    return Ok(refused);
+                }
                 self.link_blob(repo, digest, *size)?;
                 Outcome::Done
             }
@@ -210,6 +219,9 @@ impl<'t> Writer<'t> {
                 }
             }
             Command::PutManifest { repo, digest, manifest, tag } | Command::PutStoredManifest { repo, digest, manifest, tag } => {
+                if let Some(refused) = self.over_limit(repo, tag.as_ref())? {
+                    return Ok(refused);
+                }
                 let r = repo.as_str();
                 let mut missing_blobs = Vec::new();
                 for b in &manifest.blobs {
@@ -285,7 +297,42 @@ impl<'t> Writer<'t> {
                 self.identity_changed = true;
                 crate::identity::apply(Arc::make_mut(&mut self.small.identity), change, req.at_ms)
             }
+            Command::SetLimits(limits) => {
+                if self.small.limits == *limits {
+                    Outcome::Unchanged
+                } else {
+                    self.small.limits = *limits;
+                    self.limits_changed = true;
+                    Outcome::Done
+                }
+            }
         })
+    }
+
+    /// The refusal for a change to `repo` (tagging it `tag`) that would make a repository past
+    /// the namespace limit or a tag past the repository's limit (the model's `over_limit`).
+    fn over_limit(&self, repo: &RepoName, tag: Option<&berth_proto::Tag>) -> DResult<Option<Outcome>> {
+        use berth_proto::LimitKind;
+        let limits = self.small.limits;
+        let r = repo.as_str();
+        let counts = self.counts(r)?;
+        if limits.repositories_per_namespace > 0 && counts.is_none() {
+            // A namespace is the name itself and every name under `ns/`: one key range.
+            let ns = berth_proto::namespace_of(r);
+            let mut held = u64::from(self.repos.get(ns)?.is_some());
+            for row in self.repos.range(format!("{ns}/").as_str()..format!("{ns}0").as_str())? {
+                row?;
+                held += 1;
+            }
+            if held >= limits.repositories_per_namespace {
+                return Ok(Some(Outcome::LimitReached { limit: LimitKind::RepositoriesPerNamespace, max: limits.repositories_per_namespace }));
+            }
+        }
+        let Some(tag) = tag else { return Ok(None) };
+        if limits.tags_per_repository > 0 && counts.is_some_and(|c| c.tags >= limits.tags_per_repository) && !Self::has(&self.tags, &key2(r, tag.as_str()))? {
+            return Ok(Some(Outcome::LimitReached { limit: LimitKind::TagsPerRepository, max: limits.tags_per_repository }));
+        }
+        Ok(None)
     }
 
     fn link_blob(&mut self, repo: &RepoName, digest: &Digest, size: u64) -> DResult<()> {

@@ -55,6 +55,8 @@ const CACHE_MANIFEST_BYTES: usize = 16 << 20;
 const META_FORMAT: &str = "format";
 const META_HEAD: &str = "head";
 const META_IDENTITY: &str = "identity";
+/// Registry limits; absent until the first `SetLimits`.
+const META_LIMITS: &str = "limits";
 
 /// What went wrong reading or writing the state.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,8 @@ pub struct Small {
     pub head: Head,
     /// Users, projects, tokens, keys (small; shared by queries until the next change).
     pub identity: Arc<Identity>,
+    /// Registry limits.
+    pub limits: berth_proto::RegistryLimits,
 }
 
 /// The registry state in a redb database.
@@ -239,7 +243,8 @@ fn load_small(db: &Database) -> DResult<Small> {
     let get = |k: &str| -> DResult<Vec<u8>> {
         Ok(meta.get(k)?.ok_or_else(|| DiskError::Format(format!("the state has no {k:?} record")))?.value().to_vec())
     };
-    Ok(Small { head: postcard::from_bytes(&get(META_HEAD)?)?, identity: Arc::new(postcard::from_bytes(&get(META_IDENTITY)?)?) })
+    let limits = meta.get(META_LIMITS)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
+    Ok(Small { head: postcard::from_bytes(&get(META_HEAD)?)?, identity: Arc::new(postcard::from_bytes(&get(META_IDENTITY)?)?), limits })
 }
 
 /// A state of format 3 or older, as `snapshot.bin` held it, at the snapshot's position.

@@ -13,8 +13,9 @@ use crate::types::typ::Entry;
 fn digest(i: u8) -> Digest {
     Digest::sha256_of(&[i])
 }
+/// Three repositories in two namespaces (`r0` holds two), so that namespace limits bite.
 fn repo(i: u8) -> RepoName {
-    RepoName::parse(&format!("r{}", i % 3)).unwrap()
+    RepoName::parse(["r0", "r0/x", "r1/y"][i as usize % 3]).unwrap()
 }
 fn tag(i: u8) -> Tag {
     Tag::parse(&format!("t{i}")).unwrap()
@@ -54,6 +55,9 @@ fn arb_command() -> impl Strategy<Value = Command> {
         (0u8..3, 0u8..3).prop_map(|(r, t)| Command::DeleteTag { repo: repo(r), tag: tag(t) }),
         (0u8..2).prop_map(|s| Command::InitHttpSecret { secret: vec![s] }),
         (0u8..3).prop_map(|u| Command::Identity(IdentityChange::CreateUser { username: format!("u{u}"), password_hash: None, admin: false })),
+        (0u64..4, 0u64..3).prop_map(|(tags_per_repository, repositories_per_namespace)| Command::SetLimits(
+            berth_proto::RegistryLimits { tags_per_repository, repositories_per_namespace }
+        )),
     ]
 }
 
@@ -97,6 +101,7 @@ fn assert_same(disk: &DiskState, model: &RegistryState) -> Result<(), TestCaseEr
     let tags: usize = model.repos.values().map(|r| r.tags.len()).sum();
     let manifests: usize = model.repos.values().map(|r| r.manifests.len()).sum();
     prop_assert_eq!(disk.totals().unwrap(), (model.repos.len() as u64, tags as u64, manifests as u64));
+    prop_assert_eq!(disk.small().limits, model.limits);
     let (applied, membership) = disk.applied();
     prop_assert_eq!(applied, model.last_applied);
     prop_assert_eq!(membership, model.last_membership.clone());
