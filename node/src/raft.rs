@@ -34,8 +34,64 @@ pub const ELECTION_TIMEOUT_MS: (u64, u64) = (600, 900);
 /// healthy majority (see `ELECTION_TIMEOUT_MS`): it has lost its quorum.
 pub const QUORUM_LOST_AFTER_MS: u64 = 2 * ELECTION_TIMEOUT_MS.1 + 100;
 
-/// Default log entries between snapshots; the log is purged behind each snapshot.
+/// Default log entries between snapshots; the log is purged behind each snapshot. A large
+/// state snapshots less often (see [`snapshot_due`]).
 pub const SNAPSHOT_EVERY: u64 = 10_000;
+
+/// Bytes of the last snapshot per log entry that may gather before the next one: a snapshot
+/// costs time in proportion to the state, so a state of 400 MB snapshots every 200,000
+/// entries instead of every 10,000, and building snapshots stays a small share of the work.
+const SNAPSHOT_BYTES_PER_ENTRY: u64 = 2048;
+
+/// How often the scheduler looks at how far the log has grown.
+const SNAPSHOT_CHECK: Duration = Duration::from_millis(500);
+
+/// Whether a snapshot is due: `since` entries applied since the last one, whose file was
+/// `last_bytes` long, with at least `every` entries between snapshots.
+pub fn snapshot_due(since: u64, every: u64, last_bytes: u64) -> bool {
+    since >= every.max(last_bytes / SNAPSHOT_BYTES_PER_ENTRY)
+}
+
+/// The size of the newest snapshot file under `dir` (0 if none).
+fn last_snapshot_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("state").join("snapshots"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
+        .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Builds snapshots when [`snapshot_due`] says so, until the Raft instance stops.
+fn spawn_snapshot_scheduler(raft: Raft, dir: std::path::PathBuf, every: u64) {
+    tokio::spawn(async move {
+        let mut metrics = raft.metrics();
+        loop {
+            tokio::time::sleep(SNAPSHOT_CHECK).await;
+            let (applied, snapshot, stopped) = {
+                let m = metrics.borrow_and_update();
+                (m.last_applied.map_or(0, |l| l.index), m.snapshot.map_or(0, |l| l.index), m.running_state.is_err())
+            };
+            if stopped {
+                return;
+            }
+            let since = applied.saturating_sub(snapshot);
+            if since > 0 && snapshot_due(since, every, last_snapshot_bytes(&dir)) {
+                if raft.trigger().snapshot().await.is_err() {
+                    return;
+                }
+                // Wait for it to be built before looking again.
+                let target = applied;
+                let _ = raft
+                    .wait(Some(Duration::from_secs(600)))
+                    .metrics(|m| m.snapshot.is_some_and(|s| s.index >= target) || m.running_state.is_err(), "snapshot built")
+                    .await;
+            }
+        }
+    });
+}
 
 /// Opens storage under `dir` and starts Raft. A node that has never been part of a cluster
 /// asks `bootstrap` (only then) whether to found a one-voter cluster of itself (the embedded
@@ -56,7 +112,8 @@ pub async fn start(
         heartbeat_interval: HEARTBEAT_MS,
         election_timeout_min: ELECTION_TIMEOUT_MS.0,
         election_timeout_max: ELECTION_TIMEOUT_MS.1,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        // Snapshots are scheduled here, by the size of the state (`spawn_snapshot_scheduler`).
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: (snapshot_every / 10).min(1000),
         purge_batch_size: (snapshot_every / 10).clamp(1, 256),
         ..Default::default()
@@ -92,6 +149,7 @@ pub async fn start(
             .await
             .context("this node did not become leader")?;
     }
+    spawn_snapshot_scheduler(raft.clone(), dir.to_path_buf(), snapshot_every);
     Ok(RaftNode { raft, state, sole_voter })
 }
 
@@ -116,4 +174,22 @@ pub fn committed_index(m: &openraft::RaftMetrics<u64, BasicNode>) -> u64 {
     }
     matched.sort_unstable_by(|a, b| b.cmp(a));
     matched[matched.len() / 2].max(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_larger_state_snapshots_less_often() {
+        // Small states: the configured interval.
+        assert!(!snapshot_due(9_999, 10_000, 1 << 20));
+        assert!(snapshot_due(10_000, 10_000, 1 << 20));
+        // A 430 MB snapshot (a million tags): about every 210,000 entries.
+        let big = 430 << 20;
+        assert!(!snapshot_due(200_000, 10_000, big));
+        assert!(snapshot_due(221_000, 10_000, big));
+        // A small configured interval (tests) still holds for a small state.
+        assert!(snapshot_due(50, 50, 100 << 10));
+    }
 }

@@ -318,7 +318,8 @@ pub struct BerthConfig {
     /// This node's Raft id (default 1); never reused. `ordinal` takes it from the host name's
     /// trailing `-N` as N + 1 (a StatefulSet's pod `berth-voter-0` is node 1).
     pub nodeid: Option<NodeIdSetting>,
-    /// Log entries between snapshots (default 10000); the log is purged behind each.
+    /// Log entries between snapshots (default 10000; a large state waits one entry per 2 KiB
+    /// of its last snapshot); the log is purged behind each.
     pub snapshotlogs: Option<u64>,
     /// Listener for node-to-node gRPC (default 127.0.0.1:5050); peers reach the node here.
     pub grpcaddr: Option<String>,
