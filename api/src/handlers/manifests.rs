@@ -110,12 +110,32 @@ async fn negotiate(
     Err(not_acceptable())
 }
 
-async fn put(api: &Api, repo: berth_proto::RepoName, reference: Reference, headers: &HeaderMap, body: Body) -> ApiResult {
-    let max = api.config.max_manifest_bytes;
-    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+/// The request body, read no further than `max` bytes, into one buffer of the announced
+/// length: a large manifest costs one allocation of its size, not a doubling series and a copy.
+async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<bytes::Bytes, ApiError> {
+    use futures::StreamExt;
+    let too_large = || {
         ApiError::new(Code::SizeInvalid, format!("manifest is larger than {max} bytes (berth.limits.maxmanifestbytes)"))
             .status(StatusCode::PAYLOAD_TOO_LARGE)
-    })?;
+    };
+    let announced = super::content_length(headers).unwrap_or(0);
+    if announced > max as u64 {
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::with_capacity(announced as usize);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::new(Code::ManifestInvalid, format!("request body: {e}")))?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+async fn put(api: &Api, repo: berth_proto::RepoName, reference: Reference, headers: &HeaderMap, body: Body) -> ApiResult {
+    let bytes = read_body(body, headers, api.config.max_manifest_bytes).await?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let parsed = parse_manifest(content_type, &bytes).map_err(|e| match e {
         ManifestError::Invalid(m) => ApiError::new(Code::ManifestInvalid, m),
