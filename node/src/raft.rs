@@ -43,13 +43,21 @@ pub const SNAPSHOT_EVERY: u64 = 10_000;
 /// entries instead of every 10,000, and building snapshots stays a small share of the work.
 const SNAPSHOT_BYTES_PER_ENTRY: u64 = 2048;
 
+/// The most the interval grows, as a multiple of `berth.snapshotlogs`: uncapped, a million
+/// tags on three voters left `log.redb` files of 2 GB (see BENCHMARKS.md).
+const SNAPSHOT_STRETCH: u64 = 4;
+
 /// How often the scheduler looks at how far the log has grown.
 const SNAPSHOT_CHECK: Duration = Duration::from_millis(500);
 
-/// Whether a snapshot is due: `since` entries applied since the last one, whose file was
-/// `last_bytes` long, with at least `every` entries between snapshots.
-pub fn snapshot_due(since: u64, every: u64, last_bytes: u64) -> bool {
-    since >= every.max(last_bytes / SNAPSHOT_BYTES_PER_ENTRY)
+/// Whether a snapshot is due on node `node_id`: `since` entries applied since the last one,
+/// whose file was `last_bytes` long, with at least `every` entries between snapshots. Each
+/// node waits a little longer than the one before it (up to 3/8 more), so that voters do not
+/// all export at once: three exports of a large state together starved the heartbeats of a
+/// small machine and cost an election.
+pub fn snapshot_due(since: u64, every: u64, last_bytes: u64, node_id: u64) -> bool {
+    let base = every.max((last_bytes / SNAPSHOT_BYTES_PER_ENTRY).min(every * SNAPSHOT_STRETCH));
+    since >= base + base * (node_id % 4) / 8
 }
 
 /// The size of the newest snapshot file under `dir` (0 if none).
@@ -65,7 +73,7 @@ fn last_snapshot_bytes(dir: &Path) -> u64 {
 }
 
 /// Builds snapshots when [`snapshot_due`] says so, until the Raft instance stops.
-fn spawn_snapshot_scheduler(raft: Raft, dir: std::path::PathBuf, every: u64) {
+fn spawn_snapshot_scheduler(raft: Raft, dir: std::path::PathBuf, every: u64, node_id: u64) {
     tokio::spawn(async move {
         let mut metrics = raft.metrics();
         loop {
@@ -78,7 +86,7 @@ fn spawn_snapshot_scheduler(raft: Raft, dir: std::path::PathBuf, every: u64) {
                 return;
             }
             let since = applied.saturating_sub(snapshot);
-            if since > 0 && snapshot_due(since, every, last_snapshot_bytes(&dir)) {
+            if since > 0 && snapshot_due(since, every, last_snapshot_bytes(&dir), node_id) {
                 if raft.trigger().snapshot().await.is_err() {
                     return;
                 }
@@ -149,7 +157,7 @@ pub async fn start(
             .await
             .context("this node did not become leader")?;
     }
-    spawn_snapshot_scheduler(raft.clone(), dir.to_path_buf(), snapshot_every);
+    spawn_snapshot_scheduler(raft.clone(), dir.to_path_buf(), snapshot_every, node_id);
     Ok(RaftNode { raft, state, sole_voter })
 }
 
@@ -182,14 +190,23 @@ mod tests {
 
     #[test]
     fn a_larger_state_snapshots_less_often() {
-        // Small states: the configured interval.
-        assert!(!snapshot_due(9_999, 10_000, 1 << 20));
-        assert!(snapshot_due(10_000, 10_000, 1 << 20));
-        // A 430 MB snapshot (a million tags): about every 210,000 entries.
+        // Small states: the configured interval (node 4 is the first of a new round of four).
+        assert!(!snapshot_due(9_999, 10_000, 1 << 20, 4));
+        assert!(snapshot_due(10_000, 10_000, 1 << 20, 4));
+        // A 60 MB snapshot: every 30,000 entries.
+        assert!(!snapshot_due(29_000, 10_000, 60 << 20, 4));
+        assert!(snapshot_due(31_000, 10_000, 60 << 20, 4));
+        // A 430 MB snapshot (a million tags): every 40,000 entries, the cap.
         let big = 430 << 20;
-        assert!(!snapshot_due(200_000, 10_000, big));
-        assert!(snapshot_due(221_000, 10_000, big));
+        assert!(!snapshot_due(39_999, 10_000, big, 4));
+        assert!(snapshot_due(40_000, 10_000, big, 4));
+        // Voters 1, 2 and 3 wait 1/8, 2/8 and 3/8 longer than that.
+        assert!(!snapshot_due(40_000, 10_000, big, 1));
+        assert!(snapshot_due(45_000, 10_000, big, 1));
+        assert!(!snapshot_due(45_000, 10_000, big, 2));
+        assert!(snapshot_due(55_000, 10_000, big, 3));
         // A small configured interval (tests) still holds for a small state.
-        assert!(snapshot_due(50, 50, 100 << 10));
+        assert!(snapshot_due(50, 50, 100 << 10, 4));
+        assert!(snapshot_due(57, 50, 100 << 10, 1));
     }
 }

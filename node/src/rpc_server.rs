@@ -139,6 +139,23 @@ async fn send_backup(path: std::path::PathBuf, total: u64, applied_index: u64, s
     let _ = tokio::fs::remove_file(&path).await;
 }
 
+/// The prefix and suffix of a backup's temporary export file in the state directory.
+const BACKUP_FILE: (&str, &str) = ("backup-", ".tmp");
+
+/// Removes backup exports left by a process that died while serving them: each can be as
+/// large as the whole state.
+fn remove_stale_backups(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(BACKUP_FILE.0) && name.ends_with(BACKUP_FILE.1) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = %name, "removed a backup export left by an earlier run"),
+                Err(e) => tracing::warn!(file = %name, "a backup export left by an earlier run was not removed: {e}"),
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl ClusterService for ClusterRpc {
     type BackupStream = tokio_stream::wrappers::ReceiverStream<Result<BackupChunk, Status>>;
@@ -146,7 +163,7 @@ impl ClusterService for ClusterRpc {
     async fn backup(&self, _req: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
         // The state is exported from one read transaction to a file beside it, then streamed.
         let state = self.state.clone();
-        let name = format!("backup-{}.tmp", berth_proto::now_ms());
+        let name = format!("{}{}{}", BACKUP_FILE.0, berth_proto::now_ms(), BACKUP_FILE.1);
         let (path, head, total, sha256) = tokio::task::spawn_blocking(move || state.export_file(state.dir(), &name))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
@@ -310,6 +327,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    remove_stale_backups(state.dir());
     // Capped like the HTTP listener; TCP_NODELAY so heartbeats and small replies do not wait
     // on delayed ACKs. Peers that stop answering HTTP/2 pings are dropped (keepalive below).
     let incoming = crate::server::capped_incoming(listener, limits);

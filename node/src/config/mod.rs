@@ -319,7 +319,7 @@ pub struct BerthConfig {
     /// trailing `-N` as N + 1 (a StatefulSet's pod `berth-voter-0` is node 1).
     pub nodeid: Option<NodeIdSetting>,
     /// Log entries between snapshots (default 10000; a large state waits one entry per 2 KiB
-    /// of its last snapshot); the log is purged behind each.
+    /// of its last snapshot, up to four times this); the log is purged behind each.
     pub snapshotlogs: Option<u64>,
     /// Listener for node-to-node gRPC (default 127.0.0.1:5050); peers reach the node here.
     pub grpcaddr: Option<String>,

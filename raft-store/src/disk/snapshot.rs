@@ -113,10 +113,25 @@ impl DiskState {
     /// Writes the whole state to a new file in `dir`, fsynced. Returns its path, the head,
     /// its length and its SHA-256 (hex).
     pub fn export_file(&self, dir: &Path, name: &str) -> DResult<(PathBuf, Head, u64, String)> {
+        /// Hashes every byte on its way to the file, so the file's SHA-256 needs no second read.
+        struct Tee {
+            file: std::fs::File,
+            sum: sha2::Sha256,
+        }
+        impl Write for Tee {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let n = self.file.write(buf)?;
+                self.sum.update(&buf[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                self.file.flush()
+            }
+        }
         let path = dir.join(name);
-        let mut file = std::fs::File::create(&path)?;
-        let written = self.export(&mut file).and_then(|r| {
-            file.sync_all()?;
+        let mut tee = Tee { file: std::fs::File::create(&path)?, sum: sha2::Sha256::new() };
+        let written = self.export(&mut tee).and_then(|r| {
+            tee.file.sync_all()?;
             Ok(r)
         });
         let (head, len) = match written {
@@ -126,9 +141,7 @@ impl DiskState {
                 return Err(e);
             }
         };
-        let mut sum = sha2::Sha256::new();
-        std::io::copy(&mut std::fs::File::open(&path)?, &mut sum)?;
-        Ok((path, head, len, hex::encode(sum.finalize())))
+        Ok((path, head, len, hex::encode(tee.sum.finalize())))
     }
 
     /// Replaces the whole state with the stream `input` (of this format), then lets `adjust`
