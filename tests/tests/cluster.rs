@@ -270,7 +270,9 @@ async fn nodes_talk_over_mutual_tls_and_refuse_strangers() {
 async fn a_node_that_missed_10000_writes_catches_up_by_snapshot() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let mut voters = voter_cluster(dir.path(), 3, &[]);
+    // Snapshots every 2,000 entries or so (each voter waits a little longer than the last),
+    // so 10,000 writes purge the log several times over whatever the stagger.
+    let mut voters = voter_cluster(dir.path(), 3, &[("REGISTRY_BERTH_SNAPSHOTLOGS", "2000")]);
     voters[2].kill9();
 
     tracing::info!("10,000 writes while node 3 is down: the leader snapshots and purges its log");
