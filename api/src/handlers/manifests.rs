@@ -118,10 +118,9 @@ async fn read_body(body: Body, headers: &HeaderMap, max: usize) -> Result<bytes:
         ApiError::new(Code::SizeInvalid, format!("manifest is larger than {max} bytes (berth.limits.maxmanifestbytes)"))
             .status(StatusCode::PAYLOAD_TOO_LARGE)
     };
-    let announced = super::content_length(headers).unwrap_or(0);
-    if announced > max as u64 {
-        return Err(too_large());
-    }
+    // Read up to the limit even when the announced length is over it, as Distribution does:
+    // a client still writing its body then reads the 413 instead of a broken pipe.
+    let announced = super::content_length(headers).unwrap_or(0).min(max as u64);
     let mut buf = bytes::BytesMut::with_capacity(announced as usize);
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
