@@ -85,6 +85,68 @@ pub enum Command {
     },
     /// Sets the cluster's registry limits (protocol 3).
     SetLimits(RegistryLimits),
+    /// Garbage collection (protocol 4): acts on `item` if, in log order, it is still garbage.
+    /// A manifest is deleted, a blob link removed; content is marked as being deleted (so that
+    /// nothing links or stores it until [`Command::GcDeleted`]) and its bytes may then go.
+    /// Whatever the outcome, `item` leaves the review queue.
+    GcSweep(GcItem),
+    /// Garbage collection (protocol 4): the bytes of `digest`, marked by a [`Command::GcSweep`],
+    /// are deleted from the blob store; the mark goes.
+    GcDeleted {
+        /// The content.
+        digest: Digest,
+    },
+    /// Garbage collection (protocol 4): puts each item that is garbage in log order on the
+    /// review queue (a store scan's orphans, `berth garbage-collect --delete-untagged`).
+    GcEnqueue(Vec<GcItem>),
+}
+
+/// What the garbage collector reviews: something that nothing keeps, which is deleted once it
+/// has stayed so for `gc.reviewafter`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum GcItem {
+    /// A manifest of a repository that no tag points at, no index of the repository lists and
+    /// whose subject (if it names one) the repository does not hold.
+    Manifest {
+        /// Repository.
+        repo: RepoName,
+        /// The manifest.
+        digest: Digest,
+    },
+    /// A blob link of a repository that no manifest of the repository uses.
+    Link {
+        /// Repository.
+        repo: RepoName,
+        /// The blob.
+        digest: Digest,
+    },
+    /// Bytes in the blob store (a blob or a manifest body) that no repository links or holds
+    /// as a manifest.
+    Content {
+        /// The content.
+        digest: Digest,
+    },
+}
+
+impl GcItem {
+    /// The kind, for logs and metrics: `manifest`, `link` or `content`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GcItem::Manifest { .. } => "manifest",
+            GcItem::Link { .. } => "link",
+            GcItem::Content { .. } => "content",
+        }
+    }
+}
+
+/// The garbage collector's state: how much is queued and what is being deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcStatus {
+    /// Items on the review queue.
+    pub queued: u64,
+    /// Content marked by a [`Command::GcSweep`] and not yet [`Command::GcDeleted`], with when it
+    /// was marked (ms since epoch).
+    pub deleting: Vec<(Digest, u64)>,
 }
 
 /// Limits on how much the registry holds, kept in the state so that every voter decides a
@@ -133,7 +195,8 @@ impl LimitKind {
 /// 2. Groups, group members and group deploy tokens.
 /// 3. Manifest bodies in the blob store ([`Command::PutStoredManifest`]), registry limits
 ///    ([`Command::SetLimits`]).
-pub const PROTOCOL: u32 = 3;
+/// 4. Garbage collection ([`Command::GcSweep`], [`Command::GcDeleted`], [`Command::GcEnqueue`]).
+pub const PROTOCOL: u32 = 4;
 
 impl Command {
     /// The protocol that introduced this command (see [`PROTOCOL`]).
@@ -141,6 +204,7 @@ impl Command {
         match self {
             Command::Identity(change) => change.since(),
             Command::PutStoredManifest { .. } | Command::SetLimits(_) => 3,
+            Command::GcSweep(_) | Command::GcDeleted { .. } | Command::GcEnqueue(_) => 4,
             _ => 1,
         }
     }
@@ -157,6 +221,9 @@ impl Command {
             Command::Identity(_) => "identity",
             Command::PutStoredManifest { .. } => "put_manifest",
             Command::SetLimits(_) => "set_limits",
+            Command::GcSweep(_) => "gc_sweep",
+            Command::GcDeleted { .. } => "gc_deleted",
+            Command::GcEnqueue(_) => "gc_enqueue",
         }
     }
 }
@@ -216,6 +283,9 @@ pub enum Outcome {
         /// Why, for people.
         reason: String,
     },
+    /// Refused: the content is being deleted by garbage collection (protocol 4); the client
+    /// should upload it again in a moment.
+    Deleting,
     /// Refused: it would take the registry past one of its limits.
     LimitReached {
         /// Which one.

@@ -16,7 +16,7 @@ pub mod rpc {
     tonic::include_proto!("berth.raft.v1");
 }
 
-pub use command::{namespace_of, Command, LimitKind, ManifestRecord, Outcome, RegistryLimits, Request, PROTOCOL};
+pub use command::{namespace_of, Command, GcItem, GcStatus, LimitKind, ManifestRecord, Outcome, RegistryLimits, Request, PROTOCOL};
 pub use digest::{Algorithm, Digest};
 pub use hashing::ResumableSha256;
 pub use names::{Reference, RepoName, Tag};

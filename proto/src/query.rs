@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
-use crate::{Digest, ManifestRecord, Reference, RepoName};
+use crate::{Digest, GcItem, GcStatus, ManifestRecord, Reference, RepoName};
 
 /// One read of the registry state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +55,15 @@ pub enum Query {
     IdentityVersion,
     /// All of identity (small: users and tokens, not tags).
     Identity,
+    /// Up to `n` review-queue items that have waited since `until_ms` or before, oldest first.
+    GcDue {
+        /// Queued at or before this time (ms since epoch).
+        until_ms: u64,
+        /// Most items.
+        n: u64,
+    },
+    /// The garbage collector's queue length and marks.
+    GcStatus,
 }
 
 /// The answer to a [`Query`]; the variant matches the query's.
@@ -76,4 +85,8 @@ pub enum Answer {
     IdentityVersion(u64),
     /// For [`Query::Identity`].
     Identity(Arc<Identity>),
+    /// For [`Query::GcDue`]: each item with the time it was queued.
+    GcDue(Vec<(GcItem, u64)>),
+    /// For [`Query::GcStatus`].
+    GcStatus(GcStatus),
 }

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use berth_proto::{Command, Digest, ManifestRecord, Outcome, RepoName, Request};
+use berth_proto::{Command, Digest, GcItem, ManifestRecord, Outcome, RepoName, Request};
 use openraft::EntryPayload;
 use redb::{ReadableTable, Table, WriteTransaction};
 
@@ -17,6 +17,8 @@ use crate::state::{RegistryState, TagRecord, Tombstone, MAX_TOMBSTONES, TOMBSTON
 use crate::types::typ::{Entry, StoredMembership};
 
 type T<'t> = Table<'t, &'static str, &'static [u8]>;
+
+mod gc;
 
 impl DiskState {
     /// Applies `entries` (consecutive, in log order) in one transaction.
@@ -95,6 +97,33 @@ pub(super) fn load_legacy(txn: &WriteTransaction, state: &RegistryState) -> DRes
     Ok(())
 }
 
+/// Builds the indexes format 5 added (`content_refs`, `manifest_parents`) from the tables of
+/// `txn`, for a state of format 4 opened or imported by this build.
+pub(super) fn rebuild_derived(txn: &WriteTransaction) -> DResult<()> {
+    for def in tables::DERIVED_IN_FORMAT_5 {
+        txn.delete_table(def)?;
+    }
+    let mut refs = txn.open_table(tables::CONTENT_REFS)?;
+    let mut parents = txn.open_table(tables::MANIFEST_PARENTS)?;
+    let split = |key: &str| -> DResult<(String, String)> {
+        key.split_once('\0').map(|(r, d)| (r.to_string(), d.to_string())).ok_or_else(|| DiskError::Format(format!("a state key {key:?} has one part")))
+    };
+    for row in txn.open_table(tables::BLOBS)?.iter()? {
+        let (r, d) = split(row?.0.value())?;
+        refs.insert(key3(&d, &r, "b").as_str(), [].as_slice())?;
+    }
+    for row in txn.open_table(tables::MANIFESTS)?.iter()? {
+        let row = row?;
+        let (r, d) = split(row.0.value())?;
+        refs.insert(key3(&d, &r, "m").as_str(), [].as_slice())?;
+        let record: ManifestRecord = decode(row.1.value())?;
+        for c in record.manifests.iter().map(|c| c.to_string()).filter(|c| *c != d) {
+            parents.insert(key3(&r, &c, &d).as_str(), [].as_slice())?;
+        }
+    }
+    Ok(())
+}
+
 /// The tables of one write transaction and the working copy of the in-memory part.
 struct Writer<'t> {
     meta: T<'t>,
@@ -106,6 +135,11 @@ struct Writer<'t> {
     blob_users: T<'t>,
     manifest_tags: T<'t>,
     tombstones: T<'t>,
+    content_refs: T<'t>,
+    manifest_parents: T<'t>,
+    gc_queue: T<'t>,
+    gc_due: T<'t>,
+    gc_deleting: T<'t>,
     small: Small,
     identity_changed: bool,
     limits_changed: bool,
@@ -134,6 +168,11 @@ impl<'t> Writer<'t> {
             blob_users: txn.open_table(tables::BLOB_USERS)?,
             manifest_tags: txn.open_table(tables::MANIFEST_TAGS)?,
             tombstones: txn.open_table(tables::TOMBSTONES)?,
+            content_refs: txn.open_table(tables::CONTENT_REFS)?,
+            manifest_parents: txn.open_table(tables::MANIFEST_PARENTS)?,
+            gc_queue: txn.open_table(tables::GC_QUEUE)?,
+            gc_due: txn.open_table(tables::GC_DUE)?,
+            gc_deleting: txn.open_table(tables::GC_DELETING)?,
             small,
             identity_changed: false,
             limits_changed: false,
@@ -194,10 +233,15 @@ impl<'t> Writer<'t> {
                 }
             }
             Command::LinkBlob { repo, digest, size } => {
+                if Self::has(&self.gc_deleting, &digest.to_string())? {
+                    return Ok(Outcome::Deleting);
+                }
                 if let Some(refused) = self.over_limit(repo, None)? {
                     return Ok(refused);
                 }
                 self.link_blob(repo, digest, *size)?;
+                self.touch(&GcItem::Link { repo: repo.clone(), digest: digest.clone() }, req.at_ms)?;
+                self.touch(&GcItem::Content { digest: digest.clone() }, req.at_ms)?;
                 Outcome::Done
             }
             Command::UnlinkBlob { repo, digest } => {
@@ -211,14 +255,18 @@ impl<'t> Writer<'t> {
                     let manifests = users.iter().map(|d| Digest::parse(d)).collect::<Result<_, _>>().map_err(|e| DiskError::Format(e.to_string()))?;
                     return Ok(Outcome::InUse { manifests });
                 }
-                if self.blobs.remove(key2(repo.as_str(), &digest.to_string()).as_str())?.is_some() {
-                    self.count(repo.as_str(), |c| c.blobs -= 1)?;
+                if self.unlink_blob(repo, digest)? {
+                    self.touch(&GcItem::Link { repo: repo.clone(), digest: digest.clone() }, req.at_ms)?;
+                    self.touch(&GcItem::Content { digest: digest.clone() }, req.at_ms)?;
                     Outcome::Done
                 } else {
                     Outcome::NotFound
                 }
             }
             Command::PutManifest { repo, digest, manifest, tag } | Command::PutStoredManifest { repo, digest, manifest, tag } => {
+                if Self::has(&self.gc_deleting, &digest.to_string())? {
+                    return Ok(Outcome::Deleting);
+                }
                 if let Some(refused) = self.over_limit(repo, tag.as_ref())? {
                     return Ok(refused);
                 }
@@ -240,6 +288,7 @@ impl<'t> Writer<'t> {
                 }
                 // Same digest, same bytes: the first record (and its creation time) stays.
                 let existing = self.manifests.get(key2(r, &digest.to_string()).as_str())?.map(|v| decode::<ManifestRecord>(v.value())).transpose()?;
+                let new = existing.is_none();
                 match existing {
                     None => self.insert_manifest(repo, digest, manifest)?,
                     Some(existing) => {
@@ -248,35 +297,25 @@ impl<'t> Writer<'t> {
                         }
                     }
                 }
-                if let Some(tag) = tag {
-                    self.set_tag(repo, tag.as_str(), &TagRecord { digest: digest.clone(), updated_ms: req.at_ms })?;
+                let moved = match tag {
+                    Some(tag) => self.set_tag(repo, tag.as_str(), &TagRecord { digest: digest.clone(), updated_ms: req.at_ms })?,
+                    None => None,
+                };
+                if new {
+                    self.manifest_changed(repo, digest, manifest, req.at_ms)?;
+                } else {
+                    self.touch(&GcItem::Manifest { repo: repo.clone(), digest: digest.clone() }, req.at_ms)?;
+                }
+                if let Some(old) = moved {
+                    self.touch(&GcItem::Manifest { repo: repo.clone(), digest: old }, req.at_ms)?;
                 }
                 Outcome::Done
             }
             Command::DeleteManifest { repo, digest } => {
-                let (r, d) = (repo.as_str(), digest.to_string());
-                let Some(record) = self.manifests.remove(key2(r, &d).as_str())?.map(|v| decode::<ManifestRecord>(v.value())).transpose()? else {
-                    return self.gone(repo, &d, req.at_ms);
-                };
-                let tags = Self::parts_within(&self.manifest_tags, &key2(r, &d))?;
-                for t in &tags {
-                    self.tags.remove(key2(r, t).as_str())?;
-                    self.manifest_tags.remove(key3(r, &d, t).as_str())?;
-                    self.changed.tags.push((r.to_string(), t.clone()));
+                if !self.remove_manifest(repo, digest, req.at_ms)? {
+                    return self.gone(repo, &digest.to_string(), req.at_ms);
                 }
-                self.changed.manifests.push((r.to_string(), digest.clone()));
-                for b in &record.blobs {
-                    self.blob_users.remove(key3(r, &b.to_string(), &d).as_str())?;
-                }
-                if let Some(subject) = &record.subject {
-                    self.referrers.remove(key3(r, &subject.to_string(), &d).as_str())?;
-                }
-                let n = tags.len() as u64;
-                self.count(r, |c| {
-                    c.manifests -= 1;
-                    c.tags -= n;
-                })?;
-                self.remember_delete(repo, d, req.at_ms)?;
+                self.remember_delete(repo, digest.to_string(), req.at_ms)?;
                 Outcome::Done
             }
             Command::DeleteTag { repo, tag } => {
@@ -287,6 +326,7 @@ impl<'t> Writer<'t> {
                         self.manifest_tags.remove(key3(r, &old.digest.to_string(), tag.as_str()).as_str())?;
                         self.changed.tags.push((r.to_string(), tag.to_string()));
                         self.count(r, |c| c.tags -= 1)?;
+                        self.touch(&GcItem::Manifest { repo: repo.clone(), digest: old.digest }, req.at_ms)?;
                         self.remember_delete(repo, tag.to_string(), req.at_ms)?;
                         Outcome::Done
                     }
@@ -306,7 +346,54 @@ impl<'t> Writer<'t> {
                     Outcome::Done
                 }
             }
+            Command::GcSweep(item) => self.sweep(item, req.at_ms)?,
+            Command::GcDeleted { digest } => {
+                if self.gc_deleting.remove(digest.to_string().as_str())?.is_some() {
+                    Outcome::Done
+                } else {
+                    Outcome::Unchanged
+                }
+            }
+            Command::GcEnqueue(items) => {
+                for item in items {
+                    self.touch(item, req.at_ms)?;
+                }
+                Outcome::Done
+            }
         })
+    }
+
+    /// Removes a manifest with its tags, index rows and referrers entry; false if it is not
+    /// there. Reviews what its departure changes.
+    fn remove_manifest(&mut self, repo: &RepoName, digest: &Digest, at_ms: u64) -> DResult<bool> {
+        let (r, d) = (repo.as_str(), digest.to_string());
+        let Some(record) = self.manifests.remove(key2(r, &d).as_str())?.map(|v| decode::<ManifestRecord>(v.value())).transpose()? else {
+            return Ok(false);
+        };
+        let tags = Self::parts_within(&self.manifest_tags, &key2(r, &d))?;
+        for t in &tags {
+            self.tags.remove(key2(r, t).as_str())?;
+            self.manifest_tags.remove(key3(r, &d, t).as_str())?;
+            self.changed.tags.push((r.to_string(), t.clone()));
+        }
+        self.changed.manifests.push((r.to_string(), digest.clone()));
+        for b in &record.blobs {
+            self.blob_users.remove(key3(r, &b.to_string(), &d).as_str())?;
+        }
+        for c in &record.manifests {
+            self.manifest_parents.remove(key3(r, &c.to_string(), &d).as_str())?;
+        }
+        if let Some(subject) = &record.subject {
+            self.referrers.remove(key3(r, &subject.to_string(), &d).as_str())?;
+        }
+        self.content_refs.remove(key3(&d, r, "m").as_str())?;
+        let n = tags.len() as u64;
+        self.count(r, |c| {
+            c.manifests -= 1;
+            c.tags -= n;
+        })?;
+        self.manifest_changed(repo, digest, &record, at_ms)?;
+        Ok(true)
     }
 
     /// The refusal for a change to `repo` (tagging it `tag`) that would make a repository past
@@ -336,11 +423,23 @@ impl<'t> Writer<'t> {
     }
 
     fn link_blob(&mut self, repo: &RepoName, digest: &Digest, size: u64) -> DResult<()> {
-        let r = repo.as_str();
-        if self.blobs.insert(key2(r, &digest.to_string()).as_str(), size.to_le_bytes().as_slice())?.is_none() {
+        let (r, d) = (repo.as_str(), digest.to_string());
+        if self.blobs.insert(key2(r, &d).as_str(), size.to_le_bytes().as_slice())?.is_none() {
+            self.content_refs.insert(key3(&d, r, "b").as_str(), [].as_slice())?;
             self.count(r, |c| c.blobs += 1)?;
         }
         Ok(())
+    }
+
+    /// Removes a blob link; false if there was none.
+    fn unlink_blob(&mut self, repo: &RepoName, digest: &Digest) -> DResult<bool> {
+        let (r, d) = (repo.as_str(), digest.to_string());
+        if self.blobs.remove(key2(r, &d).as_str())?.is_none() {
+            return Ok(false);
+        }
+        self.content_refs.remove(key3(&d, r, "b").as_str())?;
+        self.count(r, |c| c.blobs -= 1)?;
+        Ok(true)
     }
 
     /// Stores a manifest that is not stored yet, with its index rows.
@@ -350,25 +449,29 @@ impl<'t> Writer<'t> {
         for b in &record.blobs {
             self.blob_users.insert(key3(r, &b.to_string(), &d).as_str(), [].as_slice())?;
         }
+        for c in record.manifests.iter().filter(|c| *c != digest) {
+            self.manifest_parents.insert(key3(r, &c.to_string(), &d).as_str(), [].as_slice())?;
+        }
         if let Some(subject) = &record.subject {
             self.referrers.insert(key3(r, &subject.to_string(), &d).as_str(), [].as_slice())?;
         }
+        self.content_refs.insert(key3(&d, r, "m").as_str(), [].as_slice())?;
         self.count(r, |c| c.manifests += 1)
     }
 
-    /// Points a tag at a manifest, moving it if it pointed elsewhere.
-    fn set_tag(&mut self, repo: &RepoName, tag: &str, record: &TagRecord) -> DResult<()> {
+    /// Points a tag at a manifest, moving it if it pointed elsewhere; returns where it pointed.
+    fn set_tag(&mut self, repo: &RepoName, tag: &str, record: &TagRecord) -> DResult<Option<Digest>> {
         let r = repo.as_str();
         self.changed.tags.push((r.to_string(), tag.to_string()));
         let old = self.tags.insert(key2(r, tag).as_str(), postcard::to_stdvec(record)?.as_slice())?.map(|v| decode::<TagRecord>(v.value())).transpose()?;
-        match old {
+        match &old {
             Some(old) => {
                 self.manifest_tags.remove(key3(r, &old.digest.to_string(), tag).as_str())?;
             }
             None => self.count(r, |c| c.tags += 1)?,
         }
         self.manifest_tags.insert(key3(r, &record.digest.to_string(), tag).as_str(), [].as_slice())?;
-        Ok(())
+        Ok(old.map(|o| o.digest))
     }
 
     /// The answer to deleting what is not there: done if it was deleted recently (a retry).

@@ -37,7 +37,9 @@ use crate::types::typ::{LogId, StoredMembership};
 
 /// The on-disk format this build writes. Format 3 and older were one in-memory state in
 /// `snapshot.bin` (see [`crate::state`]); they are migrated into this database on start.
-pub const FORMAT: u32 = 4;
+/// Format 5 added garbage collection's tables; a format-4 state gets its indexes built on
+/// open (and on import) and an empty review queue.
+pub const FORMAT: u32 = 5;
 
 /// Entries applied between two fsynced commits of the state.
 pub const DURABLE_EVERY: u64 = 256;
@@ -171,7 +173,14 @@ impl DiskState {
                         path.display()
                     )));
                 }
-                txn.abort()?;
+                if f < FORMAT {
+                    apply::rebuild_derived(&txn)?;
+                    txn.open_table(tables::META)?.insert(META_FORMAT, postcard::to_stdvec(&FORMAT)?.as_slice())?;
+                    txn.commit()?;
+                    tracing::info!(from = f, "migrated the state to format {FORMAT}");
+                } else {
+                    txn.abort()?;
+                }
             }
             None => {
                 if let Some(legacy) = legacy.filter(|p| p.exists()) {

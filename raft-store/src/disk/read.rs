@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use berth_proto::{Answer, Digest, ManifestRecord, Query, Reference, RepoName};
-use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
+use berth_proto::{Answer, Digest, GcItem, GcStatus, ManifestRecord, Query, Reference, RepoName};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use super::tables::{self, bounds, key2, last_part, within, within_after};
 use super::{apply::blob_size, DResult, DiskError, DiskState};
@@ -25,7 +25,38 @@ impl DiskState {
             Query::HttpSecret => Answer::HttpSecret(small().head.http_secret.clone()),
             Query::IdentityVersion => Answer::IdentityVersion(small().identity.version),
             Query::Identity => Answer::Identity(small().identity.clone()),
+            Query::GcDue { until_ms, n } => Answer::GcDue(self.gc_due(*until_ms, *n as usize)?),
+            Query::GcStatus => Answer::GcStatus(self.gc_status()?),
         })
+    }
+
+    /// Up to `n` review-queue items queued at or before `until_ms`, oldest first.
+    pub fn gc_due(&self, until_ms: u64, n: usize) -> DResult<Vec<(GcItem, u64)>> {
+        let t = self.read()?.open_table(tables::GC_DUE)?;
+        let end = format!("{}\u{1}", tables::seq_key(until_ms));
+        let mut out = Vec::new();
+        for row in t.range::<&str>(..end.as_str())?.take(n) {
+            let row = row?;
+            let key = row.0.value();
+            let (at, item) = key.split_once('\0').ok_or_else(|| DiskError::Format(format!("a review-queue key {key:?} has no time")))?;
+            let at = at.parse().map_err(|_| DiskError::Format(format!("a review-queue key {key:?} has no time")))?;
+            let item = tables::parse_gc_key(item).ok_or_else(|| DiskError::Format(format!("a review-queue key {key:?} names no item")))?;
+            out.push((item, at));
+        }
+        Ok(out)
+    }
+
+    /// The review queue's length and the content marked for deletion.
+    pub fn gc_status(&self) -> DResult<GcStatus> {
+        let txn = self.read()?;
+        let queued = txn.open_table(tables::GC_QUEUE)?.len()?;
+        let mut deleting = Vec::new();
+        for row in txn.open_table(tables::GC_DELETING)?.iter()? {
+            let row = row?;
+            let d = Digest::parse(row.0.value()).map_err(|e| DiskError::Format(e.to_string()))?;
+            deleting.push((d, blob_size(row.1.value())?));
+        }
+        Ok(GcStatus { queued, deleting })
     }
 
     fn read(&self) -> DResult<ReadTransaction> {

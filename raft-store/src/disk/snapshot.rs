@@ -233,6 +233,11 @@ fn finish_import(txn: &WriteTransaction, adjust: impl FnOnce(&mut Head)) -> DRes
     if format > FORMAT {
         return Err(DiskError::Format(format!("the state is of format {format}, newer than this build's {FORMAT}")));
     }
+    if format < FORMAT {
+        // A stream from a node of an older build: the indexes it did not have are built here.
+        super::apply::rebuild_derived(txn)?;
+        meta.insert(META_FORMAT, postcard::to_stdvec(&FORMAT)?.as_slice())?;
+    }
     let mut head: Head = match meta.get(META_HEAD)? {
         Some(v) => postcard::from_bytes(v.value())?,
         None => return Err(DiskError::Format("the state stream has no head".into())),

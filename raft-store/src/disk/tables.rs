@@ -7,6 +7,7 @@
 
 use std::ops::Bound;
 
+use berth_proto::{Digest, GcItem, RepoName};
 use redb::TableDefinition;
 
 /// A table of the state: string keys, byte values.
@@ -31,8 +32,20 @@ pub const MANIFEST_TAGS: Def = TableDefinition::new("manifest_tags");
 /// Sequence number (20 digits) -> `Tombstone` (postcard), oldest first.
 pub const TOMBSTONES: Def = TableDefinition::new("tombstones");
 
+/// `digest\0repo\0b` (a blob link) or `digest\0repo\0m` (a manifest) -> empty: who holds a
+/// piece of content, for garbage collection (format 5).
+pub const CONTENT_REFS: Def = TableDefinition::new("content_refs");
+/// `repo\0child\0parent` -> empty: which manifests of a repository list a manifest (format 5).
+pub const MANIFEST_PARENTS: Def = TableDefinition::new("manifest_parents");
+/// [`gc_key`] -> when the item was queued (8 bytes, little endian): the review queue (format 5).
+pub const GC_QUEUE: Def = TableDefinition::new("gc_queue");
+/// `time (20 digits)\0`[`gc_key`] -> empty: the review queue in time order (format 5).
+pub const GC_DUE: Def = TableDefinition::new("gc_due");
+/// `digest` -> when it was marked (8 bytes, little endian): content being deleted (format 5).
+pub const GC_DELETING: Def = TableDefinition::new("gc_deleting");
+
 /// Every table, with the number that names it in a snapshot. Numbers are never reused.
-pub const ALL: [(u8, Def); 9] = [
+pub const ALL: [(u8, Def); 14] = [
     (1, META),
     (2, REPOS),
     (3, BLOBS),
@@ -42,7 +55,46 @@ pub const ALL: [(u8, Def); 9] = [
     (7, BLOB_USERS),
     (8, MANIFEST_TAGS),
     (9, TOMBSTONES),
+    (10, CONTENT_REFS),
+    (11, MANIFEST_PARENTS),
+    (12, GC_QUEUE),
+    (13, GC_DUE),
+    (14, GC_DELETING),
 ];
+
+/// The tables that format 5 derives from the others (rebuilt when an older state is loaded).
+pub const DERIVED_IN_FORMAT_5: [Def; 2] = [CONTENT_REFS, MANIFEST_PARENTS];
+
+/// How a review-queue item is spelt as a key: `m\0repo\0digest`, `l\0repo\0digest`, `c\0digest`.
+pub fn gc_key(item: &GcItem) -> String {
+    match item {
+        GcItem::Manifest { repo, digest } => key3("m", repo.as_str(), &digest.to_string()),
+        GcItem::Link { repo, digest } => key3("l", repo.as_str(), &digest.to_string()),
+        GcItem::Content { digest } => key2("c", &digest.to_string()),
+    }
+}
+
+/// The item a [`gc_key`] spells, if it spells one.
+pub fn parse_gc_key(key: &str) -> Option<GcItem> {
+    let mut parts = key.split('\0');
+    let kind = parts.next()?;
+    let a = parts.next()?;
+    let b = parts.next();
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(match (kind, b) {
+        ("m", Some(d)) => GcItem::Manifest { repo: RepoName::parse(a).ok()?, digest: Digest::parse(d).ok()? },
+        ("l", Some(d)) => GcItem::Link { repo: RepoName::parse(a).ok()?, digest: Digest::parse(d).ok()? },
+        ("c", None) => GcItem::Content { digest: Digest::parse(a).ok()? },
+        _ => return None,
+    })
+}
+
+/// A review-queue time as the first part of a [`GC_DUE`] key.
+pub fn due_key(at_ms: u64, item_key: &str) -> String {
+    key2(&seq_key(at_ms), item_key)
+}
 
 /// The key of `b` within `a`.
 pub fn key2(a: &str, b: &str) -> String {

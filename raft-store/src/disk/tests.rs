@@ -3,7 +3,7 @@
 //! snapshot, a damaged stream and an old format do to it.
 
 use berth_proto::identity::IdentityChange;
-use berth_proto::{Command, Digest, ManifestRecord, Query, Reference, RepoName, Request, Tag};
+use berth_proto::{Command, Digest, GcItem, ManifestRecord, Query, Reference, RepoName, Request, Tag};
 use openraft::{CommittedLeaderId, EntryPayload};
 use proptest::prelude::*;
 
@@ -58,12 +58,29 @@ fn arb_command() -> impl Strategy<Value = Command> {
         (0u64..4, 0u64..3).prop_map(|(tags_per_repository, repositories_per_namespace)| Command::SetLimits(
             berth_proto::RegistryLimits { tags_per_repository, repositories_per_namespace }
         )),
+        arb_gc_item().prop_map(Command::GcSweep),
+        arb_gc_item().prop_map(Command::GcSweep),
+        (0u8..6).prop_map(|d| Command::GcDeleted { digest: digest(d) }),
+        proptest::collection::vec(arb_gc_item(), 0..4).prop_map(Command::GcEnqueue),
+    ]
+}
+
+fn arb_gc_item() -> impl Strategy<Value = GcItem> {
+    prop_oneof![
+        (0u8..3, 10u8..14).prop_map(|(r, d)| GcItem::Manifest { repo: repo(r), digest: digest(d) }),
+        (0u8..3, 0u8..6).prop_map(|(r, d)| GcItem::Link { repo: repo(r), digest: digest(d) }),
+        prop_oneof![0u8..6, 10u8..14].prop_map(|d| GcItem::Content { digest: digest(d) }),
     ]
 }
 
 /// Every query over the small universe the generator draws from.
 fn queries() -> Vec<Query> {
-    let mut q = vec![Query::HttpSecret, Query::IdentityVersion, Query::Identity];
+    let mut q = vec![Query::HttpSecret, Query::IdentityVersion, Query::Identity, Query::GcStatus];
+    for until_ms in [0, 300_000, 2_000_000, u64::MAX] {
+        for n in [0, 1, 3, 1000] {
+            q.push(Query::GcDue { until_ms, n });
+        }
+    }
     for n in [0, 1, 2, 100] {
         q.push(Query::Catalog { last: None, n });
         for r in 0..4u8 {
@@ -237,6 +254,8 @@ fn a_state_of_format_3_is_migrated_on_open() {
     fill(&open(&scratch), Some(&mut model), 1, 40);
     model.http_secret = Some(vec![7]);
     model.node_ids_used.insert(1);
+    // Format 3 had no review queue; a migrated state starts with an empty one.
+    model.gc_queue.clear();
     let legacy = dir.path().join("snapshot.bin");
     let meta = crate::types::typ::SnapshotMeta { last_log_id: model.last_applied, last_membership: model.last_membership.clone(), snapshot_id: "old".into() };
     std::fs::write(&legacy, postcard::to_stdvec(&StoredSnapshot { meta, data: model.encode().unwrap() }).unwrap()).unwrap();
@@ -267,4 +286,87 @@ fn an_exported_file_is_announced_with_its_own_sha256() {
     assert_eq!(bytes.len() as u64, len);
     assert_eq!(sha, hex::encode(sha2::Sha256::digest(&bytes)));
     assert_eq!(head.last_applied.map(|l| l.index), Some(50));
+}
+
+/// Every item the generator can name.
+fn all_gc_items() -> Vec<GcItem> {
+    let mut out = Vec::new();
+    for r in 0..3u8 {
+        for d in 10u8..14 {
+            out.push(GcItem::Manifest { repo: repo(r), digest: digest(d) });
+        }
+        for d in 0u8..6 {
+            out.push(GcItem::Link { repo: repo(r), digest: digest(d) });
+        }
+    }
+    out.extend((0u8..6).chain(10..14).map(|d| GcItem::Content { digest: digest(d) }));
+    out
+}
+
+/// Makes the database at `path` what a build of format 4 left: the garbage-collection tables
+/// empty (no queue, no indexes), format 4 in the meta table.
+fn make_format_4(path: &std::path::Path) {
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    for def in [tables::CONTENT_REFS, tables::MANIFEST_PARENTS, tables::GC_QUEUE, tables::GC_DUE, tables::GC_DELETING] {
+        txn.delete_table(def).unwrap();
+        txn.open_table(def).unwrap();
+    }
+    txn.open_table(tables::META).unwrap().insert(META_FORMAT, postcard::to_stdvec(&4u32).unwrap().as_slice()).unwrap();
+    txn.commit().unwrap();
+}
+
+/// What a node of format 4 sends as a snapshot of the database at `path`.
+fn format_4_stream(path: &std::path::Path) -> Vec<u8> {
+    let db = Database::create(path).unwrap();
+    let small = load_small(&db).unwrap();
+    let raw = DiskState { db, dir: path.parent().unwrap().to_path_buf(), small: RwLock::new(small), undurable: Mutex::new((0, 0)), cache: cache::HotCache::new(10, 1000) };
+    let mut stream = Vec::new();
+    raw.export(&mut stream).unwrap();
+    stream
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// A state of format 4 (opened, or received as a snapshot stream from an older node) gets
+    /// the indexes garbage collection decides with: once every item is offered to the queue,
+    /// it answers like the model that had them all along.
+    #[test]
+    fn a_state_of_format_4_gets_its_indexes(cmds in proptest::collection::vec(arb_command(), 0..60)) {
+        let cmds: Vec<Command> = cmds.into_iter().filter(|c| c.since() < 4).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let mut model = RegistryState::default();
+        {
+            let disk = open(&dir);
+            let mut entries = Vec::new();
+            for (i, c) in cmds.iter().enumerate() {
+                let e = entry(i as u64 + 1, c.clone(), i as u64 * 1000);
+                model.last_applied = Some(e.log_id);
+                model.apply(&Request { command: c.clone(), at_ms: i as u64 * 1000 });
+                entries.push(e);
+            }
+            disk.apply_entries(entries).unwrap();
+        }
+        make_format_4(&path);
+        let stream = format_4_stream(&path);
+        model.gc_queue.clear();
+        let n = cmds.len() as u64 + 1;
+        let enqueue = entry(n, Command::GcEnqueue(all_gc_items()), 5_000_000);
+        model.last_applied = Some(enqueue.log_id);
+        model.apply(&Request { command: Command::GcEnqueue(all_gc_items()), at_ms: 5_000_000 });
+
+        // Opened by this build.
+        let disk = open(&dir);
+        disk.apply_entries(vec![enqueue.clone()]).unwrap();
+        assert_same(&disk, &model)?;
+
+        // Received from a node of format 4.
+        let other = tempfile::tempdir().unwrap();
+        let copy = open(&other);
+        copy.import(stream.as_slice(), |_| {}).unwrap();
+        copy.apply_entries(vec![enqueue]).unwrap();
+        assert_same(&copy, &model)?;
+    }
 }

@@ -10,10 +10,12 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use berth_proto::identity::Identity;
-use berth_proto::{namespace_of, Answer, Command, Digest, LimitKind, ManifestRecord, Outcome, Query, Reference, RegistryLimits, RepoName, Request, Tag};
+use berth_proto::{namespace_of, Answer, Command, Digest, GcItem, LimitKind, ManifestRecord, Outcome, Query, Reference, RegistryLimits, RepoName, Request, Tag};
 use serde::{Deserialize, Serialize};
 
 use crate::types::typ::{LogId, StoredMembership};
+
+mod gc;
 
 /// A tag's target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +69,13 @@ pub struct RegistryState {
     /// Registry limits (format 4 and later only: never in a format-3 snapshot).
     #[serde(skip)]
     pub limits: RegistryLimits,
+    /// Garbage collection's review queue: each item with when it was queued (format 5 and
+    /// later only).
+    #[serde(skip)]
+    pub gc_queue: BTreeMap<GcItem, u64>,
+    /// Content marked for deletion by garbage collection, with when (format 5 and later only).
+    #[serde(skip)]
+    pub gc_deleting: BTreeMap<Digest, u64>,
 }
 
 /// What an encoded state starts with (format 3, since groups joined identity). Format 2
@@ -171,7 +180,7 @@ impl RegistryState {
                 node_ids_used: v.node_ids_used,
                 recent_deletes: v.recent_deletes,
                 identity: Arc::new(identity),
-                limits: RegistryLimits::default(),
+                ..RegistryState::default()
             });
         }
         let upgrade = |last_applied, last_membership, http_secret, repos, node_ids_used, recent_deletes| RegistryState {
@@ -182,7 +191,7 @@ impl RegistryState {
             node_ids_used,
             recent_deletes,
             identity: Arc::default(),
-            limits: RegistryLimits::default(),
+            ..RegistryState::default()
         };
         match postcard::from_bytes::<RegistryStateV1>(bytes) {
             Ok(v) => Ok(upgrade(v.last_applied, v.last_membership, v.http_secret, v.repos, v.node_ids_used, v.recent_deletes)),
@@ -244,10 +253,15 @@ impl RegistryState {
                 }
             }
             Command::LinkBlob { repo, digest, size } => {
+                if self.gc_deleting.contains_key(digest) {
+                    return Outcome::Deleting;
+                }
                 if let Some(refused) = self.over_limit(repo, None) {
                     return refused;
                 }
                 self.repos.entry(repo.clone()).or_default().blobs.insert(digest.clone(), *size);
+                self.touch(GcItem::Link { repo: repo.clone(), digest: digest.clone() }, req.at_ms);
+                self.touch(GcItem::Content { digest: digest.clone() }, req.at_ms);
                 Outcome::Done
             }
             Command::UnlinkBlob { repo, digest } => {
@@ -262,12 +276,17 @@ impl RegistryState {
                 let found = r.blobs.remove(digest).is_some();
                 self.drop_if_empty(repo);
                 if found {
+                    self.touch(GcItem::Link { repo: repo.clone(), digest: digest.clone() }, req.at_ms);
+                    self.touch(GcItem::Content { digest: digest.clone() }, req.at_ms);
                     Outcome::Done
                 } else {
                     Outcome::NotFound
                 }
             }
             Command::PutManifest { repo, digest, manifest, tag } | Command::PutStoredManifest { repo, digest, manifest, tag } => {
+                if self.gc_deleting.contains_key(digest) {
+                    return Outcome::Deleting;
+                }
                 if let Some(refused) = self.over_limit(repo, tag.as_ref()) {
                     return refused;
                 }
@@ -285,41 +304,39 @@ impl RegistryState {
                     return Outcome::MissingReferences { blobs, manifests };
                 }
                 let r = self.repos.entry(repo.clone()).or_default();
-                let record = match r.manifests.get(digest) {
+                let (record, new) = match r.manifests.get(digest) {
                     // Same digest, same bytes: keep the original creation time.
-                    Some(existing) => existing.clone(),
-                    None => Arc::new(manifest.clone()),
+                    Some(existing) => (existing.clone(), false),
+                    None => (Arc::new(manifest.clone()), true),
                 };
                 if let Some(subject) = &record.subject {
                     r.referrers.entry(subject.clone()).or_default().insert(digest.clone());
                 }
-                r.manifests.insert(digest.clone(), record);
-                if let Some(tag) = tag {
-                    r.tags.insert(tag.clone(), TagRecord { digest: digest.clone(), updated_ms: req.at_ms });
+                r.manifests.insert(digest.clone(), record.clone());
+                let moved = tag.as_ref().and_then(|tag| r.tags.insert(tag.clone(), TagRecord { digest: digest.clone(), updated_ms: req.at_ms }));
+                if new {
+                    self.manifest_changed(repo, digest, &record, req.at_ms);
+                } else {
+                    self.touch(GcItem::Manifest { repo: repo.clone(), digest: digest.clone() }, req.at_ms);
+                }
+                if let Some(old) = moved {
+                    self.touch(GcItem::Manifest { repo: repo.clone(), digest: old.digest }, req.at_ms);
                 }
                 Outcome::Done
             }
             Command::DeleteManifest { repo, digest } => {
                 let gone = |s: &Self| if s.deleted_recently(repo, &digest.to_string(), req.at_ms) { Outcome::Done } else { Outcome::NotFound };
-                let Some(r) = self.repos.get_mut(repo) else { return gone(self) };
-                let Some(record) = r.manifests.remove(digest) else { return gone(self) };
-                r.tags.retain(|_, t| &t.digest != digest);
-                if let Some(subject) = &record.subject {
-                    if let Some(set) = r.referrers.get_mut(subject) {
-                        set.remove(digest);
-                        if set.is_empty() {
-                            r.referrers.remove(subject);
-                        }
-                    }
+                if !self.remove_manifest(repo, digest, req.at_ms) {
+                    return gone(self);
                 }
-                self.drop_if_empty(repo);
                 self.remember_delete(repo, digest.to_string(), req.at_ms);
                 Outcome::Done
             }
             Command::DeleteTag { repo, tag } => {
-                let found = self.repos.get_mut(repo).is_some_and(|r| r.tags.remove(tag).is_some());
-                if found {
+                let old = self.repos.get_mut(repo).and_then(|r| r.tags.remove(tag));
+                if let Some(old) = old {
                     self.drop_if_empty(repo);
+                    self.touch(GcItem::Manifest { repo: repo.clone(), digest: old.digest }, req.at_ms);
                     self.remember_delete(repo, tag.to_string(), req.at_ms);
                     Outcome::Done
                 } else if self.deleted_recently(repo, tag.as_str(), req.at_ms) {
@@ -337,7 +354,39 @@ impl RegistryState {
                     Outcome::Done
                 }
             }
+            Command::GcSweep(item) => self.sweep(item, req.at_ms),
+            Command::GcDeleted { digest } => {
+                if self.gc_deleting.remove(digest).is_some() {
+                    Outcome::Done
+                } else {
+                    Outcome::Unchanged
+                }
+            }
+            Command::GcEnqueue(items) => {
+                for item in items {
+                    self.touch(item.clone(), req.at_ms);
+                }
+                Outcome::Done
+            }
         }
+    }
+
+    /// Removes a manifest with its tags and referrers entry; false if it is not there.
+    fn remove_manifest(&mut self, repo: &RepoName, digest: &Digest, at_ms: u64) -> bool {
+        let Some(r) = self.repos.get_mut(repo) else { return false };
+        let Some(record) = r.manifests.remove(digest) else { return false };
+        r.tags.retain(|_, t| &t.digest != digest);
+        if let Some(subject) = &record.subject {
+            if let Some(set) = r.referrers.get_mut(subject) {
+                set.remove(digest);
+                if set.is_empty() {
+                    r.referrers.remove(subject);
+                }
+            }
+        }
+        self.drop_if_empty(repo);
+        self.manifest_changed(repo, digest, &record, at_ms);
+        true
     }
 
     fn drop_if_empty(&mut self, repo: &RepoName) {
@@ -394,6 +443,8 @@ impl RegistryState {
             Query::HttpSecret => Answer::HttpSecret(self.http_secret.clone()),
             Query::IdentityVersion => Answer::IdentityVersion(self.identity.version),
             Query::Identity => Answer::Identity(self.identity.clone()),
+            Query::GcDue { until_ms, n } => Answer::GcDue(self.gc_due(*until_ms, *n as usize)),
+            Query::GcStatus => Answer::GcStatus(self.gc_status()),
         }
     }
 
@@ -495,8 +546,15 @@ mod tests {
             prop_assert!(s.recent_deletes.len() <= MAX_TOMBSTONES);
             let bytes = s.encode().unwrap();
             let back = RegistryState::decode(&bytes).unwrap();
-            prop_assert_eq!(back, s);
+            prop_assert_eq!(back, without_gc(s));
         }
+    }
+
+    /// `s` as a format-3 snapshot keeps it: without garbage collection's queue (which came later).
+    fn without_gc(mut s: RegistryState) -> RegistryState {
+        s.gc_queue.clear();
+        s.gc_deleting.clear();
+        s
     }
 
     fn manifest_with(blob: Digest) -> ManifestRecord {
@@ -558,7 +616,7 @@ mod tests {
             node_ids_used: &s.node_ids_used,
         })
         .unwrap();
-        assert_eq!(RegistryState::decode(&old).unwrap(), s);
+        assert_eq!(RegistryState::decode(&old).unwrap(), without_gc(s.clone()));
         assert!(RegistryState::decode(&old[..old.len() - 1]).is_err());
     }
 
@@ -588,13 +646,13 @@ mod tests {
             recent_deletes: &s.recent_deletes,
         })
         .unwrap();
-        assert_eq!(RegistryState::decode(&old).unwrap(), s);
+        assert_eq!(RegistryState::decode(&old).unwrap(), without_gc(s.clone()));
         // And the current format round-trips with identity in it.
         s.apply(&Request {
             command: Command::Identity(berth_proto::identity::IdentityChange::CreateUser { username: "u".into(), password_hash: None, admin: true }),
             at_ms: 1,
         });
-        assert_eq!(RegistryState::decode(&s.encode().unwrap()).unwrap(), s);
+        assert_eq!(RegistryState::decode(&s.encode().unwrap()).unwrap(), without_gc(s.clone()));
     }
 
     #[test]
@@ -652,9 +710,9 @@ mod tests {
             })
             .unwrap(),
         );
-        assert_eq!(RegistryState::decode(&old).unwrap(), s);
+        assert_eq!(RegistryState::decode(&old).unwrap(), without_gc(s.clone()));
         s.apply(&Request { command: Command::Identity(IdentityChange::CreateGroup { path: "g".into(), owner: Some(1) }), at_ms: 2 });
-        assert_eq!(RegistryState::decode(&s.encode().unwrap()).unwrap(), s);
+        assert_eq!(RegistryState::decode(&s.encode().unwrap()).unwrap(), without_gc(s.clone()));
     }
 
     #[test]
