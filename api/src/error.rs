@@ -126,6 +126,14 @@ impl ApiError {
             .detail(json!({"limit": limit.key(), "max": max}))
     }
 
+    /// The refusal of a change naming content that garbage collection is deleting right now
+    /// (a second or so): the client sends the same request again and it goes through.
+    pub fn being_collected(digest: &berth_proto::Digest) -> Self {
+        ApiError::new(Code::Unavailable, format!("{digest} is being deleted by garbage collection: send the request again in a moment"))
+            .header(axum::http::header::RETRY_AFTER, "1")
+            .detail(json!({"digest": digest.to_string()}))
+    }
+
     /// An error with the code's usual status.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
         ApiError { status: code.default_status(), code, message: message.into(), detail: Value::Null, headers: vec![] }

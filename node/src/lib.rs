@@ -7,6 +7,7 @@ pub mod backup;
 pub mod cluster_cli;
 pub mod cluster_token;
 pub mod config;
+pub mod gc;
 pub mod logging;
 pub mod membership;
 pub mod metadata;
@@ -233,8 +234,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (meta, handover): (Arc<dyn Metadata>, Option<membership::handover::Handover>) = match role {
         Role::Voter => {
             let bodies = Arc::new(metadata::bodies::ManifestBodies::new(blobs.clone(), metadata::bodies::CACHE_BYTES, &registry)?);
-            let (meta, handover) =
+            let (meta, handover, state) =
                 start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, meta_space.clone(), bodies, limits, &registry, stop_rx.clone()).await?;
+            let collector = gc::Collector {
+                settings: config::Gc::from_config(&cfg.gc)?,
+                raft: handover.raft.clone(),
+                state,
+                meta: meta.clone(),
+                store: site.clone(),
+                metrics: gc::GcMetrics::new(&registry)?,
+            };
+            gc::spawn(collector, stop_rx.clone());
             (meta, Some(handover))
         }
         Role::Frontend => {
@@ -354,8 +364,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts Raft and the gRPC server of a voter; returns its metadata and what it needs to hand
-/// its leadership over when it stops.
+/// Starts Raft and the gRPC server of a voter; returns its metadata, what it needs to hand
+/// its leadership over when it stops, and its state.
 async fn start_voter(
     cfg: &Config,
     data_dir: &std::path::Path,
@@ -367,7 +377,7 @@ async fn start_voter(
     limits: config::Limits,
     registry: &prometheus::Registry,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<(Arc<dyn Metadata>, membership::handover::Handover)> {
+) -> anyhow::Result<(Arc<dyn Metadata>, membership::handover::Handover, berth_raft_store::state_machine::SharedState)> {
     let node_id = cfg.node_id()?;
     let snapshot_every = cfg.berth.snapshotlogs.unwrap_or(raft::SNAPSHOT_EVERY);
     // A listener opens only when the configuration asks for one: a lone node needs no peers.
@@ -432,5 +442,5 @@ async fn start_voter(
         metadata::ensure_signing_key(meta.as_ref()).await?;
         metadata::ensure_admin(meta.as_ref(), &cfg.berth.admin).await?;
     }
-    Ok((meta, handover))
+    Ok((meta, handover, node.state))
 }

@@ -55,8 +55,11 @@ pub enum Query {
     IdentityVersion,
     /// All of identity (small: users and tokens, not tags).
     Identity,
-    /// Up to `n` review-queue items that have waited since `until_ms` or before, oldest first.
+    /// Up to `n` review-queue items of one class that have waited since `until_ms` or before,
+    /// oldest first. The classes are swept by separate workers (`gc.manifests`, `gc.blobs`).
     GcDue {
+        /// Manifests if true; blob links and content if false.
+        manifests: bool,
         /// Queued at or before this time (ms since epoch).
         until_ms: u64,
         /// Most items.

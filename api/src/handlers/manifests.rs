@@ -166,29 +166,56 @@ async fn put(api: &Api, repo: berth_proto::RepoName, reference: Reference, heade
         created_ms: berth_proto::now_ms(),
     };
     let stored = Command::PutStoredManifest { repo: repo.clone(), digest: digest.clone(), manifest: record.clone(), tag: tag.clone() };
-    let outcome = match api.meta.apply(stored).await {
-        // A rolling upgrade is under way: the entry carries the body, as older builds expect.
-        Err(MetaError::Outdated(_)) => {
-            let inline = ManifestRecord { body: bytes.to_vec(), ..record };
-            api.meta.apply(Command::PutManifest { repo: repo.clone(), digest: digest.clone(), manifest: inline, tag }).await?
+    let mut tries = 0;
+    let outcome = loop {
+        let outcome = match api.meta.apply(stored.clone()).await {
+            // A rolling upgrade is under way: the entry carries the body, as older builds expect.
+            Err(MetaError::Outdated(_)) => {
+                let inline = ManifestRecord { body: bytes.to_vec(), ..record };
+                break api.meta.apply(Command::PutManifest { repo: repo.clone(), digest: digest.clone(), manifest: inline, tag }).await?;
+            }
+            other => other?,
+        };
+        // Garbage collection is deleting this body (for a moment): once it is done, the body
+        // is stored again and committed, as for a blob (`uploads::commit`).
+        if outcome == Outcome::Deleting && tries < super::uploads::DELETING_TRIES {
+            tries += 1;
+            tracing::info!(%digest, "a manifest push waits for garbage collection to finish deleting its body");
+            tokio::time::sleep(super::uploads::DELETING_WAIT).await;
+            api.blobs.put_content(&digest, bytes.clone()).await?;
+            continue;
         }
-        other => other?,
+        break outcome;
     };
+    if matches!(outcome, Outcome::LimitReached { .. } | Outcome::MissingReferences { .. } | Outcome::Deleting) {
+        // The body is in the store and nothing will name it.
+        super::offer_to_gc(api, &digest).await;
+    }
     match outcome {
         Outcome::LimitReached { limit, max } => Err(ApiError::limit_reached(&repo, limit, max)),
+        Outcome::Deleting => Err(ApiError::being_collected(&digest)),
+        Outcome::Done if api.blobs.stat(&digest).await?.is_none() => {
+            // Garbage collection deleted the copy `put_content` found, between that look and
+            // this commit; nothing can delete it now, so the body goes back before the 201.
+            tracing::info!(%digest, "a manifest body went to garbage collection while its push committed: put back");
+            api.blobs.put_content(&digest, bytes).await?;
+            Ok(manifest_created(&repo, &digest, subject))
+        }
         Outcome::MissingReferences { blobs, manifests } => {
             let missing: Vec<String> = blobs.iter().chain(manifests.iter()).map(|d| d.to_string()).collect();
             Err(ApiError::new(Code::ManifestBlobUnknown, "manifest references content unknown to the repository")
                 .detail(serde_json::json!({"missing": missing})))
         }
-        _ => {
-            let mut b = empty(StatusCode::CREATED)
-                .header(header::LOCATION, format!("/v2/{repo}/manifests/{digest}"))
-                .header("Docker-Content-Digest", digest.to_string());
-            if let Some(s) = subject {
-                b = b.header("OCI-Subject", s.to_string());
-            }
-            Ok(finish(b, Body::empty()))
-        }
+        _ => Ok(manifest_created(&repo, &digest, subject)),
     }
+}
+
+fn manifest_created(repo: &berth_proto::RepoName, digest: &Digest, subject: Option<Digest>) -> axum::response::Response {
+    let mut b = empty(StatusCode::CREATED)
+        .header(header::LOCATION, format!("/v2/{repo}/manifests/{digest}"))
+        .header("Docker-Content-Digest", digest.to_string());
+    if let Some(s) = subject {
+        b = b.header("OCI-Subject", s.to_string());
+    }
+    finish(b, Body::empty())
 }

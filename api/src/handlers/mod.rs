@@ -118,6 +118,16 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
+/// Offers content that a refused push left in the blob store to garbage collection: queued if
+/// nothing links or holds it, swept after `gc.reviewafter` like any other garbage. Best effort
+/// (a cluster still upgrading to log protocol 4 leaves it for a store scan).
+pub async fn offer_to_gc(api: &crate::Api, digest: &Digest) {
+    let item = berth_proto::GcItem::Content { digest: digest.clone() };
+    if let Err(e) = api.meta.apply(berth_proto::Command::GcEnqueue(vec![item])).await {
+        tracing::debug!(%digest, "refused content not offered to garbage collection: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

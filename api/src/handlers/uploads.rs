@@ -52,28 +52,63 @@ fn created(repo: &RepoName, digest: &Digest) -> axum::response::Response {
     )
 }
 
+/// How often, and how far apart, a commit that finds its content being deleted by garbage
+/// collection tries again before it answers 503.
+pub(crate) const DELETING_TRIES: u32 = 50;
+pub(crate) const DELETING_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What a `LinkBlob` did, as the API answers it: a new repository past its namespace's limit is
-/// refused (the bytes stay for a later try, or for garbage collection).
-fn linked(repo: &RepoName, outcome: berth_proto::Outcome) -> Result<(), ApiError> {
+/// refused (the bytes stay for a later try, or for garbage collection), and so is content that
+/// garbage collection is deleting (the same request, sent again, goes through).
+fn linked(repo: &RepoName, digest: &Digest, outcome: berth_proto::Outcome) -> Result<(), ApiError> {
     match outcome {
         berth_proto::Outcome::LimitReached { limit, max } => Err(ApiError::limit_reached(repo, limit, max)),
+        berth_proto::Outcome::Deleting => Err(ApiError::being_collected(digest)),
         _ => Ok(()),
     }
 }
 
 /// Makes staged bytes a blob: verified and durable at the content address first, then linked
 /// through Raft, and only then is the staging area removed (a failed commit can be retried).
+///
+/// The bytes are looked for once more after the link commits. Finding them at the address
+/// before committing proves nothing: garbage collection may have deleted that copy (unlinked
+/// everywhere, marked, deleted, unmarked) between the look and the commit. After the commit
+/// nothing can delete them, so if they are missing now, the staged copy puts them back before
+/// the client hears 201.
 async fn commit(api: &Api, repo: RepoName, id: &str, digest: &Digest) -> ApiResult {
-    let size = match api.blobs.finish_upload(id, digest).await {
-        Ok(size) => size,
-        Err(e @ BlobError::DigestMismatch { .. }) => {
-            // The client must start over: these bytes can never become this digest.
-            let _ = api.blobs.remove_upload(id).await;
-            return Err(e.into());
+    let mut tries = 0;
+    loop {
+        let size = match api.blobs.finish_upload(id, digest).await {
+            Ok(size) => size,
+            Err(e @ BlobError::DigestMismatch { .. }) => {
+                // The client must start over: these bytes can never become this digest.
+                let _ = api.blobs.remove_upload(id).await;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let outcome = api.meta.apply(Command::LinkBlob { repo: repo.clone(), digest: digest.clone(), size }).await?;
+        // Garbage collection is deleting this content (for a moment): once it is done, the
+        // bytes are placed again and linked, so the client never sees it, and no copy placed
+        // during the deletion is left behind unlinked.
+        if outcome == berth_proto::Outcome::Deleting && tries < DELETING_TRIES {
+            tries += 1;
+            tracing::info!(%digest, "a blob upload waits for garbage collection to finish deleting its content");
+            tokio::time::sleep(DELETING_WAIT).await;
+            continue;
         }
-        Err(e) => return Err(e.into()),
-    };
-    linked(&repo, api.meta.apply(Command::LinkBlob { repo: repo.clone(), digest: digest.clone(), size }).await?)?;
+        if outcome != berth_proto::Outcome::Done {
+            // Refused: the bytes are in the store and nothing will name them.
+            super::offer_to_gc(api, digest).await;
+        }
+        linked(&repo, digest, outcome)?;
+        break;
+    }
+    if api.blobs.stat(digest).await?.is_none() {
+        tracing::info!(%digest, "a blob's bytes went to garbage collection while its upload committed: put back");
+        api.blobs.finish_upload(id, digest).await?;
+    }
     if let Err(e) = api.blobs.remove_upload(id).await {
         tracing::warn!(upload = id, "staging not removed after commit (purging will): {e}");
     }
@@ -92,8 +127,15 @@ pub async fn start(api: &Api, name: &str, uri: &Uri, body: Body, grant: &Grant) 
         if let Some(from) = from.and_then(|f| RepoName::parse(f).ok()) {
             if let Some(size) = api.meta.blob_size(&from, &mount).await? {
                 if api.blobs.stat(&mount).await?.is_some() {
-                    linked(&repo, api.meta.apply(Command::LinkBlob { repo: repo.clone(), digest: mount.clone(), size }).await?)?;
-                    return Ok(created(&repo, &mount));
+                    linked(&repo, &mount, api.meta.apply(Command::LinkBlob { repo: repo.clone(), digest: mount.clone(), size }).await?)?;
+                    // As in `commit`: only a look after the link commits proves the bytes stay.
+                    // A mount has no copy of its own to put back, so it is undone and the
+                    // client uploads instead.
+                    if api.blobs.stat(&mount).await?.is_some() {
+                        return Ok(created(&repo, &mount));
+                    }
+                    tracing::info!(digest = %mount, "a mounted blob's bytes went to garbage collection: mount undone");
+                    api.meta.apply(Command::UnlinkBlob { repo: repo.clone(), digest: mount.clone() }).await?;
                 }
             }
         }

@@ -13,10 +13,12 @@ use serde_norway::Value;
 
 pub mod admin;
 pub mod auth;
+pub mod gc;
 pub mod limits;
 
 pub use admin::AdminConfig;
 pub use auth::AuthConfig;
+pub use gc::{Gc, GcConfig};
 pub use limits::{Limits, LimitsConfig};
 
 /// The whole configuration.
@@ -35,6 +37,8 @@ pub struct Config {
     pub berth: BerthConfig,
     /// Access control (`auth.htpasswd`, `auth.token`, ...), as Distribution configures it.
     pub auth: AuthConfig,
+    /// Online garbage collection, as GitLab's registry configures it.
+    pub gc: GcConfig,
     /// Accepted for compatibility; Berth has no Redis dependency.
     pub redis: Option<Value>,
     /// Accepted for compatibility; health checks are built in.
@@ -566,6 +570,7 @@ impl Config {
         self.trusted_proxies()?;
         self.berth.admin.credentials()?;
         Limits::from_config(&self.berth.limits)?;
+        Gc::from_config(&self.gc)?;
         let s = &self.storage;
         let drivers = [s.filesystem.is_some(), s.s3.is_some(), s.gcs.is_some(), s.azure.is_some(), s.inmemory.is_some()];
         if drivers.iter().filter(|d| **d).count() > 1 {

@@ -138,6 +138,18 @@ impl FsBlobStore {
         &self.root
     }
 
+    /// Deletes a blob's file; the directory is fsynced so that the deletion survives a crash
+    /// (a blob that came back would only be garbage again, but its space is what was asked for).
+    pub async fn delete_content(&self, digest: &Digest) -> Result<(), BlobError> {
+        let path = self.blob_path(digest);
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().expect("blob path has a parent")).map_err(io_err),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(e)),
+        })
+        .await
+    }
+
     fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root.join("blobs").join(d.algorithm().as_str()).join(&d.hex()[..2]).join(d.hex())
     }

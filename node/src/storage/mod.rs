@@ -57,6 +57,15 @@ impl SiteStore {
         }
     }
 
+    /// Deletes the bytes of `digest` (garbage collection, once the state marks them as being
+    /// deleted). Content that is not there is deleted already.
+    pub async fn delete_content(&self, digest: &Digest) -> Result<(), BlobError> {
+        match self {
+            SiteStore::Fs(s) => s.delete_content(digest).await,
+            SiteStore::Object(s) => s.delete_content(digest).await,
+        }
+    }
+
     /// Removes uploads older than `age`.
     pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<usize, BlobError> {
         match self {

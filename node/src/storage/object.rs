@@ -62,6 +62,14 @@ impl ObjectBlobStore {
         }
     }
 
+    /// Deletes a blob's object (garbage collection).
+    pub async fn delete_content(&self, digest: &Digest) -> Result<(), BlobError> {
+        match self.store.delete(&self.blob_path(digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(os_err(e)),
+        }
+    }
+
     fn blob_path(&self, d: &Digest) -> Path {
         self.path(&format!("blobs/{}/{}/{}", d.algorithm().as_str(), &d.hex()[..2], d.hex()))
     }

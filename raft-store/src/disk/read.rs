@@ -25,19 +25,22 @@ impl DiskState {
             Query::HttpSecret => Answer::HttpSecret(small().head.http_secret.clone()),
             Query::IdentityVersion => Answer::IdentityVersion(small().identity.version),
             Query::Identity => Answer::Identity(small().identity.clone()),
-            Query::GcDue { until_ms, n } => Answer::GcDue(self.gc_due(*until_ms, *n as usize)?),
+            Query::GcDue { manifests, until_ms, n } => Answer::GcDue(self.gc_due(*manifests, *until_ms, *n as usize)?),
             Query::GcStatus => Answer::GcStatus(self.gc_status()?),
         })
     }
 
-    /// Up to `n` review-queue items queued at or before `until_ms`, oldest first.
-    pub fn gc_due(&self, until_ms: u64, n: usize) -> DResult<Vec<(GcItem, u64)>> {
+    /// Up to `n` review-queue items of a class (manifests, or blob links and content) queued at
+    /// or before `until_ms`, oldest first.
+    pub fn gc_due(&self, manifests: bool, until_ms: u64, n: usize) -> DResult<Vec<(GcItem, u64)>> {
         let t = self.read()?.open_table(tables::GC_DUE)?;
-        let end = format!("{}\u{1}", tables::seq_key(until_ms));
+        let class = tables::due_class(manifests);
+        let start = format!("{class}\0");
+        let end = format!("{class}\0{}\u{1}", tables::seq_key(until_ms));
         let mut out = Vec::new();
-        for row in t.range::<&str>(..end.as_str())?.take(n) {
+        for row in t.range::<&str>(start.as_str()..end.as_str())?.take(n) {
             let row = row?;
-            let key = row.0.value();
+            let key = &row.0.value()[start.len()..];
             let (at, item) = key.split_once('\0').ok_or_else(|| DiskError::Format(format!("a review-queue key {key:?} has no time")))?;
             let at = at.parse().map_err(|_| DiskError::Format(format!("a review-queue key {key:?} has no time")))?;
             let item = tables::parse_gc_key(item).ok_or_else(|| DiskError::Format(format!("a review-queue key {key:?} names no item")))?;

@@ -39,7 +39,8 @@ pub const CONTENT_REFS: Def = TableDefinition::new("content_refs");
 pub const MANIFEST_PARENTS: Def = TableDefinition::new("manifest_parents");
 /// [`gc_key`] -> when the item was queued (8 bytes, little endian): the review queue (format 5).
 pub const GC_QUEUE: Def = TableDefinition::new("gc_queue");
-/// `time (20 digits)\0`[`gc_key`] -> empty: the review queue in time order (format 5).
+/// `class\0time (20 digits)\0`[`gc_key`] -> empty: the review queue in time order, manifests
+/// (class `m`) apart from blob links and content (class `b`) (format 5).
 pub const GC_DUE: Def = TableDefinition::new("gc_due");
 /// `digest` -> when it was marked (8 bytes, little endian): content being deleted (format 5).
 pub const GC_DELETING: Def = TableDefinition::new("gc_deleting");
@@ -91,9 +92,18 @@ pub fn parse_gc_key(key: &str) -> Option<GcItem> {
     })
 }
 
-/// A review-queue time as the first part of a [`GC_DUE`] key.
+/// The [`GC_DUE`] key of an item (spelt by [`gc_key`]) queued at `at_ms`.
 pub fn due_key(at_ms: u64, item_key: &str) -> String {
-    key2(&seq_key(at_ms), item_key)
+    key3(due_class(item_key.starts_with('m')), &seq_key(at_ms), item_key)
+}
+
+/// The first part of the [`GC_DUE`] keys of manifests, or of blob links and content.
+pub fn due_class(manifests: bool) -> &'static str {
+    if manifests {
+        "m"
+    } else {
+        "b"
+    }
 }
 
 /// The key of `b` within `a`.

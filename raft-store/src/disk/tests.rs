@@ -78,7 +78,8 @@ fn queries() -> Vec<Query> {
     let mut q = vec![Query::HttpSecret, Query::IdentityVersion, Query::Identity, Query::GcStatus];
     for until_ms in [0, 300_000, 2_000_000, u64::MAX] {
         for n in [0, 1, 3, 1000] {
-            q.push(Query::GcDue { until_ms, n });
+            q.push(Query::GcDue { manifests: true, until_ms, n });
+            q.push(Query::GcDue { manifests: false, until_ms, n });
         }
     }
     for n in [0, 1, 2, 100] {

@@ -99,10 +99,15 @@ impl RegistryState {
         Outcome::Done
     }
 
-    /// Up to `n` queued items queued at or before `until_ms`, oldest first (ties in key order).
-    pub fn gc_due(&self, until_ms: u64, n: usize) -> Vec<(GcItem, u64)> {
-        let mut due: Vec<(u64, String, GcItem)> =
-            self.gc_queue.iter().filter(|(_, at)| **at <= until_ms).map(|(i, at)| (*at, gc_key(i), i.clone())).collect();
+    /// Up to `n` queued items of a class (manifests, or blob links and content) queued at or
+    /// before `until_ms`, oldest first (ties in key order).
+    pub fn gc_due(&self, manifests: bool, until_ms: u64, n: usize) -> Vec<(GcItem, u64)> {
+        let mut due: Vec<(u64, String, GcItem)> = self
+            .gc_queue
+            .iter()
+            .filter(|(i, at)| **at <= until_ms && matches!(i, GcItem::Manifest { .. }) == manifests)
+            .map(|(i, at)| (*at, gc_key(i), i.clone()))
+            .collect();
         due.sort();
         due.into_iter().take(n).map(|(at, _, i)| (i, at)).collect()
     }
@@ -319,8 +324,10 @@ mod tests {
                     self.apply(Command::UnlinkBlob { repo: repo(r), digest: digest(b) });
                 }
                 Step::Sweep => {
-                    let due = self.state.gc_due(self.now.saturating_sub(REVIEW), 1);
-                    if let Some((item, _)) = due.into_iter().next() {
+                    // The two workers take turns, as their intervals let them.
+                    let until = self.now.saturating_sub(REVIEW);
+                    let due = [self.state.gc_due(self.now % 2 == 0, until, 1), self.state.gc_due(self.now % 2 == 1, until, 1)];
+                    if let Some((item, _)) = due.into_iter().flatten().next() {
                         let outcome = self.apply(Command::GcSweep(item.clone()));
                         if let (GcItem::Content { digest }, Outcome::Done) = (item, outcome) {
                             self.marked.push(Marked { digest, bytes_deleted: false });

@@ -443,7 +443,7 @@ impl RegistryState {
             Query::HttpSecret => Answer::HttpSecret(self.http_secret.clone()),
             Query::IdentityVersion => Answer::IdentityVersion(self.identity.version),
             Query::Identity => Answer::Identity(self.identity.clone()),
-            Query::GcDue { until_ms, n } => Answer::GcDue(self.gc_due(*until_ms, *n as usize)),
+            Query::GcDue { manifests, until_ms, n } => Answer::GcDue(self.gc_due(*manifests, *until_ms, *n as usize)),
             Query::GcStatus => Answer::GcStatus(self.gc_status()),
         }
     }

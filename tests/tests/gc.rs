@@ -1,0 +1,245 @@
+//! Online garbage collection against a real node and its filesystem store: what nothing keeps
+//! leaves the disk after `gc.reviewafter`, what a tag keeps stays and pulls whole, and pushes
+//! racing the collector never lose what they were acknowledged for.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_proto::Digest;
+use berth_tests::{image_manifest, init_tracing, random_bytes, Berth, Registry, OCI_MANIFEST, R};
+use reqwest::StatusCode;
+
+/// The content files of the store under `data` (blobs and manifest bodies), by digest hex.
+fn stored(data: &Path) -> BTreeSet<String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&data.join("storage").join("blobs"), &mut files);
+    files.into_iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().to_string())).filter(|n| n.len() == 64).collect()
+}
+
+/// A node that collects quickly: items are swept one second after nothing keeps them.
+fn quick_gc(review: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("REGISTRY_GC_REVIEWAFTER", review.to_string()),
+        ("REGISTRY_GC_BLOBS_INTERVAL", "100ms".into()),
+        ("REGISTRY_GC_MANIFESTS_INTERVAL", "100ms".into()),
+        ("REGISTRY_HTTP_DEBUG_ADDR", berth_tests::ports::free_addr()),
+    ]
+}
+
+async fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Image {
+    config: Vec<u8>,
+    layers: Vec<Vec<u8>>,
+}
+
+impl Image {
+    fn blobs(&self) -> Vec<&Vec<u8>> {
+        std::iter::once(&self.config).chain(self.layers.iter()).collect()
+    }
+    fn manifest(&self) -> Vec<u8> {
+        let cd = Digest::sha256_of(&self.config);
+        let layers: Vec<(Digest, usize)> = self.layers.iter().map(|l| (Digest::sha256_of(l), l.len())).collect();
+        let refs: Vec<(&Digest, usize)> = layers.iter().map(|(d, n)| (d, *n)).collect();
+        image_manifest((&cd, self.config.len()), &refs)
+    }
+    fn hexes(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self.blobs().into_iter().map(|b| Digest::sha256_of(b).hex().to_string()).collect();
+        out.insert(Digest::sha256_of(&self.manifest()).hex().to_string());
+        out
+    }
+    async fn push(&self, reg: &Registry, repo: &str, tag: &str) -> R<Digest> {
+        for b in self.blobs() {
+            reg.push_blob(repo, b).await?;
+        }
+        reg.push_manifest(repo, tag, &self.manifest(), OCI_MANIFEST).await
+    }
+    /// Pulls by tag and checks every byte.
+    async fn pull(&self, reg: &Registry, repo: &str, tag: &str) -> R<()> {
+        let (status, body) = reg.get_manifest(repo, tag).await?;
+        anyhow::ensure!(status == StatusCode::OK && body == self.manifest(), "manifest {repo}:{tag}: {status}");
+        for b in self.blobs() {
+            let got = reg.get_blob(repo, &Digest::sha256_of(b)).await?;
+            anyhow::ensure!(got == *b, "blob {} of {repo}:{tag} differs", Digest::sha256_of(b));
+        }
+        Ok(())
+    }
+}
+
+async fn delete(reg: &Registry, repo: &str, reference: &str) -> StatusCode {
+    reg.http.delete(reg.abs(&format!("/v2/{repo}/manifests/{reference}"))).send().await.unwrap().status()
+}
+
+async fn metric(node: &Berth, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", node.debug_url.as_ref().unwrap())).await.unwrap().text().await.unwrap();
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// Untagging an image frees its manifest, then the blobs only it used, then their bytes; a
+/// layer another tagged image shares stays, and so does that image, whole. A referrer goes
+/// with its subject; a blob uploaded and never used goes too. Pushed again, the same content
+/// comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_nothing_keeps_leaves_the_disk_and_the_rest_stays_whole() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = quick_gc("1s");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let node = Berth::start(&data, None, &env);
+    let reg = Registry::new(&node.url);
+    let repo = "gc/app";
+    let shared = random_bytes(100, 4000);
+    let a = Image { config: random_bytes(1, 300), layers: vec![shared.clone(), random_bytes(2, 5000)] };
+    let b = Image { config: random_bytes(3, 300), layers: vec![shared.clone(), random_bytes(4, 6000)] };
+    let a_digest = a.push(&reg, repo, "a").await.unwrap();
+    b.push(&reg, repo, "b").await.unwrap();
+    // A signature of `a` (a referrer: no tag, kept by its subject).
+    let sig_blob = random_bytes(5, 100);
+    let sig_digest = reg.push_blob(repo, &sig_blob).await.unwrap();
+    let sig = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/example.signature",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sig_digest.to_string(), "size": sig_blob.len()},
+        "layers": [],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": a_digest.to_string(), "size": a.manifest().len()},
+    }))
+    .unwrap();
+    let sig_manifest = reg.push_manifest(repo, &Digest::sha256_of(&sig).to_string(), &sig, OCI_MANIFEST).await.unwrap();
+    // Uploaded, never used.
+    let stray = reg.push_blob(repo, &random_bytes(6, 700)).await.unwrap();
+
+    tracing::info!("while everything is kept, nothing goes");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = stored(&data);
+    for h in a.hexes().iter().chain(b.hexes().iter()) {
+        assert!(before.contains(h), "{h} went while a tag kept it; stored: {before:?}; log:\n{}", std::fs::read_to_string(&node.log).unwrap_or_default());
+    }
+    assert!(before.contains(sig_manifest.hex()) && before.contains(sig_digest.hex()));
+    assert!(!before.contains(stray.hex()), "a blob no manifest used stayed past the review delay");
+    assert_eq!(reg.http.head(reg.abs(&format!("/v2/{repo}/blobs/{stray}"))).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+
+    tracing::info!("untagged, `a` goes with its signature; what `b` uses stays");
+    assert_eq!(delete(&reg, repo, "a").await, StatusCode::ACCEPTED);
+    let only_a: BTreeSet<String> = a.hexes().difference(&b.hexes()).cloned().chain([sig_manifest.hex().to_string(), sig_digest.hex().to_string()]).collect();
+    wait_until("a's content deleted", Duration::from_secs(30), || stored(&data).is_disjoint(&only_a)).await;
+    let after = stored(&data);
+    assert_eq!(after, b.hexes(), "exactly what `b` uses is left");
+    b.pull(&reg, repo, "b").await.unwrap();
+    assert_eq!(reg.get_manifest(repo, &a_digest.to_string()).await.unwrap().0, StatusCode::NOT_FOUND);
+    assert!(metric(&node, "berth_gc_deleted_bytes_total").await >= 5000.0);
+    assert!(metric(&node, "berth_gc_swept_total{kind=\"manifest\",result=\"deleted\"}").await >= 2.0);
+
+    tracing::info!("pushed again, `a` is whole again");
+    a.push(&reg, repo, "a").await.unwrap();
+    a.pull(&reg, repo, "a").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.pull(&reg, repo, "a").await.unwrap();
+
+    tracing::info!("with every tag gone, the store empties");
+    assert_eq!(delete(&reg, repo, "a").await, StatusCode::ACCEPTED);
+    assert_eq!(delete(&reg, repo, "b").await, StatusCode::ACCEPTED);
+    wait_until("the store empties", Duration::from_secs(30), || stored(&data).is_empty()).await;
+    let catalog: serde_json::Value = reg.http.get(reg.abs("/v2/_catalog")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!([]), "the repository went with its last content");
+}
+
+/// Clients push, check and untag the same few images over and over while the collector
+/// sweeps them as fast as it may (zero review delay): every push it acknowledges pulls whole,
+/// right after and again a little later while it is still tagged. A push may lose a blob to
+/// the collector before its manifest (a zero delay gives a push no time), which is no loss.
+/// When everything is untagged, the store empties: no copy placed while a deletion ran is left.
+///
+/// Run twice: as is, and with each deletion held open for 300 ms (a test hook), so that
+/// pushes land while their content is marked and must wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_racing_the_collector_lose_nothing_acknowledged() {
+    race(None).await;
+    let waited = race(Some(300)).await;
+    assert!(waited > 0, "no push met a deletion in progress");
+}
+
+/// One run of the race; returns how many commits waited for a deletion.
+async fn race(mark_pause_ms: Option<u64>) -> usize {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut env = quick_gc("0s");
+    if let Some(ms) = mark_pause_ms {
+        env.push(("BERTH_TEST_GC_MARK_PAUSE_MS", ms.to_string()));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let node = Berth::start(&data, None, &env);
+    let reg = Registry::new(&node.url);
+    let shared = random_bytes(200, 3000);
+    let images: Vec<Image> = (0..3).map(|i| Image { config: random_bytes(300 + i, 200), layers: vec![shared.clone(), random_bytes(400 + i, 2000)] }).collect();
+    let images = std::sync::Arc::new(images);
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut tasks = Vec::new();
+    for client in 0..3usize {
+        let (reg, images) = (reg.clone(), images.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut acked, mut refused) = (0u32, 0u32);
+            let mut round = 0usize;
+            while Instant::now() < deadline {
+                round += 1;
+                let image = &images[(client + round) % images.len()];
+                let (repo, tag) = ("race/app", format!("c{client}"));
+                match image.push(&reg, repo, &tag).await {
+                    Ok(_) => {
+                        acked += 1;
+                        image.pull(&reg, repo, &tag).await.unwrap_or_else(|e| panic!("client {client} round {round}: acknowledged push does not pull: {e:#}"));
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                        image.pull(&reg, repo, &tag).await.unwrap_or_else(|e| panic!("client {client} round {round}: acknowledged push lost later: {e:#}"));
+                        assert_eq!(delete(&reg, repo, &tag).await, StatusCode::ACCEPTED);
+                    }
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        assert!(e.contains("MANIFEST_BLOB_UNKNOWN"), "client {client}: unexpected refusal: {e}");
+                        refused += 1;
+                    }
+                }
+            }
+            (acked, refused)
+        }));
+    }
+    let (mut acked, mut refused) = (0, 0);
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        acked += a;
+        refused += r;
+    }
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    let (waited, put_back) = (log.matches("waits for garbage collection").count(), log.matches("put back").count());
+    tracing::info!(acked, refused, waited, put_back, ?mark_pause_ms, "racing pushes");
+    assert!(acked >= 10, "only {acked} pushes were acknowledged ({refused} refused)");
+    let start = Instant::now();
+    while !stored(&data).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the store does not empty: {:?}; queue {} deleting {}",
+            stored(&data),
+            metric(&node, "berth_gc_queue_length").await,
+            metric(&node, "berth_gc_deleting").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&node, "berth_gc_swept_total{kind=\"content\",result=\"deleted\"}").await >= 1.0, "the collector deleted nothing");
+    waited
+}
