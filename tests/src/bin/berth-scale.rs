@@ -6,6 +6,7 @@
 //! berth-scale fill URL REPOS MANIFESTS TAGS BIG_REPO_TAGS CONCURRENCY
 //! berth-scale measure URL REPOS BIG_REPO_TAGS
 //! berth-scale large-push|large-read URL COUNT BYTES
+//! berth-scale garbage URL COUNT CONCURRENCY
 //! ```
 //!
 //! `fill` makes repositories `scale/r00000`.. each with MANIFESTS/REPOS distinct manifests
@@ -15,6 +16,8 @@
 //! pages after a random `last=`, catalog pages after a random `last=`, and manifest GETs by tag.
 //! `large-push` pushes COUNT distinct manifests of about BYTES each to `scale/large` (the bulk
 //! is a layer annotation, which no index keeps); `large-read` reads each back and checks it.
+//! `garbage` uploads COUNT distinct 1 KiB blobs to `gc/garbage` that no manifest uses: work
+//! for the garbage collector (`tests/bench/gc.sh`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,7 +54,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, usage: &str) -> T {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: berth-scale fill URL REPOS MANIFESTS TAGS BIG_REPO_TAGS CONCURRENCY | measure URL REPOS BIG_REPO_TAGS | large-push|large-read URL COUNT BYTES";
+    let usage = "usage: berth-scale fill URL REPOS MANIFESTS TAGS BIG_REPO_TAGS CONCURRENCY | measure URL REPOS BIG_REPO_TAGS | large-push|large-read URL COUNT BYTES | garbage URL COUNT CONCURRENCY";
     let reg = Registry::new(args.get(2).expect(usage));
     match args.get(1).map(String::as_str) {
         Some("fill") => {
@@ -62,8 +65,24 @@ async fn main() {
         Some("measure") => measure(&reg, arg(&args, 3, usage), arg(&args, 4, usage)).await,
         Some("large-push") => large(&reg, arg(&args, 3, usage), arg(&args, 4, usage), false).await,
         Some("large-read") => large(&reg, arg(&args, 3, usage), arg(&args, 4, usage), true).await,
+        Some("garbage") => garbage(&reg, arg(&args, 3, usage), arg(&args, 4, usage)).await,
         _ => panic!("{usage}"),
     }
+}
+
+async fn garbage(reg: &Registry, count: u64, conc: usize) {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let t = Instant::now();
+    futures::stream::iter(0..count)
+        .for_each_concurrent(conc, |i| {
+            let reg = reg.clone();
+            async move {
+                reg.push_blob("gc/garbage", &random_bytes(seed.wrapping_add(i), 1024)).await.unwrap();
+            }
+        })
+        .await;
+    let secs = t.elapsed().as_secs_f64();
+    println!("garbage {count} blobs uploaded in {secs:.1} s ({:.0}/s)", count as f64 / secs);
 }
 
 async fn fill(reg: &Registry, repos: u64, manifests: u64, tags: u64, big: u64, conc: usize) {
