@@ -68,7 +68,7 @@ fn store_client() -> object_store::ClientOptions {
     object_store::ClientOptions::new().with_connect_timeout(Duration::from_secs(3)).with_timeout(Duration::from_secs(300))
 }
 
-fn build_store(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<(SiteStore, &'static str)> {
+pub(crate) fn build_store(cfg: &Config, data_dir: &std::path::Path) -> anyhow::Result<(SiteStore, &'static str)> {
     let s = &cfg.storage;
     if let Some(s3) = &s.s3 {
         let endpoint = s3.regionendpoint.clone();

@@ -73,6 +73,30 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Find garbage the online collector cannot see (content in the blob store that nothing
+    /// links or holds; with --delete-untagged, unused blob links and untagged manifests from
+    /// before this build), queue it, and sweep what has waited --review-after. Runs against
+    /// the running cluster and the blob store of the config; nothing stops.
+    #[command(after_help = "Examples:\n  berth garbage-collect --config /etc/berth/config.yml --dry-run\n  berth garbage-collect --config /etc/berth/config.yml --delete-untagged --review-after 0s")]
+    GarbageCollect {
+        /// Config file: the blob store, the cluster token and `berth.tls`, `gc.reviewafter`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// gRPC address of a voter.
+        #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
+        node: String,
+        /// Report what would be collected; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also collect every manifest no tag, index or subject keeps (images pushed by digest
+        /// only, too) and every blob link no manifest uses.
+        #[arg(long)]
+        delete_untagged: bool,
+        /// Sweep what has waited this long (`0s`: everything now, as Distribution does; a push
+        /// in flight may then be refused and retried). Default: the config's gc.reviewafter.
+        #[arg(long)]
+        review_after: Option<String>,
+    },
     /// GET a plain-HTTP URL and succeed on a 2xx: a health check for images without curl.
     #[command(after_help = "Example:\n  berth probe http://127.0.0.1:5001/debug/ready")]
     Probe {
@@ -274,6 +298,25 @@ fn self_signed(hosts: &[String], cert: &std::path::Path, key: &std::path::Path) 
     }
 }
 
+fn garbage_collect(config: Option<PathBuf>, node: String, dry_run: bool, delete_untagged: bool, review_after: Option<String>) -> std::process::ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async {
+        let cfg = Config::load(config.as_deref(), std::env::vars())?.0;
+        let review_after = review_after.as_deref().map(berth_node::config::parse_duration).transpose()?;
+        let opts = berth_node::gc::collect::Options { dry_run, delete_untagged, review_after };
+        let summary = berth_node::gc::collect::run(&cfg, &node, opts).await?;
+        print!("{}", summary.report(dry_run));
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn cluster(config: Option<PathBuf>, action: ClusterAction) -> std::process::ExitCode {
     use berth_node::cluster_cli::Admin;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
@@ -353,6 +396,9 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             };
+        }
+        Command::GarbageCollect { config, node, dry_run, delete_untagged, review_after } => {
+            return garbage_collect(config, node, dry_run, delete_untagged, review_after)
         }
         Command::Probe { url, timeout } => {
             return match berth_node::probe::probe(&url, std::time::Duration::from_secs(timeout)) {

@@ -11,6 +11,8 @@ pub enum Unit {
     Bytes,
     /// Raft log entries.
     Entries,
+    /// Things looked at (blobs, manifests).
+    Items,
 }
 
 /// One progress line.
@@ -25,6 +27,7 @@ pub struct Progress {
 fn human(n: u64, unit: Unit) -> String {
     match unit {
         Unit::Entries => format!("{n} entries"),
+        Unit::Items => format!("{n} items"),
         Unit::Bytes if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
         Unit::Bytes if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
         Unit::Bytes if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),

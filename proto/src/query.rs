@@ -67,6 +67,17 @@ pub enum Query {
     },
     /// The garbage collector's queue length and marks.
     GcStatus,
+    /// Whether each item is garbage now (`berth garbage-collect`).
+    GcCollectable(Vec<GcItem>),
+    /// Up to `n` of every repository's blob links and manifests after `after`, in the order
+    /// of their queue keys (all links, then all manifests): what `berth garbage-collect
+    /// --delete-untagged` looks at.
+    GcScan {
+        /// Items after this one.
+        after: Option<GcItem>,
+        /// Page size.
+        n: u64,
+    },
 }
 
 /// The answer to a [`Query`]; the variant matches the query's.
@@ -92,4 +103,8 @@ pub enum Answer {
     GcDue(Vec<(GcItem, u64)>),
     /// For [`Query::GcStatus`].
     GcStatus(GcStatus),
+    /// For [`Query::GcCollectable`]: one answer per item, in order.
+    GcCollectable(Vec<bool>),
+    /// For [`Query::GcScan`].
+    GcScan(Vec<GcItem>),
 }

@@ -243,3 +243,45 @@ async fn race(mark_pause_ms: Option<u64>) -> usize {
     assert!(metric(&node, "berth_gc_swept_total{kind=\"content\",result=\"deleted\"}").await >= 1.0, "the collector deleted nothing");
     waited
 }
+
+/// `berth garbage-collect` finds what the online collector cannot see (bytes in the store the
+/// state never learnt of, here planted as a crash between placing an upload and committing
+/// its link would leave them), reports without changing anything on `--dry-run`, and with
+/// `--review-after 0s` empties the review queue now, as Distribution's command does; what a
+/// tag keeps stays and pulls whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collect_finds_what_the_online_collector_cannot_see() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let node = Berth::start(&data, None, &[]);
+    let reg = Registry::new(&node.url);
+    let keep = Image { config: random_bytes(11, 300), layers: vec![random_bytes(12, 4000)] };
+    let old = Image { config: random_bytes(13, 300), layers: vec![random_bytes(14, 5000)] };
+    keep.push(&reg, "gc/cli", "keep").await.unwrap();
+    old.push(&reg, "gc/cli", "old").await.unwrap();
+    assert_eq!(delete(&reg, "gc/cli", "old").await, StatusCode::ACCEPTED);
+    let orphan = random_bytes(15, 7000);
+    let od = Digest::sha256_of(&orphan);
+    let path = data.join("storage/blobs/sha256").join(&od.hex()[..2]).join(od.hex());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &orphan).unwrap();
+    let gc = |args: &[&str]| {
+        let mut c = berth_tests::berth_command();
+        c.env("REGISTRY_BERTH_DATADIR", &data).arg("garbage-collect").arg("--node").arg(&node.grpc_addr).args(args);
+        berth_tests::run(&mut c)
+    };
+
+    let before = stored(&data);
+    let report = gc(&["--dry-run", "--delete-untagged"]);
+    assert!(report.contains("1 that nothing links or holds (0.0 MiB)"), "{report}");
+    assert!(report.contains("0 unused blob links, 1 manifests no tag keeps"), "{report}");
+    assert!(report.contains("dry run: nothing changed"), "{report}");
+    assert_eq!(stored(&data), before, "a dry run deleted something");
+
+    let report = gc(&["--review-after", "0s"]);
+    assert!(report.contains("swept: 1 manifests, 2 blob links; deleted 4 pieces of content"), "{report}");
+    assert!(report.contains("review queue: 0 items waiting, 0 being deleted"), "{report}");
+    assert_eq!(stored(&data), keep.hexes(), "exactly what the tag keeps is left");
+    keep.pull(&reg, "gc/cli", "keep").await.unwrap();
+}

@@ -27,6 +27,8 @@ use tokio::sync::watch;
 use crate::config::Gc;
 use crate::storage::SiteStore;
 
+pub mod collect;
+
 /// Items one run of a worker takes off the queue (it runs again at once while it finds more).
 const BATCH: usize = 100;
 

@@ -138,6 +138,27 @@ impl FsBlobStore {
         &self.root
     }
 
+    /// Every blob file under `blobs/<algorithm>/<2 hex>/<hex>`, with its size.
+    pub async fn list_content(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
+        let root = self.root.join("blobs");
+        blocking(move || {
+            let mut out = Vec::new();
+            let dirs = |p: &Path| -> Vec<std::fs::DirEntry> { std::fs::read_dir(p).into_iter().flatten().flatten().collect() };
+            for alg in dirs(&root) {
+                for prefix in dirs(&alg.path()) {
+                    for file in dirs(&prefix.path()) {
+                        let name = format!("{}:{}", alg.file_name().to_string_lossy(), file.file_name().to_string_lossy());
+                        if let (Ok(d), Ok(meta)) = (Digest::parse(&name), file.metadata()) {
+                            out.push((d, meta.len()));
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Deletes a blob's file; the directory is fsynced so that the deletion survives a crash
     /// (a blob that came back would only be garbage again, but its space is what was asked for).
     pub async fn delete_content(&self, digest: &Digest) -> Result<(), BlobError> {

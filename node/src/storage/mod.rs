@@ -66,6 +66,16 @@ impl SiteStore {
         }
     }
 
+    /// Every piece of content in the store (blobs and manifest bodies), with its size: what a
+    /// scan for bytes the state never learnt of looks at. Files that are not named like
+    /// content are left out.
+    pub async fn list_content(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
+        match self {
+            SiteStore::Fs(s) => s.list_content().await,
+            SiteStore::Object(s) => s.list_content().await,
+        }
+    }
+
     /// Removes uploads older than `age`.
     pub async fn purge_uploads(&self, age: Duration, dry_run: bool) -> Result<usize, BlobError> {
         match self {

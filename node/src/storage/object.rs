@@ -62,6 +62,19 @@ impl ObjectBlobStore {
         }
     }
 
+    /// Every blob object under `blobs/<algorithm>/<2 hex>/<hex>`, with its size.
+    pub async fn list_content(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
+        let metas: Vec<_> = self.store.list(Some(&self.path("blobs"))).try_collect().await.map_err(os_err)?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let parts: Vec<&str> = m.location.as_ref().rsplitn(3, '/').collect();
+                let name = format!("{}:{}", parts.get(2)?.rsplit('/').next()?, parts.first()?);
+                Digest::parse(&name).ok().map(|d| (d, m.size as u64))
+            })
+            .collect())
+    }
+
     /// Deletes a blob's object (garbage collection).
     pub async fn delete_content(&self, digest: &Digest) -> Result<(), BlobError> {
         match self.store.delete(&self.blob_path(digest)).await {

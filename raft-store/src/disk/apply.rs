@@ -18,7 +18,7 @@ use crate::types::typ::{Entry, StoredMembership};
 
 type T<'t> = Table<'t, &'static str, &'static [u8]>;
 
-mod gc;
+pub(super) mod gc;
 
 impl DiskState {
     /// Applies `entries` (consecutive, in log order) in one transaction.

@@ -27,6 +27,8 @@ impl DiskState {
             Query::Identity => Answer::Identity(small().identity.clone()),
             Query::GcDue { manifests, until_ms, n } => Answer::GcDue(self.gc_due(*manifests, *until_ms, *n as usize)?),
             Query::GcStatus => Answer::GcStatus(self.gc_status()?),
+            Query::GcCollectable(items) => Answer::GcCollectable(self.gc_collectable(items)?),
+            Query::GcScan { after, n } => Answer::GcScan(self.gc_scan(after.as_ref(), *n as usize)?),
         })
     }
 
@@ -45,6 +47,70 @@ impl DiskState {
             let at = at.parse().map_err(|_| DiskError::Format(format!("a review-queue key {key:?} has no time")))?;
             let item = tables::parse_gc_key(item).ok_or_else(|| DiskError::Format(format!("a review-queue key {key:?} names no item")))?;
             out.push((item, at));
+        }
+        Ok(out)
+    }
+
+    /// Whether each item is garbage now, all read in one transaction.
+    pub fn gc_collectable(&self, items: &[GcItem]) -> DResult<Vec<bool>> {
+        let txn = self.read()?;
+        let open = |def| txn.open_table(def);
+        let (manifests, manifest_tags, manifest_parents, blobs, blob_users, gc_deleting, content_refs) = (
+            open(tables::MANIFESTS)?,
+            open(tables::MANIFEST_TAGS)?,
+            open(tables::MANIFEST_PARENTS)?,
+            open(tables::BLOBS)?,
+            open(tables::BLOB_USERS)?,
+            open(tables::GC_DELETING)?,
+            open(tables::CONTENT_REFS)?,
+        );
+        let view = super::apply::gc::GcTables {
+            manifests: &manifests,
+            manifest_tags: &manifest_tags,
+            manifest_parents: &manifest_parents,
+            blobs: &blobs,
+            blob_users: &blob_users,
+            gc_deleting: &gc_deleting,
+            content_refs: &content_refs,
+        };
+        items.iter().map(|i| view.collectable(i)).collect()
+    }
+
+    /// Up to `n` blob links and manifests after `after`, in queue-key order: every link (the
+    /// `blobs` table's order), then every manifest.
+    pub fn gc_scan(&self, after: Option<&GcItem>, n: usize) -> DResult<Vec<GcItem>> {
+        let txn = self.read()?;
+        let mut out = Vec::new();
+        let parse = |key: &str, manifest: bool| -> DResult<GcItem> {
+            let (r, d) = key.split_once('\0').ok_or_else(|| DiskError::Format(format!("a state key {key:?} has one part")))?;
+            let repo = RepoName::parse(r).map_err(|e| DiskError::Format(e.to_string()))?;
+            let digest = Digest::parse(d).map_err(|e| DiskError::Format(e.to_string()))?;
+            Ok(if manifest { GcItem::Manifest { repo, digest } } else { GcItem::Link { repo, digest } })
+        };
+        // Where each table starts: after the given item in its own table, from the start in a
+        // later one, not at all in an earlier one.
+        let start = |manifest: bool| -> Option<Option<String>> {
+            match after {
+                None | Some(GcItem::Content { .. }) => Some(None),
+                Some(GcItem::Link { repo, digest }) if !manifest => Some(Some(key2(repo.as_str(), &digest.to_string()))),
+                Some(GcItem::Link { .. }) => Some(None),
+                Some(GcItem::Manifest { .. }) if !manifest => None,
+                Some(GcItem::Manifest { repo, digest }) => Some(Some(key2(repo.as_str(), &digest.to_string()))),
+            }
+        };
+        for (manifest, def) in [(false, tables::BLOBS), (true, tables::MANIFESTS)] {
+            let Some(from) = start(manifest) else { continue };
+            let t = txn.open_table(def)?;
+            let rows = match &from {
+                Some(k) => t.range::<&str>((std::ops::Bound::Excluded(k.as_str()), std::ops::Bound::Unbounded))?,
+                None => t.range::<&str>(..)?,
+            };
+            for row in rows {
+                if out.len() >= n {
+                    return Ok(out);
+                }
+                out.push(parse(row?.0.value(), manifest)?);
+            }
         }
         Ok(out)
     }

@@ -75,7 +75,13 @@ fn arb_gc_item() -> impl Strategy<Value = GcItem> {
 
 /// Every query over the small universe the generator draws from.
 fn queries() -> Vec<Query> {
-    let mut q = vec![Query::HttpSecret, Query::IdentityVersion, Query::Identity, Query::GcStatus];
+    let mut q = vec![Query::HttpSecret, Query::IdentityVersion, Query::Identity, Query::GcStatus, Query::GcCollectable(all_gc_items())];
+    let scan_points = std::iter::once(None).chain(all_gc_items().into_iter().map(Some));
+    for after in scan_points {
+        for n in [1, 5, 1000] {
+            q.push(Query::GcScan { after: after.clone(), n });
+        }
+    }
     for until_ms in [0, 300_000, 2_000_000, u64::MAX] {
         for n in [0, 1, 3, 1000] {
             q.push(Query::GcDue { manifests: true, until_ms, n });

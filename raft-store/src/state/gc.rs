@@ -112,6 +112,15 @@ impl RegistryState {
         due.into_iter().take(n).map(|(at, _, i)| (i, at)).collect()
     }
 
+    /// Up to `n` of every blob link and manifest after `after`, in the order of their queue
+    /// keys: every link, then every manifest.
+    pub fn gc_scan(&self, after: Option<&GcItem>, n: usize) -> Vec<GcItem> {
+        let links = self.repos.iter().flat_map(|(r, repo)| repo.blobs.keys().map(move |d| GcItem::Link { repo: r.clone(), digest: d.clone() }));
+        let manifests = self.repos.iter().flat_map(|(r, repo)| repo.manifests.keys().map(move |d| GcItem::Manifest { repo: r.clone(), digest: d.clone() }));
+        let after = after.map(gc_key);
+        links.chain(manifests).filter(|i| after.as_ref().is_none_or(|a| gc_key(i) > *a)).take(n).collect()
+    }
+
     /// The queue's length and the marks.
     pub fn gc_status(&self) -> GcStatus {
         let mut deleting: Vec<(Digest, u64)> = self.gc_deleting.iter().map(|(d, at)| (d.clone(), *at)).collect();

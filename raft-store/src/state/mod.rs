@@ -445,6 +445,8 @@ impl RegistryState {
             Query::Identity => Answer::Identity(self.identity.clone()),
             Query::GcDue { manifests, until_ms, n } => Answer::GcDue(self.gc_due(*manifests, *until_ms, *n as usize)),
             Query::GcStatus => Answer::GcStatus(self.gc_status()),
+            Query::GcCollectable(items) => Answer::GcCollectable(items.iter().map(|i| self.collectable(i)).collect()),
+            Query::GcScan { after, n } => Answer::GcScan(self.gc_scan(after.as_ref(), *n as usize)),
         }
     }
 

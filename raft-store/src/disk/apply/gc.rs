@@ -9,20 +9,29 @@ use redb::ReadableTable;
 use super::super::tables::{bounds, due_key, gc_key, key2, within};
 use super::{blob_size, decode, DResult, Writer};
 
-impl Writer<'_> {
-    /// True if any repository links `digest` or holds it as a manifest.
-    fn referenced(&self, digest: &str) -> DResult<bool> {
-        let range = within(digest);
-        Ok(self.content_refs.range::<&str>(bounds(&range))?.next().is_some())
-    }
+/// The tables the rules read, from a write transaction or a read one.
+pub(in crate::disk) struct GcTables<'a, T> {
+    pub manifests: &'a T,
+    pub manifest_tags: &'a T,
+    pub manifest_parents: &'a T,
+    pub blobs: &'a T,
+    pub blob_users: &'a T,
+    pub gc_deleting: &'a T,
+    pub content_refs: &'a T,
+}
 
-    fn any_within(table: &super::T<'_>, prefix: &str) -> DResult<bool> {
-        let range = within(prefix);
-        Ok(table.range::<&str>(bounds(&range))?.next().is_some())
-    }
+fn has<T: ReadableTable<&'static str, &'static [u8]>>(table: &T, key: &str) -> DResult<bool> {
+    Ok(table.get(key)?.is_some())
+}
 
+fn any_within<T: ReadableTable<&'static str, &'static [u8]>>(table: &T, prefix: &str) -> DResult<bool> {
+    let range = within(prefix);
+    Ok(table.range::<&str>(bounds(&range))?.next().is_some())
+}
+
+impl<T: ReadableTable<&'static str, &'static [u8]>> GcTables<'_, T> {
     /// True if `item` is garbage now (the model's `collectable`).
-    fn collectable(&self, item: &GcItem) -> DResult<bool> {
+    pub fn collectable(&self, item: &GcItem) -> DResult<bool> {
         Ok(match item {
             GcItem::Manifest { repo, digest } => {
                 let (r, d) = (repo.as_str(), digest.to_string());
@@ -30,20 +39,36 @@ impl Writer<'_> {
                     return Ok(false);
                 };
                 let subject_held = match &record.subject {
-                    Some(s) => Self::has(&self.manifests, &key2(r, &s.to_string()))?,
+                    Some(s) => has(self.manifests, &key2(r, &s.to_string()))?,
                     None => false,
                 };
-                !subject_held && !Self::any_within(&self.manifest_tags, &key2(r, &d))? && !Self::any_within(&self.manifest_parents, &key2(r, &d))?
+                !subject_held && !any_within(self.manifest_tags, &key2(r, &d))? && !any_within(self.manifest_parents, &key2(r, &d))?
             }
             GcItem::Link { repo, digest } => {
                 let k = key2(repo.as_str(), &digest.to_string());
-                Self::has(&self.blobs, &k)? && !Self::any_within(&self.blob_users, &k)?
+                has(self.blobs, &k)? && !any_within(self.blob_users, &k)?
             }
             GcItem::Content { digest } => {
+                // Nothing links or holds it, and it is not being deleted already.
                 let d = digest.to_string();
-                !Self::has(&self.gc_deleting, &d)? && !self.referenced(&d)?
+                !has(self.gc_deleting, &d)? && !any_within(self.content_refs, &d)?
             }
         })
+    }
+}
+
+impl Writer<'_> {
+    fn collectable(&self, item: &GcItem) -> DResult<bool> {
+        GcTables {
+            manifests: &self.manifests,
+            manifest_tags: &self.manifest_tags,
+            manifest_parents: &self.manifest_parents,
+            blobs: &self.blobs,
+            blob_users: &self.blob_users,
+            gc_deleting: &self.gc_deleting,
+            content_refs: &self.content_refs,
+        }
+        .collectable(item)
     }
 
     /// Queues `item` if it is garbage (keeping an earlier queue time), or takes it off the queue.
