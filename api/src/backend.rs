@@ -53,6 +53,9 @@ pub trait Metadata: Send + Sync + 'static {
     /// Manifests in `repo` whose subject is `subject`.
     async fn referrers(&self, repo: &RepoName, subject: &Digest)
         -> Result<Vec<(Digest, Arc<ManifestRecord>)>, MetaError>;
+    /// Everything `repo` holds: its manifests and the blobs linked into it (to delete a
+    /// repository).
+    async fn contents(&self, repo: &RepoName) -> Result<(Vec<Digest>, Vec<Digest>), MetaError>;
     /// The cluster secret that signs upload state.
     async fn http_secret(&self) -> Result<Arc<Vec<u8>>, MetaError>;
     /// Identity as this node last saw it, without waiting: kept fresh in the background

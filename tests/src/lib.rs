@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod gitlab;
 pub mod ports;
 pub mod suite;
 pub mod tokens;
@@ -533,6 +534,11 @@ pub fn tar_with_file(name: &str, content: &[u8]) -> Vec<u8> {
 
 /// Writes an OCI image layout at `dir` with one image tagged `tag`; returns the manifest digest.
 pub fn write_oci_layout(dir: &Path, tag: &str, layer_contents: &[Vec<u8>]) -> Digest {
+    write_oci_layout_created(dir, tag, layer_contents, None)
+}
+
+/// [`write_oci_layout`] with the image config's `created` time (RFC 3339) set.
+pub fn write_oci_layout_created(dir: &Path, tag: &str, layer_contents: &[Vec<u8>], created: Option<&str>) -> Digest {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |b: &[u8]| {
@@ -543,11 +549,14 @@ pub fn write_oci_layout(dir: &Path, tag: &str, layer_contents: &[Vec<u8>]) -> Di
     let layers: Vec<(Digest, usize)> =
         layer_contents.iter().enumerate().map(|(i, c)| put(&tar_with_file(&format!("file{i}.bin"), c))).collect();
     let diff_ids: Vec<String> = layers.iter().map(|(d, _)| d.to_string()).collect();
-    let cfg = serde_json::to_vec(&serde_json::json!({
+    let mut cfg = serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .unwrap();
+    });
+    if let Some(c) = created {
+        cfg["created"] = serde_json::json!(c);
+    }
+    let cfg = serde_json::to_vec(&cfg).unwrap();
     let (cd, cs) = put(&cfg);
     let man = image_manifest((&cd, cs), &layers.iter().map(|(d, s)| (d, *s)).collect::<Vec<_>>());
     let (md, ms) = put(&man);

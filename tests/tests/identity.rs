@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use berth_tests::gitlab::{admin_token, V4};
 use berth_tests::tokens::registry_token;
 use berth_tests::{berth_command, docker_login, init_tracing, random_bytes, require_tool, run, voter_cluster, write_oci_layout, Berth};
 use reqwest::StatusCode;
@@ -14,37 +15,6 @@ const ADMIN_PASSWORD: &str = "correct-horse-battery";
 
 fn issuer_env() -> Vec<(&'static str, &'static str)> {
     vec![("REGISTRY_AUTH_TOKEN_SERVICE", "container_registry"), ("REGISTRY_BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)]
-}
-
-/// A personal access token for `root`, made with `berth admin` over the cluster plane.
-fn admin_token(node: &Berth) -> String {
-    let out = run(berth_command().args(["admin", "--node", &node.grpc_addr, "create-token", "--username", "root", "--scopes", "api"]));
-    out.trim().to_string()
-}
-
-/// `/api/v4` as a client with a personal access token.
-struct V4 {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl V4 {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = self.http.request(method, format!("{}/api/v4{path}", self.base)).header("PRIVATE-TOKEN", &self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
-        assert_eq!(s, StatusCode::CREATED, "POST {path}: {v}");
-        v
-    }
 }
 
 fn skopeo_ok(args: &[&str]) {

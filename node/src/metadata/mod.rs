@@ -112,6 +112,35 @@ impl<B: MetadataBackend> Metadata for ClusterMetadata<B> {
         ask!(self, Query::Catalog { last: last.map(str::to_string), n: n as u64 }, Answer::Catalog)
     }
 
+    async fn contents(&self, repo: &RepoName) -> Result<(Vec<Digest>, Vec<Digest>), MetaError> {
+        // The scan of every link and manifest, from just before this repository's first of
+        // each (no digest sorts below sha256:00..0) until the next repository's.
+        let floor = Digest::parse(&format!("sha256:{}", "0".repeat(64))).map_err(|e| MetaError::Internal(e.to_string()))?;
+        let mut out = (Vec::new(), Vec::new());
+        for manifests in [false, true] {
+            let mut after = Some(if manifests {
+                berth_proto::GcItem::Manifest { repo: repo.clone(), digest: floor.clone() }
+            } else {
+                berth_proto::GcItem::Link { repo: repo.clone(), digest: floor.clone() }
+            });
+            'pages: loop {
+                let page = ask!(self, Query::GcScan { after: after.clone(), n: 1000 }, Answer::GcScan)?;
+                if page.is_empty() {
+                    break;
+                }
+                for item in &page {
+                    match item {
+                        berth_proto::GcItem::Link { repo: r, digest } if r == repo && !manifests => out.1.push(digest.clone()),
+                        berth_proto::GcItem::Manifest { repo: r, digest } if r == repo && manifests => out.0.push(digest.clone()),
+                        _ => break 'pages,
+                    }
+                }
+                after = page.last().cloned();
+            }
+        }
+        Ok(out)
+    }
+
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, Arc<ManifestRecord>)>, MetaError> {
         ask!(self, Query::Referrers { repo: repo.clone(), subject: subject.clone() }, Answer::Referrers)
     }

@@ -7,6 +7,7 @@ mod groups;
 mod members;
 mod namespace;
 mod projects;
+mod registry;
 mod tokens;
 mod users;
 
@@ -42,6 +43,11 @@ pub fn router() -> Router<Arc<Api>> {
         .route("/projects", get(projects::list).post(projects::create))
         .route("/projects/{id}", get(projects::one).put(projects::update).delete(projects::delete))
         .route("/projects/{id}/job_tokens", post(tokens::create_job))
+        .route("/projects/{id}/registry/repositories", get(registry::list))
+        .route("/projects/{id}/registry/repositories/{rid}", axum::routing::delete(registry::delete))
+        .route("/projects/{id}/registry/repositories/{rid}/tags", get(registry::tags).delete(registry::bulk_delete))
+        .route("/projects/{id}/registry/repositories/{rid}/tags/{tag}", get(registry::tag).delete(registry::delete_tag))
+        .route("/registry/repositories/{rid}", get(registry::one))
         .route("/projects/{id}/job_tokens/{token}", axum::routing::delete(tokens::end_job))
         .route("/groups", get(groups::list).post(groups::create))
         .route("/groups/{id}", get(groups::one).delete(groups::delete))
