@@ -85,16 +85,18 @@ pub enum Command {
     },
     /// Sets the cluster's registry limits (protocol 3).
     SetLimits(RegistryLimits),
-    /// Garbage collection (protocol 4): acts on `item` if, in log order, it is still garbage.
-    /// A manifest is deleted, a blob link removed; content is marked as being deleted (so that
-    /// nothing links or stores it until [`Command::GcDeleted`]) and its bytes may then go.
-    /// Whatever the outcome, `item` leaves the review queue.
-    GcSweep(GcItem),
-    /// Garbage collection (protocol 4): the bytes of `digest`, marked by a [`Command::GcSweep`],
-    /// are deleted from the blob store; the mark goes.
+    /// Garbage collection (protocol 4): acts on each item, in order, if in log order it is
+    /// still garbage. A manifest is deleted, a blob link removed; content is marked as being
+    /// deleted (so that nothing links or stores it until [`Command::GcDeleted`]) and its bytes
+    /// may then go. Whatever happens, each item leaves the review queue. The outcome is
+    /// [`Outcome::Swept`]: which items were acted on.
+    GcSweep(Vec<GcItem>),
+    /// Garbage collection (protocol 4): the bytes of these digests, marked by a
+    /// [`Command::GcSweep`], are deleted from the blob store; the marks go. The outcome is
+    /// [`Outcome::Swept`]: which marks there were.
     GcDeleted {
         /// The content.
-        digest: Digest,
+        digests: Vec<Digest>,
     },
     /// Garbage collection (protocol 4): puts each item that is garbage in log order on the
     /// review queue (a store scan's orphans, `berth garbage-collect --delete-untagged`).
@@ -286,6 +288,8 @@ pub enum Outcome {
     /// Refused: the content is being deleted by garbage collection (protocol 4); the client
     /// should upload it again in a moment.
     Deleting,
+    /// What a [`Command::GcSweep`] or [`Command::GcDeleted`] did to each of its items.
+    Swept(Vec<bool>),
     /// Refused: it would take the registry past one of its limits.
     LimitReached {
         /// Which one.

@@ -168,23 +168,35 @@ pub async fn run(cfg: &Config, node: &str, opts: Options) -> anyhow::Result<Summ
         if due.is_empty() {
             break;
         }
-        for item in due {
-            let outcome = cluster.apply(Command::GcSweep(item.clone())).await?;
-            swept += 1;
+        for batch in due.chunks(100) {
+            let Outcome::Swept(done) = cluster.apply(Command::GcSweep(batch.to_vec())).await? else {
+                bail!("a sweep was answered with something other than what it swept");
+            };
+            swept += batch.len() as u64;
             p.set(swept);
-            if outcome != Outcome::Done {
-                continue;
-            }
-            match item {
-                GcItem::Manifest { .. } => summary.swept_manifests += 1,
-                GcItem::Link { .. } => summary.swept_links += 1,
-                GcItem::Content { digest } => {
-                    let size = store.inner().stat(&digest).await.ok().flatten().unwrap_or(0);
-                    delete(&store, &digest).await?;
-                    cluster.apply(Command::GcDeleted { digest }).await?;
-                    summary.deleted += 1;
-                    summary.deleted_bytes += size;
+            let mut deleted = Vec::new();
+            for (item, done) in batch.iter().zip(done) {
+                match (item, done) {
+                    (GcItem::Manifest { .. }, true) => summary.swept_manifests += 1,
+                    (GcItem::Link { .. }, true) => summary.swept_links += 1,
+                    (GcItem::Content { digest }, true) => {
+                        let size = store.inner().stat(digest).await.ok().flatten().unwrap_or(0);
+                        if let Err(e) = delete(&store, digest).await {
+                            // Lift the marks of what did go before stopping.
+                            if !deleted.is_empty() {
+                                cluster.apply(Command::GcDeleted { digests: deleted }).await?;
+                            }
+                            return Err(e);
+                        }
+                        deleted.push(digest.clone());
+                        summary.deleted += 1;
+                        summary.deleted_bytes += size;
+                    }
+                    _ => {}
                 }
+            }
+            if !deleted.is_empty() {
+                cluster.apply(Command::GcDeleted { digests: deleted }).await?;
             }
         }
     }

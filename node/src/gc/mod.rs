@@ -162,51 +162,75 @@ async fn run(c: Arc<Collector>, worker: Worker, interval: Duration, mut stop: wa
 }
 
 impl Collector {
-    /// One run: sweeps up to [`BATCH`] due items of the worker's class; the blob worker first
-    /// finishes marks left over. Returns how many items it took.
+    /// One run: sweeps up to [`BATCH`] due items of the worker's class in one Raft command;
+    /// the blob worker first finishes marks left over. Returns how many items it took.
     async fn run_once(&self, worker: Worker, mine: &mut HashMap<Digest, Instant>) -> anyhow::Result<usize> {
         if worker == Worker::Blobs {
             self.finish_marks(mine).await?;
         }
         let until = berth_proto::now_ms().saturating_sub(self.settings.review_after.as_millis() as u64);
-        let due = self.state.gc_due(worker == Worker::Manifests, until, BATCH)?;
-        let n = due.len();
-        for (item, _) in due {
-            let outcome = self.propose(Command::GcSweep(item.clone())).await?;
-            let result = if outcome == Outcome::Done { "deleted" } else { "kept" };
-            self.metrics.swept.with_label_values(&[item.kind(), result]).inc();
-            match (&item, outcome) {
-                (GcItem::Content { digest }, Outcome::Done) => {
+        let items: Vec<GcItem> = self.state.gc_due(worker == Worker::Manifests, until, BATCH)?.into_iter().map(|(i, _)| i).collect();
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let Outcome::Swept(done) = self.propose(Command::GcSweep(items.clone())).await? else {
+            anyhow::bail!("a sweep was answered with something other than what it swept");
+        };
+        let mut marked = Vec::new();
+        for (item, done) in items.iter().zip(done) {
+            self.metrics.swept.with_label_values(&[item.kind(), if done { "deleted" } else { "kept" }]).inc();
+            match (item, done) {
+                (GcItem::Content { digest }, true) => {
                     mine.insert(digest.clone(), Instant::now());
-                    self.delete(digest, mine).await?;
+                    marked.push(digest.clone());
                 }
-                (GcItem::Manifest { repo, digest }, Outcome::Done) => tracing::info!(%repo, %digest, "garbage collection deleted an untagged manifest"),
+                (GcItem::Manifest { repo, digest }, true) => tracing::info!(%repo, %digest, "garbage collection deleted an untagged manifest"),
                 _ => {}
             }
         }
-        Ok(n)
+        self.delete(marked, mine).await?;
+        Ok(items.len())
     }
 
-    /// Deletes the bytes of content this worker marked and lifts the mark.
-    async fn delete(&self, digest: &Digest, mine: &mut HashMap<Digest, Instant>) -> anyhow::Result<()> {
-        let fresh = mine.get(digest).is_some_and(|at| at.elapsed() < MARK_LEASE / 2);
-        if !fresh {
-            // Too old to be sure no other worker has taken it over: that one finishes it.
-            mine.remove(digest);
-            return Ok(());
+    /// Deletes the bytes of content this worker marked (while its marks are fresh) and lifts
+    /// the marks in one command.
+    async fn delete(&self, digests: Vec<Digest>, mine: &mut HashMap<Digest, Instant>) -> anyhow::Result<()> {
+        let mut deleted = Vec::new();
+        let mut failed = None;
+        for digest in digests {
+            let fresh = mine.get(&digest).is_some_and(|at| at.elapsed() < MARK_LEASE / 2);
+            if !fresh {
+                // Too old to be sure no other worker has taken it over: that one finishes it.
+                mine.remove(&digest);
+                continue;
+            }
+            if let Some(pause) = mark_pause() {
+                tokio::time::sleep(pause).await;
+            }
+            let size = self.store.inner().stat(&digest).await.ok().flatten().unwrap_or(0);
+            match tokio::time::timeout(self.settings.storage_timeout, self.store.delete_content(&digest)).await {
+                Ok(Ok(())) => {
+                    self.metrics.bytes.inc_by(size);
+                    tracing::debug!(%digest, size, "garbage collection deleted content");
+                    deleted.push(digest);
+                }
+                Ok(Err(e)) => {
+                    failed = Some(anyhow::anyhow!("deleting {digest}: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    failed = Some(anyhow::anyhow!("deleting {digest} took longer than gc.blobs.storagetimeout"));
+                    break;
+                }
+            }
         }
-        if let Some(pause) = mark_pause() {
-            tokio::time::sleep(pause).await;
+        if !deleted.is_empty() {
+            self.propose(Command::GcDeleted { digests: deleted.clone() }).await?;
+            for d in &deleted {
+                mine.remove(d);
+            }
         }
-        let size = self.store.inner().stat(digest).await.ok().flatten().unwrap_or(0);
-        tokio::time::timeout(self.settings.storage_timeout, self.store.delete_content(digest))
-            .await
-            .map_err(|_| anyhow::anyhow!("deleting {digest} took longer than gc.blobs.storagetimeout"))??;
-        self.metrics.bytes.inc_by(size);
-        self.propose(Command::GcDeleted { digest: digest.clone() }).await?;
-        mine.remove(digest);
-        tracing::debug!(%digest, size, "garbage collection deleted content");
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Finishes marks: this worker's own that failed before (while fresh), and any other's
@@ -214,6 +238,7 @@ impl Collector {
     async fn finish_marks(&self, mine: &mut HashMap<Digest, Instant>) -> anyhow::Result<()> {
         let status = self.state.gc_status()?;
         let now = berth_proto::now_ms();
+        let mut todo = Vec::new();
         for (digest, at_ms) in status.deleting {
             let abandoned = now.saturating_sub(at_ms) > MARK_LEASE.as_millis() as u64;
             if abandoned && !mine.contains_key(&digest) {
@@ -221,10 +246,10 @@ impl Collector {
                 mine.insert(digest.clone(), Instant::now());
             }
             if mine.contains_key(&digest) {
-                self.delete(&digest, mine).await?;
+                todo.push(digest);
             }
         }
-        Ok(())
+        self.delete(todo, mine).await
     }
 
     async fn propose(&self, command: Command) -> anyhow::Result<Outcome> {

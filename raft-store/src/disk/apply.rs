@@ -346,13 +346,19 @@ impl<'t> Writer<'t> {
                     Outcome::Done
                 }
             }
-            Command::GcSweep(item) => self.sweep(item, req.at_ms)?,
-            Command::GcDeleted { digest } => {
-                if self.gc_deleting.remove(digest.to_string().as_str())?.is_some() {
-                    Outcome::Done
-                } else {
-                    Outcome::Unchanged
+            Command::GcSweep(items) => {
+                let mut done = Vec::with_capacity(items.len());
+                for item in items {
+                    done.push(self.sweep(item, req.at_ms)? == Outcome::Done);
                 }
+                Outcome::Swept(done)
+            }
+            Command::GcDeleted { digests } => {
+                let mut done = Vec::with_capacity(digests.len());
+                for d in digests {
+                    done.push(self.gc_deleting.remove(d.to_string().as_str())?.is_some());
+                }
+                Outcome::Swept(done)
             }
             Command::GcEnqueue(items) => {
                 for item in items {

@@ -58,9 +58,9 @@ fn arb_command() -> impl Strategy<Value = Command> {
         (0u64..4, 0u64..3).prop_map(|(tags_per_repository, repositories_per_namespace)| Command::SetLimits(
             berth_proto::RegistryLimits { tags_per_repository, repositories_per_namespace }
         )),
-        arb_gc_item().prop_map(Command::GcSweep),
-        arb_gc_item().prop_map(Command::GcSweep),
-        (0u8..6).prop_map(|d| Command::GcDeleted { digest: digest(d) }),
+        proptest::collection::vec(arb_gc_item(), 1..3).prop_map(Command::GcSweep),
+        proptest::collection::vec(arb_gc_item(), 1..3).prop_map(Command::GcSweep),
+        proptest::collection::vec(0u8..6, 1..3).prop_map(|d| Command::GcDeleted { digests: d.into_iter().map(digest).collect() }),
         proptest::collection::vec(arb_gc_item(), 0..4).prop_map(Command::GcEnqueue),
     ]
 }

@@ -337,9 +337,12 @@ mod tests {
                     let until = self.now.saturating_sub(REVIEW);
                     let due = [self.state.gc_due(self.now % 2 == 0, until, 1), self.state.gc_due(self.now % 2 == 1, until, 1)];
                     if let Some((item, _)) = due.into_iter().flatten().next() {
-                        let outcome = self.apply(Command::GcSweep(item.clone()));
-                        if let (GcItem::Content { digest }, Outcome::Done) = (item, outcome) {
-                            self.marked.push(Marked { digest, bytes_deleted: false });
+                        let outcome = self.apply(Command::GcSweep(vec![item.clone()]));
+                        if let (GcItem::Content { digest }, Outcome::Swept(done)) = (item, outcome) {
+                            prop_assert_eq!(done.len(), 1);
+                            if done[0] {
+                                self.marked.push(Marked { digest, bytes_deleted: false });
+                            }
                         }
                     }
                 }
@@ -350,7 +353,7 @@ mod tests {
                     let i = i % self.marked.len();
                     if self.marked[i].bytes_deleted {
                         let m = self.marked.remove(i);
-                        prop_assert_eq!(self.apply(Command::GcDeleted { digest: m.digest }), Outcome::Done);
+                        prop_assert_eq!(self.apply(Command::GcDeleted { digests: vec![m.digest] }), Outcome::Swept(vec![true]));
                     } else {
                         let d = self.marked[i].digest.clone();
                         prop_assert!(!self.held().contains(&d), "{} is deleted while the state holds it", d);

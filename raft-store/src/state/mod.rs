@@ -354,14 +354,8 @@ impl RegistryState {
                     Outcome::Done
                 }
             }
-            Command::GcSweep(item) => self.sweep(item, req.at_ms),
-            Command::GcDeleted { digest } => {
-                if self.gc_deleting.remove(digest).is_some() {
-                    Outcome::Done
-                } else {
-                    Outcome::Unchanged
-                }
-            }
+            Command::GcSweep(items) => Outcome::Swept(items.iter().map(|i| self.sweep(i, req.at_ms) == Outcome::Done).collect()),
+            Command::GcDeleted { digests } => Outcome::Swept(digests.iter().map(|d| self.gc_deleting.remove(d).is_some()).collect()),
             Command::GcEnqueue(items) => {
                 for item in items {
                     self.touch(item.clone(), req.at_ms);
