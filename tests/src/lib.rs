@@ -415,9 +415,14 @@ pub struct Registry {
 pub type R<T> = anyhow::Result<T>;
 
 impl Registry {
-    /// A client for `url`.
+    /// A client for `url`. With `BENCH_AUTHORIZATION` set (benchmarks against a registry with
+    /// auth), every request carries it as its `Authorization` header.
     pub fn new(url: &str) -> Self {
-        Registry { url: url.to_string(), http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap() }
+        let mut b = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        if let Some(v) = std::env::var("BENCH_AUTHORIZATION").ok().and_then(|a| reqwest::header::HeaderValue::from_str(&a).ok()) {
+            b = b.default_headers([(reqwest::header::AUTHORIZATION, v)].into_iter().collect());
+        }
+        Registry { url: url.to_string(), http: b.build().unwrap() }
     }
 
     /// Absolute URL for a path or a Location header.
