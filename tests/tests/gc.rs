@@ -10,8 +10,13 @@ use berth_proto::Digest;
 use berth_tests::{image_manifest, init_tracing, random_bytes, Berth, Registry, OCI_MANIFEST, R};
 use reqwest::StatusCode;
 
-/// The content files of the store under `data` (blobs and manifest bodies), by digest hex.
+/// The content files of a single node's store (under its data directory), by digest hex.
 fn stored(data: &Path) -> BTreeSet<String> {
+    stored_in(&data.join("storage"))
+}
+
+/// The content files (blobs and manifest bodies) of the store rooted at `root`, by digest hex.
+fn stored_in(root: &Path) -> BTreeSet<String> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = e.path();
@@ -23,7 +28,7 @@ fn stored(data: &Path) -> BTreeSet<String> {
         }
     }
     let mut files = Vec::new();
-    walk(&data.join("storage").join("blobs"), &mut files);
+    walk(&root.join("blobs"), &mut files);
     files.into_iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().to_string())).filter(|n| n.len() == 64).collect()
 }
 
@@ -167,7 +172,94 @@ async fn what_nothing_keeps_leaves_the_disk_and_the_rest_stays_whole() {
 /// When everything is untagged, the store empties: no copy placed while a deletion ran is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_racing_the_collector_lose_nothing_acknowledged() {
-    race(None).await;
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = quick_gc("0s");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let node = Berth::start(&data, None, &env);
+    race(&[&node], &data.join("storage")).await;
+}
+
+/// The same race on three voters sharing one blob store, each push through one node and its
+/// pulls through the others (as clients behind a balancer see it), the collector running on
+/// the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_racing_the_collector_across_a_cluster_lose_nothing_acknowledged() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = quick_gc("0s");
+    env.retain(|(k, _)| *k != "REGISTRY_HTTP_DEBUG_ADDR");
+    env.push(("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let nodes = berth_tests::voter_cluster(dir.path(), 3, &env);
+    race(&nodes.iter().collect::<Vec<_>>(), &dir.path().join("blobs")).await;
+}
+
+/// Three clients push, check and untag three images sharing a layer for 12 s, through
+/// `nodes` in turn; then, with every tag gone, the store under `store` must empty.
+async fn race(nodes: &[&Berth], store: &Path) {
+    let regs: Vec<Registry> = nodes.iter().map(|n| Registry::new(&n.url)).collect();
+    let shared = random_bytes(200, 3000);
+    let images: Vec<Image> = (0..3).map(|i| Image { config: random_bytes(300 + i, 200), layers: vec![shared.clone(), random_bytes(400 + i, 2000)] }).collect();
+    let images = std::sync::Arc::new(images);
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut tasks = Vec::new();
+    for client in 0..3usize {
+        let (regs, images) = (regs.clone(), images.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut acked, mut refused) = (0u32, 0u32);
+            let mut round = 0usize;
+            while Instant::now() < deadline {
+                round += 1;
+                let image = &images[(client + round) % images.len()];
+                let at = |k: usize| &regs[(client + round + k) % regs.len()];
+                let (repo, tag) = ("race/app", format!("c{client}"));
+                match image.push(at(0), repo, &tag).await {
+                    Ok(_) => {
+                        acked += 1;
+                        image.pull(at(1), repo, &tag).await.unwrap_or_else(|e| panic!("client {client} round {round}: acknowledged push does not pull: {e:#}"));
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                        image.pull(at(2), repo, &tag).await.unwrap_or_else(|e| panic!("client {client} round {round}: acknowledged push lost later: {e:#}"));
+                        assert_eq!(delete(at(0), repo, &tag).await, StatusCode::ACCEPTED);
+                    }
+                    Err(e) => {
+                        let e = format!("{e:#}");
+                        assert!(e.contains("MANIFEST_BLOB_UNKNOWN"), "client {client}: unexpected refusal: {e}");
+                        refused += 1;
+                    }
+                }
+            }
+            (acked, refused)
+        }));
+    }
+    let (mut acked, mut refused) = (0, 0);
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        acked += a;
+        refused += r;
+    }
+    tracing::info!(acked, refused, nodes = nodes.len(), "racing pushes");
+    assert!(acked >= 10, "only {acked} pushes were acknowledged ({refused} refused)");
+    let sum = |name: &'static str| async move {
+        let mut total = 0.0;
+        for n in nodes {
+            total += metric(n, name).await;
+        }
+        total
+    };
+    let start = Instant::now();
+    while !stored_in(store).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the store does not empty: {:?}; queue {} deleting {}",
+            stored_in(store),
+            sum("berth_gc_queue_length").await,
+            sum("berth_gc_deleting").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sum("berth_gc_swept_total{kind=\"content\",result=\"deleted\"}").await >= 1.0, "the collector deleted nothing");
 }
 
 /// A push of content that the collector has marked and is deleting (held open for a second
@@ -198,75 +290,6 @@ async fn a_push_during_a_deletion_waits_and_lands_whole() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     image.pull(&reg, "gc/wait", "t").await.unwrap();
     assert_eq!(stored(&data), image.hexes(), "the image is whole on disk, and nothing else is");
-}
-
-/// One run of the race; returns how many commits waited for a deletion.
-async fn race(mark_pause_ms: Option<u64>) -> usize {
-    init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut env = quick_gc("0s");
-    if let Some(ms) = mark_pause_ms {
-        env.push(("BERTH_TEST_GC_MARK_PAUSE_MS", ms.to_string()));
-    }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let node = Berth::start(&data, None, &env);
-    let reg = Registry::new(&node.url);
-    let shared = random_bytes(200, 3000);
-    let images: Vec<Image> = (0..3).map(|i| Image { config: random_bytes(300 + i, 200), layers: vec![shared.clone(), random_bytes(400 + i, 2000)] }).collect();
-    let images = std::sync::Arc::new(images);
-    let deadline = Instant::now() + Duration::from_secs(12);
-    let mut tasks = Vec::new();
-    for client in 0..3usize {
-        let (reg, images) = (reg.clone(), images.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut acked, mut refused) = (0u32, 0u32);
-            let mut round = 0usize;
-            while Instant::now() < deadline {
-                round += 1;
-                let image = &images[(client + round) % images.len()];
-                let (repo, tag) = ("race/app", format!("c{client}"));
-                match image.push(&reg, repo, &tag).await {
-                    Ok(_) => {
-                        acked += 1;
-                        image.pull(&reg, repo, &tag).await.unwrap_or_else(|e| panic!("client {client} round {round}: acknowledged push does not pull: {e:#}"));
-                        tokio::time::sleep(Duration::from_millis(150)).await;
-                        image.pull(&reg, repo, &tag).await.unwrap_or_else(|e| panic!("client {client} round {round}: acknowledged push lost later: {e:#}"));
-                        assert_eq!(delete(&reg, repo, &tag).await, StatusCode::ACCEPTED);
-                    }
-                    Err(e) => {
-                        let e = format!("{e:#}");
-                        assert!(e.contains("MANIFEST_BLOB_UNKNOWN"), "client {client}: unexpected refusal: {e}");
-                        refused += 1;
-                    }
-                }
-            }
-            (acked, refused)
-        }));
-    }
-    let (mut acked, mut refused) = (0, 0);
-    for t in tasks {
-        let (a, r) = t.await.unwrap();
-        acked += a;
-        refused += r;
-    }
-    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-    let (waited, put_back) = (log.matches("waits for garbage collection").count(), log.matches("put back").count());
-    tracing::info!(acked, refused, waited, put_back, ?mark_pause_ms, "racing pushes");
-    assert!(acked >= 10, "only {acked} pushes were acknowledged ({refused} refused)");
-    let start = Instant::now();
-    while !stored(&data).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the store does not empty: {:?}; queue {} deleting {}",
-            stored(&data),
-            metric(&node, "berth_gc_queue_length").await,
-            metric(&node, "berth_gc_deleting").await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(metric(&node, "berth_gc_swept_total{kind=\"content\",result=\"deleted\"}").await >= 1.0, "the collector deleted nothing");
-    waited
 }
 
 /// `berth garbage-collect` finds what the online collector cannot see (bytes in the store the
