@@ -84,6 +84,24 @@ async fn a_projects_repositories_and_tags_are_listed_shown_and_deleted_by_role()
     assert_eq!(names(&one["tags"], "name"), vec!["keep-me", "latest", "v1", "v2", "v3"]);
     assert_eq!(stranger.call(Method::GET, &format!("/registry/repositories/{rid}"), None).await.0, StatusCode::NOT_FOUND);
 
+    tracing::info!("storage used, deduplicated: the sub repository's blobs, and the project's");
+    // What the registry holds for grp/app/sub:x, from its manifest: the config and the layer.
+    let raw = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        "rep:rep-password-1",
+        &format!("docker://{}/grp/app/sub:x", node.addr),
+    ]));
+    let m: Value = serde_json::from_str(&raw).unwrap();
+    let sub_blobs = m["config"]["size"].as_u64().unwrap() + m["layers"].as_array().unwrap().iter().map(|l| l["size"].as_u64().unwrap()).sum::<u64>();
+    let (_, one_sub) = rep.call(Method::GET, &format!("/registry/repositories/{sub_rid}?size=true"), None).await;
+    assert_eq!(one_sub["size"], json!(sub_blobs), "{one_sub}");
+    let (_, proj) = rep.call(Method::GET, &format!("/projects/{pid}?statistics=true"), None).await;
+    let total = proj["statistics"]["container_registry_size"].as_u64().unwrap();
+    assert!(total > 5 * 3000 + sub_blobs, "{proj}");
+
     tracing::info!("tags, paged as GitLab pages, and one tag's details");
     let (s, h, tags) = rep.call_with_headers(Method::GET, &format!("/projects/{pid}/registry/repositories/{rid}/tags?per_page=2"), None).await;
     assert_eq!(s, StatusCode::OK);

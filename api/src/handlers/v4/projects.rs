@@ -53,9 +53,16 @@ pub async fn list(s: Session, uri: Uri) -> V4Result {
     Ok(paged(&uri, items))
 }
 
-/// `GET /projects/:id`.
-pub async fn one(s: Session, Path(key): Path<String>) -> V4Result {
-    Ok(axum::Json(project_json(&Project::find(&s, &key)?)).into_response())
+/// `GET /projects/:id`; with `statistics=true`, `statistics.container_registry_size`: the
+/// bytes of the blobs its repositories link, each counted once.
+pub async fn one(State(api): State<Arc<Api>>, s: Session, Path(key): Path<String>, uri: Uri) -> V4Result {
+    let p = Project::find(&s, &key)?;
+    let mut v = project_json(&p);
+    if crate::handlers::query(&uri).get("statistics").is_some_and(|v| v == "true" || v == "1") {
+        let repos = super::registry::repositories_of(&api, &p.path).await?;
+        v["statistics"] = json!({"container_registry_size": super::registry::usage(&api, &repos).await?});
+    }
+    Ok(axum::Json(v).into_response())
 }
 
 /// `POST /projects`: `path` (`group/project`, or `namespace` + `path`), `visibility`

@@ -44,7 +44,7 @@ fn may(s: &Session, repo: &str, action: &str) -> bool {
 }
 
 /// The repositories of a project: its own path and every path below it.
-async fn repositories_of(api: &Api, path: &str) -> Result<Vec<String>, V4Error> {
+pub(super) async fn repositories_of(api: &Api, path: &str) -> Result<Vec<String>, V4Error> {
     let mut out = Vec::new();
     if let Ok(own) = RepoName::parse(path) {
         if api.meta.tags(&own, None, 1).await?.is_some() {
@@ -82,6 +82,23 @@ async fn all_tags(api: &Api, repo: &RepoName) -> Result<Vec<String>, V4Error> {
     }
 }
 
+/// Storage used by `repos`: the bytes of every blob linked into them, each blob counted once
+/// however many of them link it (manifest bodies, a few KiB each, are not counted).
+pub async fn usage(api: &Api, repos: &[String]) -> Result<u64, V4Error> {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for name in repos {
+        let Ok(repo) = RepoName::parse(name) else { continue };
+        let (_, blobs) = api.meta.contents(&repo).await?;
+        for d in blobs {
+            if seen.insert(d.clone()) {
+                total += api.meta.blob_size(&repo, &d).await?.unwrap_or(0);
+            }
+        }
+    }
+    Ok(total)
+}
+
 fn tag_json(host: &str, repo: &str, tag: &str) -> Value {
     json!({"name": tag, "path": format!("{repo}:{tag}"), "location": format!("{host}/{repo}:{tag}")})
 }
@@ -107,6 +124,9 @@ async fn repository_json(api: &Api, s: &Session, host: &str, project: &Project, 
         if flag("tags") {
             v["tags"] = tags.iter().map(|t| tag_json(host, name, t)).collect();
         }
+    }
+    if flag("size") {
+        v["size"] = json!(usage(api, &[name.to_string()]).await?);
     }
     if s.admin() {
         v["delete_api_path"] = json!(format!("/api/v4/projects/{}/registry/repositories/{}", project.id, repository_id(name)));
@@ -141,7 +161,7 @@ pub async fn list(State(api): State<Arc<Api>>, s: Session, Path(id): Path<String
     Ok(paged(&uri, items))
 }
 
-/// `GET /registry/repositories/:id` (`tags`, `tags_count`).
+/// `GET /registry/repositories/:id` (`tags`, `tags_count`, `size`).
 pub async fn one(State(api): State<Arc<Api>>, s: Session, Path(rid): Path<String>, headers: HeaderMap, uri: Uri) -> V4Result {
     let rid: u64 = rid.parse().map_err(|_| V4Error::not_found("Repository"))?;
     let mut last: Option<String> = None;
