@@ -107,7 +107,7 @@ async fn dispatch(State(api): State<Arc<Api>>, req: Request) -> Response {
                 }
                 Err(refused) => refused,
             };
-            if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+            if resp.status() == StatusCode::METHOD_NOT_ALLOWED || (method == Method::OPTIONS && resp.status().is_success()) {
                 resp.headers_mut().insert(axum::http::header::ALLOW, allow);
             }
             resp
@@ -172,6 +172,9 @@ async fn route(api: &Api, ep: Endpoint, req: Request, grant: &auth::Grant) -> Ap
         return Err(ApiError::new(Code::Unsupported, "the registry is in read-only mode"));
     }
     match ep {
+        // What GitLab asks before it deletes a tag: the `Allow` header (set by `dispatch`)
+        // says whether `DELETE` works here.
+        _ if *m == Method::OPTIONS => Ok(StatusCode::OK.into_response()),
         Endpoint::Base => match *m {
             Method::GET | Method::HEAD => Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response()),
             _ => not_allowed(),

@@ -277,6 +277,12 @@ async fn protocol_edges_answer_as_the_spec_and_distribution_do() {
         assert_eq!(header(&head, "allow"), Some(allow), "{req}");
     }
 
+    tracing::info!("OPTIONS says what is allowed (GitLab asks it before deleting a tag)");
+    for (req, allow) in [("OPTIONS /v2/edge/app/manifests/v1", "GET, HEAD, PUT, DELETE"), ("OPTIONS /v2/", "GET, HEAD")] {
+        let (st, head, _) = exchange(&mut s, format!("{req} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+        assert_eq!((st, header(&head, "allow")), (200, Some(allow)), "{req}");
+    }
+
     tracing::info!("a manifest with a duplicate key is invalid");
     let text = String::from_utf8(manifest.clone()).unwrap();
     let dup = text.replacen("\"schemaVersion\":2", "\"schemaVersion\":2,\"schemaVersion\":2", 1);

@@ -48,6 +48,9 @@ async fn deletes_can_be_disabled_and_metrics_are_served() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["errors"][0]["code"], "UNSUPPORTED");
     assert_eq!(reg.get_blob("nodelete", &d).await.unwrap(), b"keep me");
+    // OPTIONS leaves DELETE out, so GitLab does not try tag deletes that cannot work.
+    let r = reg.http.request(reqwest::Method::OPTIONS, reg.abs("/v2/nodelete/manifests/v1")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["allow"].to_str().unwrap()), (200, "GET, HEAD, PUT"));
 
     tracing::info!("debug listener: health and metrics");
     let debug = node.debug_url.clone().unwrap();

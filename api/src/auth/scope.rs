@@ -102,7 +102,7 @@ pub fn needs(ep: &Endpoint, method: &Method, from: Option<&str>) -> Needs {
         | Endpoint::Referrers { name, .. } => name,
     };
     let actions: &[&str] = match *method {
-        Method::GET | Method::HEAD => &["pull"],
+        Method::GET | Method::HEAD | Method::OPTIONS => &["pull"],
         Method::DELETE => &["delete"],
         _ => &["pull", "push"],
     };
