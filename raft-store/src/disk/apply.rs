@@ -151,6 +151,11 @@ fn decode<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> DResult<V> {
     Ok(postcard::from_bytes(bytes)?)
 }
 
+/// True if `table` (of a write or a read transaction) holds `key`.
+pub(super) fn has<R: ReadableTable<&'static str, &'static [u8]>>(table: &R, key: &str) -> DResult<bool> {
+    Ok(table.get(key)?.is_some())
+}
+
 /// A stored blob size.
 pub(super) fn blob_size(bytes: &[u8]) -> DResult<u64> {
     Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| DiskError::Format("a blob size is not 8 bytes".into()))?))
@@ -208,9 +213,6 @@ impl<'t> Writer<'t> {
         Ok(())
     }
 
-    fn has(table: &T<'t>, key: &str) -> DResult<bool> {
-        Ok(table.get(key)?.is_some())
-    }
 
     /// The last parts of the keys within `prefix`.
     fn parts_within(table: &T<'t>, prefix: &str) -> DResult<Vec<String>> {
@@ -233,7 +235,7 @@ impl<'t> Writer<'t> {
                 }
             }
             Command::LinkBlob { repo, digest, size } => {
-                if Self::has(&self.gc_deleting, &digest.to_string())? {
+                if has(&self.gc_deleting, &digest.to_string())? {
                     return Ok(Outcome::Deleting);
                 }
                 if let Some(refused) = self.over_limit(repo, None)? {
@@ -264,7 +266,7 @@ impl<'t> Writer<'t> {
                 }
             }
             Command::PutManifest { repo, digest, manifest, tag } | Command::PutStoredManifest { repo, digest, manifest, tag } => {
-                if Self::has(&self.gc_deleting, &digest.to_string())? {
+                if has(&self.gc_deleting, &digest.to_string())? {
                     return Ok(Outcome::Deleting);
                 }
                 if let Some(refused) = self.over_limit(repo, tag.as_ref())? {
@@ -273,13 +275,13 @@ impl<'t> Writer<'t> {
                 let r = repo.as_str();
                 let mut missing_blobs = Vec::new();
                 for b in &manifest.blobs {
-                    if !Self::has(&self.blobs, &key2(r, &b.to_string()))? {
+                    if !has(&self.blobs, &key2(r, &b.to_string()))? {
                         missing_blobs.push(b.clone());
                     }
                 }
                 let mut missing_manifests = Vec::new();
                 for m in &manifest.manifests {
-                    if m != digest && !Self::has(&self.manifests, &key2(r, &m.to_string()))? {
+                    if m != digest && !has(&self.manifests, &key2(r, &m.to_string()))? {
                         missing_manifests.push(m.clone());
                     }
                 }
@@ -422,7 +424,7 @@ impl<'t> Writer<'t> {
             }
         }
         let Some(tag) = tag else { return Ok(None) };
-        if limits.tags_per_repository > 0 && counts.is_some_and(|c| c.tags >= limits.tags_per_repository) && !Self::has(&self.tags, &key2(r, tag.as_str()))? {
+        if limits.tags_per_repository > 0 && counts.is_some_and(|c| c.tags >= limits.tags_per_repository) && !has(&self.tags, &key2(r, tag.as_str()))? {
             return Ok(Some(Outcome::LimitReached { limit: LimitKind::TagsPerRepository, max: limits.tags_per_repository }));
         }
         Ok(None)

@@ -7,7 +7,7 @@ use berth_proto::{Digest, GcItem, ManifestRecord, Outcome, RepoName};
 use redb::ReadableTable;
 
 use super::super::tables::{bounds, due_key, gc_key, key2, within};
-use super::{blob_size, decode, DResult, Writer};
+use super::{blob_size, decode, has, DResult, Writer};
 
 /// The tables the rules read, from a write transaction or a read one.
 pub(in crate::disk) struct GcTables<'a, T> {
@@ -18,10 +18,6 @@ pub(in crate::disk) struct GcTables<'a, T> {
     pub blob_users: &'a T,
     pub gc_deleting: &'a T,
     pub content_refs: &'a T,
-}
-
-fn has<T: ReadableTable<&'static str, &'static [u8]>>(table: &T, key: &str) -> DResult<bool> {
-    Ok(table.get(key)?.is_some())
 }
 
 fn any_within<T: ReadableTable<&'static str, &'static [u8]>>(table: &T, prefix: &str) -> DResult<bool> {
