@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use serde::Deserialize;
 
-use super::parse_duration;
+use super::duration_at;
 
 /// `gc` as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -64,16 +64,7 @@ pub struct Gc {
 impl Gc {
     /// Applies defaults and checks values, naming the key of a bad one.
     pub fn from_config(c: &GcConfig) -> anyhow::Result<Gc> {
-        let dur = |v: &Option<String>, key: &str, default: Duration, zero_ok: bool| -> anyhow::Result<Duration> {
-            let d = match v {
-                Some(s) => parse_duration(s).map_err(|e| anyhow!("invalid configuration value at gc.{key}: {e}"))?,
-                None => default,
-            };
-            if d.is_zero() && !zero_ok {
-                bail!("invalid configuration value at gc.{key}: must be positive");
-            }
-            Ok(d)
-        };
+        let dur = |v: &Option<String>, key: &str, default: Duration, zero_ok: bool| duration_at(v, &format!("gc.{key}"), default, zero_ok);
         let off = c.disabled == Some(true);
         let worker = |w: &WorkerConfig, key: &str| -> anyhow::Result<Option<Duration>> {
             let interval = dur(&w.interval, &format!("{key}.interval"), Duration::from_secs(5), false)?;

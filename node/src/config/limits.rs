@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use serde::Deserialize;
 
-use super::parse_duration;
+use super::duration_at;
 
 /// `berth.limits` as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -63,16 +63,7 @@ pub struct Limits {
 impl Limits {
     /// Applies defaults and checks values, naming the key of a bad one.
     pub fn from_config(c: &LimitsConfig) -> anyhow::Result<Limits> {
-        let dur = |v: &Option<String>, key: &str, default: u64| -> anyhow::Result<Duration> {
-            let d = match v {
-                Some(s) => parse_duration(s).map_err(|e| anyhow!("invalid configuration value at berth.limits.{key}: {e}"))?,
-                None => Duration::from_secs(default),
-            };
-            if d.is_zero() {
-                bail!("invalid configuration value at berth.limits.{key}: must be positive");
-            }
-            Ok(d)
-        };
+        let dur = |v: &Option<String>, key: &str, default: u64| duration_at(v, &format!("berth.limits.{key}"), Duration::from_secs(default), false);
         let limits = Limits {
             header_timeout: dur(&c.headertimeout, "headertimeout", 10)?,
             idle_timeout: dur(&c.idletimeout, "idletimeout", 60)?,

@@ -451,6 +451,19 @@ pub struct ClusterTls {
     pub key: Option<PathBuf>,
 }
 
+/// The duration at configuration key `key` (Go syntax), or `default` when it is absent; an
+/// error names the key. Zero is refused unless `zero_ok`.
+pub fn duration_at(v: &Option<String>, key: &str, default: Duration, zero_ok: bool) -> anyhow::Result<Duration> {
+    let d = match v {
+        Some(s) => parse_duration(s).map_err(|e| anyhow!("invalid configuration value at {key}: {e}"))?,
+        None => default,
+    };
+    if d.is_zero() && !zero_ok {
+        bail!("invalid configuration value at {key}: must be positive");
+    }
+    Ok(d)
+}
+
 /// Parses a Go duration such as `168h`, `1h30m`, `10s`, `500ms`.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
