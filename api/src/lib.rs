@@ -4,10 +4,13 @@
 pub mod access_log;
 pub mod auth;
 pub mod backend;
+pub mod cleanup;
 pub mod client;
 pub mod endpoint;
 pub mod error;
 pub mod handlers;
+pub mod inventory;
+pub mod iso_time;
 pub mod metrics;
 pub mod upload_state;
 

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admin_cli;
 pub mod backup;
+pub mod cleanup;
 pub mod cluster_cli;
 pub mod cluster_token;
 pub mod config;
@@ -271,6 +272,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         metrics: HttpMetrics::new(&registry)?,
         auth: Arc::new(authorizer),
     });
+    if let Some(h) = &handover {
+        let scheduler = cleanup::Scheduler { raft: h.raft.clone(), api: api.clone(), metrics: cleanup::CleanupMetrics::new(&registry)? };
+        cleanup::spawn(scheduler, stop_rx.clone());
+    }
     let mut app = berth_api::router(api);
     let extra: Vec<(HeaderName, HeaderValue)> = cfg
         .http
@@ -337,7 +342,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if purge.enabled.unwrap_or(true) {
         let age = purge.age.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(168 * 3600));
         let interval = purge.interval.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(24 * 3600));
-        workers::spawn_upload_purger(site.clone(), age, interval, purge.dryrun.unwrap_or(false), stop_rx.clone());
+        workers::spawn_upload_purger(site.clone(), age, interval, purge.dryrun.unwrap_or(false), &registry, stop_rx.clone())?;
     }
 
     let scheme = if http_tls.is_some() { "https" } else { "http" };

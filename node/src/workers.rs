@@ -6,15 +6,39 @@ use tokio::sync::watch;
 
 use crate::storage::SiteStore;
 
-/// Periodically removes uploads older than `age` (`storage.maintenance.uploadpurging`).
-pub fn spawn_upload_purger(store: SiteStore, age: Duration, interval: Duration, dry_run: bool, mut stop: watch::Receiver<bool>) {
+/// Periodically removes uploads older than `age` (`storage.maintenance.uploadpurging`), with
+/// metrics: uploads removed (or, in a dry run, found), failed runs, the last run's time.
+pub fn spawn_upload_purger(
+    store: SiteStore,
+    age: Duration,
+    interval: Duration,
+    dry_run: bool,
+    registry: &prometheus::Registry,
+    mut stop: watch::Receiver<bool>,
+) -> prometheus::Result<()> {
+    use prometheus::{IntCounter, IntGauge};
+    let purged = IntCounter::new("berth_upload_purge_removed_total", "Abandoned uploads removed by upload purging (in a dry run: found).")?;
+    let failures = IntCounter::new("berth_upload_purge_failures_total", "Upload purging runs that failed.")?;
+    let last = IntGauge::new("berth_upload_purge_last_run_timestamp_seconds", "When upload purging last finished a run.")?;
+    registry.register(Box::new(purged.clone()))?;
+    registry.register(Box::new(failures.clone()))?;
+    registry.register(Box::new(last.clone()))?;
     tokio::spawn(async move {
         loop {
             match store.purge_uploads(age, dry_run).await {
-                Ok(0) => {}
-                Ok(n) if dry_run => tracing::info!(n, "upload purge (dry run) would remove uploads"),
-                Ok(n) => tracing::info!(n, "purged abandoned uploads"),
-                Err(e) => tracing::warn!("upload purge failed: {e}"),
+                Ok(n) => {
+                    purged.inc_by(n as u64);
+                    last.set(berth_proto::now_ms() as i64 / 1000);
+                    match n {
+                        0 => {}
+                        n if dry_run => tracing::info!(n, "upload purge (dry run) would remove uploads"),
+                        n => tracing::info!(n, "purged abandoned uploads"),
+                    }
+                }
+                Err(e) => {
+                    failures.inc();
+                    tracing::warn!("upload purge failed: {e}");
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -22,6 +46,7 @@ pub fn spawn_upload_purger(store: SiteStore, age: Duration, interval: Duration, 
             }
         }
     });
+    Ok(())
 }
 
 /// Mirrors openraft's metrics into Prometheus gauges whenever they change.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cleanup::CleanupChange;
 use crate::identity::IdentityChange;
 use crate::{Digest, RepoName, Tag};
 
@@ -101,6 +102,9 @@ pub enum Command {
     /// Garbage collection (protocol 4): puts each item that is garbage in log order on the
     /// review queue (a store scan's orphans, `berth garbage-collect --delete-untagged`).
     GcEnqueue(Vec<GcItem>),
+    /// Cleanup policies (protocol 5): saves a project's policy, or starts, records or ends
+    /// one of its runs.
+    Cleanup(CleanupChange),
 }
 
 /// What the garbage collector reviews: something that nothing keeps, which is deleted once it
@@ -198,7 +202,8 @@ impl LimitKind {
 /// 3. Manifest bodies in the blob store ([`Command::PutStoredManifest`]), registry limits
 ///    ([`Command::SetLimits`]).
 /// 4. Garbage collection ([`Command::GcSweep`], [`Command::GcDeleted`], [`Command::GcEnqueue`]).
-pub const PROTOCOL: u32 = 4;
+/// 5. Cleanup policies ([`Command::Cleanup`]).
+pub const PROTOCOL: u32 = 5;
 
 impl Command {
     /// The protocol that introduced this command (see [`PROTOCOL`]).
@@ -207,6 +212,7 @@ impl Command {
             Command::Identity(change) => change.since(),
             Command::PutStoredManifest { .. } | Command::SetLimits(_) => 3,
             Command::GcSweep(_) | Command::GcDeleted { .. } | Command::GcEnqueue(_) => 4,
+            Command::Cleanup(_) => 5,
             _ => 1,
         }
     }
@@ -226,6 +232,7 @@ impl Command {
             Command::GcSweep(_) => "gc_sweep",
             Command::GcDeleted { .. } => "gc_deleted",
             Command::GcEnqueue(_) => "gc_enqueue",
+            Command::Cleanup(_) => "cleanup",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (digests, repository names, tags), the commands replicated through Raft, manifest parsing,
 //! and the resumable hash used by uploads.
 
+pub mod cleanup;
 pub mod command;
 pub mod digest;
 pub mod hashing;

@@ -2,10 +2,12 @@
 //! frontend). The voter answers after a linearizable barrier, so a frontend's reads are as
 //! fresh as a voter's.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cleanup::CleanupState;
 use crate::identity::Identity;
 use crate::{Digest, GcItem, GcStatus, ManifestRecord, Reference, RepoName};
 
@@ -78,6 +80,8 @@ pub enum Query {
         /// Page size.
         n: u64,
     },
+    /// Every project's cleanup policy, schedule and runs.
+    Cleanup,
 }
 
 /// The answer to a [`Query`]; the variant matches the query's.
@@ -107,4 +111,6 @@ pub enum Answer {
     GcCollectable(Vec<bool>),
     /// For [`Query::GcScan`].
     GcScan(Vec<GcItem>),
+    /// For [`Query::Cleanup`]: by project id.
+    Cleanup(Arc<BTreeMap<u64, CleanupState>>),
 }

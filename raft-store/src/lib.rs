@@ -2,6 +2,7 @@
 //! on disk (redb) with its state machine and streamed snapshots, and read-only queries over the
 //! state. No HTTP, no network.
 
+pub mod cleanup;
 pub mod disk;
 pub mod identity;
 pub mod log_store;

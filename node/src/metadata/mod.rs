@@ -145,6 +145,10 @@ impl<B: MetadataBackend> Metadata for ClusterMetadata<B> {
         ask!(self, Query::Referrers { repo: repo.clone(), subject: subject.clone() }, Answer::Referrers)
     }
 
+    async fn cleanup_policies(&self) -> Result<Arc<std::collections::BTreeMap<u64, berth_proto::cleanup::CleanupState>>, MetaError> {
+        ask!(self, Query::Cleanup, Answer::Cleanup)
+    }
+
     fn identity(&self) -> Arc<Identity> {
         self.identity.read().expect("identity lock").clone()
     }

@@ -12,7 +12,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::cache::Changed;
 use super::tables::{self, bounds, key2, key3, last_part, seq_key, within};
-use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_IDENTITY, META_LIMITS};
+use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_CLEANUP, META_IDENTITY, META_LIMITS};
 use crate::state::{RegistryState, TagRecord, Tombstone, MAX_TOMBSTONES, TOMBSTONE_TTL_MS};
 use crate::types::typ::{Entry, StoredMembership};
 
@@ -76,9 +76,11 @@ pub(super) fn load_legacy(txn: &WriteTransaction, state: &RegistryState) -> DRes
         },
         identity: state.identity.clone(),
         limits: state.limits,
+        cleanup: Arc::new(state.cleanup.clone()),
     };
     let mut w = Writer::open(txn, small)?;
     w.identity_changed = true;
+    w.cleanup_changed = true;
     for (name, repo) in &state.repos {
         for (digest, size) in &repo.blobs {
             w.link_blob(name, digest, *size)?;
@@ -143,6 +145,7 @@ struct Writer<'t> {
     small: Small,
     identity_changed: bool,
     limits_changed: bool,
+    cleanup_changed: bool,
     /// What the cache may hold that this batch changed.
     changed: Changed,
 }
@@ -181,6 +184,7 @@ impl<'t> Writer<'t> {
             small,
             identity_changed: false,
             limits_changed: false,
+            cleanup_changed: false,
             changed: Changed::default(),
         })
     }
@@ -193,6 +197,9 @@ impl<'t> Writer<'t> {
         }
         if self.limits_changed {
             self.meta.insert(META_LIMITS, postcard::to_stdvec(&self.small.limits)?.as_slice())?;
+        }
+        if self.cleanup_changed {
+            self.meta.insert(META_CLEANUP, postcard::to_stdvec(&*self.small.cleanup)?.as_slice())?;
         }
         Ok((self.small, self.changed))
     }
@@ -337,7 +344,17 @@ impl<'t> Writer<'t> {
             }
             Command::Identity(change) => {
                 self.identity_changed = true;
-                crate::identity::apply(Arc::make_mut(&mut self.small.identity), change, req.at_ms)
+                let outcome = crate::identity::apply(Arc::make_mut(&mut self.small.identity), change, req.at_ms);
+                if self.small.cleanup.keys().any(|p| !self.small.identity.projects.contains_key(p)) {
+                    crate::cleanup::forget_deleted_projects(Arc::make_mut(&mut self.small.cleanup), &self.small.identity);
+                    self.cleanup_changed = true;
+                }
+                outcome
+            }
+            Command::Cleanup(change) => {
+                let outcome = crate::cleanup::apply(Arc::make_mut(&mut self.small.cleanup), &self.small.identity, change, req.at_ms);
+                self.cleanup_changed |= outcome == Outcome::Done;
+                outcome
             }
             Command::SetLimits(limits) => {
                 if self.small.limits == *limits {

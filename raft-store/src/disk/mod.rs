@@ -59,6 +59,8 @@ const META_HEAD: &str = "head";
 const META_IDENTITY: &str = "identity";
 /// Registry limits; absent until the first `SetLimits`.
 const META_LIMITS: &str = "limits";
+/// Cleanup policies by project; absent until the first `Cleanup` change.
+const META_CLEANUP: &str = "cleanup";
 
 /// What went wrong reading or writing the state.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +136,8 @@ pub struct Small {
     pub identity: Arc<Identity>,
     /// Registry limits.
     pub limits: berth_proto::RegistryLimits,
+    /// Cleanup policies by project (small: one per project that saved one).
+    pub cleanup: Arc<crate::cleanup::Policies>,
 }
 
 /// The registry state in a redb database.
@@ -253,7 +257,8 @@ fn load_small(db: &Database) -> DResult<Small> {
         Ok(meta.get(k)?.ok_or_else(|| DiskError::Format(format!("the state has no {k:?} record")))?.value().to_vec())
     };
     let limits = meta.get(META_LIMITS)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
-    Ok(Small { head: postcard::from_bytes(&get(META_HEAD)?)?, identity: Arc::new(postcard::from_bytes(&get(META_IDENTITY)?)?), limits })
+    let cleanup = meta.get(META_CLEANUP)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
+    Ok(Small { head: postcard::from_bytes(&get(META_HEAD)?)?, identity: Arc::new(postcard::from_bytes(&get(META_IDENTITY)?)?), limits, cleanup: Arc::new(cleanup) })
 }
 
 /// A state of format 3 or older, as `snapshot.bin` held it, at the snapshot's position.

@@ -29,6 +29,7 @@ impl DiskState {
             Query::GcStatus => Answer::GcStatus(self.gc_status()?),
             Query::GcCollectable(items) => Answer::GcCollectable(self.gc_collectable(items)?),
             Query::GcScan { after, n } => Answer::GcScan(self.gc_scan(after.as_ref(), *n as usize)?),
+            Query::Cleanup => Answer::Cleanup(small().cleanup.clone()),
         })
     }
 

@@ -62,6 +62,37 @@ fn arb_command() -> impl Strategy<Value = Command> {
         proptest::collection::vec(arb_gc_item(), 1..3).prop_map(Command::GcSweep),
         proptest::collection::vec(0u8..6, 1..3).prop_map(|d| Command::GcDeleted { digests: d.into_iter().map(digest).collect() }),
         proptest::collection::vec(arb_gc_item(), 0..4).prop_map(Command::GcEnqueue),
+        arb_cleanup(),
+    ]
+}
+
+/// Projects come and go (ids are shared with users, so 1..6 hits both), and their cleanup
+/// policies are saved, started, advanced and ended with times that collide.
+fn arb_cleanup() -> impl Strategy<Value = Command> {
+    use berth_proto::cleanup::{CleanupChange, CleanupPolicy};
+    use berth_proto::identity::Visibility;
+    let project = 1u64..6;
+    let at = (0u64..4).prop_map(|t| t * 100);
+    prop_oneof![
+        (0u8..3).prop_map(|p| Command::Identity(IdentityChange::CreateProject { path: format!("p{p}"), visibility: Visibility::Private, owner: None })),
+        project.clone().prop_map(|project| Command::Identity(IdentityChange::DeleteProject { project })),
+        (project.clone(), any::<bool>(), proptest::option::of(at.clone())).prop_map(|(project, enabled, next_run_ms)| Command::Cleanup(CleanupChange::Set {
+            project,
+            policy: CleanupPolicy { enabled, ..Default::default() },
+            next_run_ms
+        })),
+        (project.clone(), at.clone(), at.clone()).prop_map(|(project, due_ms, next_run_ms)| Command::Cleanup(CleanupChange::Start { project, due_ms, next_run_ms })),
+        (project.clone(), at.clone(), 0u8..3).prop_map(|(project, started_ms, r)| Command::Cleanup(CleanupChange::Progress {
+            project,
+            started_ms,
+            repository: format!("p{r}"),
+            deleted: r as u64
+        })),
+        (project, at, any::<bool>()).prop_map(|(project, started_ms, failed)| Command::Cleanup(CleanupChange::Finish {
+            project,
+            started_ms,
+            error: failed.then(|| "stopped".into())
+        })),
     ]
 }
 
@@ -75,7 +106,7 @@ fn arb_gc_item() -> impl Strategy<Value = GcItem> {
 
 /// Every query over the small universe the generator draws from.
 fn queries() -> Vec<Query> {
-    let mut q = vec![Query::HttpSecret, Query::IdentityVersion, Query::Identity, Query::GcStatus, Query::GcCollectable(all_gc_items())];
+    let mut q = vec![Query::HttpSecret, Query::IdentityVersion, Query::Identity, Query::GcStatus, Query::GcCollectable(all_gc_items()), Query::Cleanup];
     let scan_points = std::iter::once(None).chain(all_gc_items().into_iter().map(Some));
     for after in scan_points {
         for n in [1, 5, 1000] {

@@ -76,6 +76,9 @@ pub struct RegistryState {
     /// Content marked for deletion by garbage collection, with when (format 5 and later only).
     #[serde(skip)]
     pub gc_deleting: BTreeMap<Digest, u64>,
+    /// Cleanup policies by project (format 5 and later only).
+    #[serde(skip)]
+    pub cleanup: crate::cleanup::Policies,
 }
 
 /// What an encoded state starts with (format 3, since groups joined identity). Format 2
@@ -345,7 +348,12 @@ impl RegistryState {
                     Outcome::NotFound
                 }
             }
-            Command::Identity(change) => crate::identity::apply(Arc::make_mut(&mut self.identity), change, req.at_ms),
+            Command::Identity(change) => {
+                let outcome = crate::identity::apply(Arc::make_mut(&mut self.identity), change, req.at_ms);
+                crate::cleanup::forget_deleted_projects(&mut self.cleanup, &self.identity);
+                outcome
+            }
+            Command::Cleanup(change) => crate::cleanup::apply(&mut self.cleanup, &self.identity, change, req.at_ms),
             Command::SetLimits(limits) => {
                 if self.limits == *limits {
                     Outcome::Unchanged
@@ -441,6 +449,7 @@ impl RegistryState {
             Query::GcStatus => Answer::GcStatus(self.gc_status()),
             Query::GcCollectable(items) => Answer::GcCollectable(items.iter().map(|i| self.collectable(i)).collect()),
             Query::GcScan { after, n } => Answer::GcScan(self.gc_scan(after.as_ref(), *n as usize)),
+            Query::Cleanup => Answer::Cleanup(Arc::new(self.cleanup.clone())),
         }
     }
 

@@ -18,12 +18,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use berth_proto::identity::Project;
-use berth_proto::{Command, Digest, Outcome, Reference, RepoName, Tag};
-use futures::StreamExt;
+use berth_proto::{Command, Outcome, RepoName, Tag};
 use serde_json::{json, Value};
 
 use super::namespace::Namespace;
 use super::{body, paged, Session, V4Error, V4Result};
+use crate::cleanup::{clean_repository, Rules};
+use crate::inventory::{all_tags, details, repositories_of, usage};
 use crate::Api;
 
 /// The id GitLab's API gives a repository.
@@ -43,64 +44,18 @@ fn may(s: &Session, repo: &str, action: &str) -> bool {
     crate::auth::policy::allowed(s.id(), &s.who, repo, berth_proto::now_ms()).contains(&action)
 }
 
-/// The repositories of a project: its own path and every path below it.
-pub(super) async fn repositories_of(api: &Api, path: &str) -> Result<Vec<String>, V4Error> {
-    let mut out = Vec::new();
-    if let Ok(own) = RepoName::parse(path) {
-        if api.meta.tags(&own, None, 1).await?.is_some() {
-            out.push(path.to_string());
-        }
-    }
-    let prefix = format!("{path}/");
-    let mut last = prefix.clone();
-    loop {
-        let page = api.meta.catalog(Some(&last), 1000).await?;
-        let full = page.len() == 1000;
-        for name in page {
-            if !name.starts_with(&prefix) {
-                return Ok(out);
-            }
-            last = name.clone();
-            out.push(name);
-        }
-        if !full {
-            return Ok(out);
-        }
-    }
-}
-
-/// Every tag of a repository.
-async fn all_tags(api: &Api, repo: &RepoName) -> Result<Vec<String>, V4Error> {
-    let mut out: Vec<String> = Vec::new();
-    loop {
-        let page = api.meta.tags(repo, out.last().map(String::as_str), 1000).await?.unwrap_or_default();
-        let full = page.len() == 1000;
-        out.extend(page);
-        if !full {
-            return Ok(out);
-        }
-    }
-}
-
-/// Storage used by `repos`: the bytes of every blob linked into them, each blob counted once
-/// however many of them link it (manifest bodies, a few KiB each, are not counted).
-pub async fn usage(api: &Api, repos: &[String]) -> Result<u64, V4Error> {
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    for name in repos {
-        let Ok(repo) = RepoName::parse(name) else { continue };
-        let (_, blobs) = api.meta.contents(&repo).await?;
-        for d in blobs {
-            if seen.insert(d.clone()) {
-                total += api.meta.blob_size(&repo, &d).await?.unwrap_or(0);
-            }
-        }
-    }
-    Ok(total)
-}
-
 fn tag_json(host: &str, repo: &str, tag: &str) -> Value {
     json!({"name": tag, "path": format!("{repo}:{tag}"), "location": format!("{host}/{repo}:{tag}")})
+}
+
+/// When the project's cleanup policy run started on `name`, while it has not finished it.
+async fn cleanup_started(api: &Api, project: &Project, name: &str) -> Result<Value, V4Error> {
+    let policies = api.meta.cleanup_policies().await?;
+    let run = policies.get(&project.id).and_then(|s| s.run.as_ref());
+    Ok(match run {
+        Some(r) if r.done_through.as_deref().is_none_or(|d| d < name) => json!(super::time(r.started_ms)),
+        _ => Value::Null,
+    })
 }
 
 async fn repository_json(api: &Api, s: &Session, host: &str, project: &Project, name: &str, uri: &Uri) -> Result<Value, V4Error> {
@@ -113,7 +68,7 @@ async fn repository_json(api: &Api, s: &Session, host: &str, project: &Project, 
         "project_id": project.id,
         "location": format!("{host}/{name}"),
         "created_at": Value::Null,
-        "cleanup_policy_started_at": Value::Null,
+        "cleanup_policy_started_at": cleanup_started(api, project, name).await?,
         "status": Value::Null,
     });
     if flag("tags") || flag("tags_count") {
@@ -210,40 +165,6 @@ pub async fn tags(State(api): State<Arc<Api>>, s: Session, Path((id, rid)): Path
     Ok(paged(&uri, items))
 }
 
-/// What GitLab shows of a tag, read from its manifest and its image config.
-struct TagDetails {
-    digest: Digest,
-    revision: Option<String>,
-    created_at: Option<String>,
-    total_size: Option<u64>,
-}
-
-async fn details(api: &Api, repo: &RepoName, tag: &str) -> Result<Option<TagDetails>, V4Error> {
-    let Ok(tag) = Tag::parse(tag) else { return Ok(None) };
-    let Some((digest, record)) = api.meta.manifest(repo, &Reference::Tag(tag)).await? else { return Ok(None) };
-    let manifest: Value = serde_json::from_slice(&record.body).unwrap_or(Value::Null);
-    let config = manifest["config"]["digest"].as_str().and_then(|d| Digest::parse(d).ok());
-    let total_size = manifest["layers"].as_array().map(|layers| layers.iter().filter_map(|l| l["size"].as_u64()).sum());
-    let created_at = match &config {
-        Some(c) => read_config(api, c).await.and_then(|v| v["created"].as_str().map(str::to_string)),
-        None => None,
-    };
-    Ok(Some(TagDetails { digest, revision: config.map(|c| c.hex().to_string()), created_at, total_size }))
-}
-
-/// An image config (at most 1 MiB of JSON), if it reads.
-async fn read_config(api: &Api, digest: &Digest) -> Option<Value> {
-    let mut stream = api.blobs.read(digest, None).await.ok()?;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        bytes.extend_from_slice(&chunk.ok()?);
-        if bytes.len() > 1 << 20 {
-            return None;
-        }
-    }
-    serde_json::from_slice(&bytes).ok()
-}
-
 /// `GET /projects/:id/registry/repositories/:rid/tags/:tag`.
 pub async fn tag(State(api): State<Arc<Api>>, s: Session, Path((id, rid, tag)): Path<(String, String, String)>, headers: HeaderMap) -> V4Result {
     let (_, repo) = find(&api, &s, &id, &rid, "pull").await?;
@@ -268,73 +189,6 @@ pub async fn delete_tag(State(api): State<Arc<Api>>, s: Session, Path((id, rid, 
     }
 }
 
-/// The rules of a bulk delete (GitLab's cleanup-tags service).
-#[derive(Debug, Clone)]
-pub struct Cleanup {
-    /// Tags to delete (anchored), `name_regex_delete` or `name_regex`.
-    pub delete: regex::Regex,
-    /// Tags to keep whatever else holds (anchored), `name_regex_keep`.
-    pub keep: Option<regex::Regex>,
-    /// The newest this many candidates are kept.
-    pub keep_n: Option<usize>,
-    /// Only candidates older than this are deleted (ms).
-    pub older_than_ms: Option<u64>,
-}
-
-fn anchored(re: &str) -> Result<regex::Regex, V4Error> {
-    regex::Regex::new(&format!(r"\A(?:{re})\z")).map_err(|e| V4Error::bad(format!("400 Bad request - invalid regex {re:?}: {e}")))
-}
-
-/// A ChronicDuration as GitLab's `older_than` takes it: `90d`, `1h`, `2 weeks`, `1month`.
-pub fn parse_age(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let unit_ms: u64 = match unit.trim().trim_end_matches('s') {
-        "" | "sec" | "second" => 1_000,
-        "m" | "min" | "minute" => 60_000,
-        "h" | "hr" | "hour" => 3_600_000,
-        "d" | "day" => 86_400_000,
-        "w" | "week" => 7 * 86_400_000,
-        "month" | "mo" => 30 * 86_400_000,
-        "y" | "year" => 365 * 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(unit_ms)
-}
-
-impl Cleanup {
-    /// The rules from a request's parameters.
-    pub fn from_params(p: &HashMap<String, String>) -> Result<Cleanup, V4Error> {
-        let delete = p.get("name_regex_delete").or_else(|| p.get("name_regex")).ok_or_else(|| V4Error::bad("400 Bad request - name_regex_delete is missing"))?;
-        let keep_n = p.get("keep_n").map(|v| v.parse::<usize>().map_err(|_| V4Error::bad("400 Bad request - keep_n is invalid"))).transpose()?;
-        let older_than_ms = p.get("older_than").map(|v| parse_age(v).ok_or_else(|| V4Error::bad("400 Bad request - older_than is invalid"))).transpose()?;
-        Ok(Cleanup { delete: anchored(delete)?, keep: p.get("name_regex_keep").map(|k| anchored(k)).transpose()?, keep_n, older_than_ms })
-    }
-
-    /// The tags to delete among `tags` (name and creation time in ms, if known), at `now_ms`:
-    /// never `latest`; those the delete pattern matches and the keep pattern does not; the
-    /// newest `keep_n` of those spared (undated ones count as now); then only those older
-    /// than `older_than` (undated ones spared).
-    pub fn select(&self, tags: &[(String, Option<u64>)], now_ms: u64) -> Vec<String> {
-        let mut candidates: Vec<&(String, Option<u64>)> = tags
-            .iter()
-            .filter(|(t, _)| t != "latest" && self.delete.is_match(t) && !self.keep.as_ref().is_some_and(|k| k.is_match(t)))
-            .collect();
-        candidates.sort_by(|a, b| b.1.unwrap_or(now_ms).cmp(&a.1.unwrap_or(now_ms)).then_with(|| a.0.cmp(&b.0)));
-        candidates
-            .into_iter()
-            .skip(self.keep_n.unwrap_or(0))
-            .filter(|(_, created)| match self.older_than_ms {
-                Some(age) => created.is_some_and(|c| c.saturating_add(age) < now_ms),
-                None => true,
-            })
-            .map(|(t, _)| t.clone())
-            .collect()
-    }
-}
-
 /// When each repository last had a bulk delete (on this node): GitLab allows one an hour.
 fn last_bulk() -> &'static Mutex<HashMap<String, Instant>> {
     static LAST: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
@@ -351,7 +205,7 @@ pub async fn bulk_delete(State(api): State<Arc<Api>>, s: Session, Path((id, rid)
             params.insert(k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
         }
     }
-    let rules = Cleanup::from_params(&params)?;
+    let rules = Rules::from_params(&params).map_err(|e| V4Error::bad(format!("400 Bad request - {e}")))?;
     {
         let mut last = last_bulk().lock().unwrap();
         last.retain(|_, at| at.elapsed() < Duration::from_secs(3600));
@@ -361,78 +215,17 @@ pub async fn bulk_delete(State(api): State<Arc<Api>>, s: Session, Path((id, rid)
         last.insert(repo.to_string(), Instant::now());
     }
     tokio::spawn(async move {
-        match cleanup(&api, &repo, &rules).await {
+        match clean_repository(&api, &repo, &rules).await {
             Ok(n) => tracing::info!(%repo, deleted = n, "bulk tag delete done"),
-            Err(e) => tracing::warn!(%repo, "bulk tag delete stopped: {}", e.1),
+            Err(e) => tracing::warn!(%repo, "bulk tag delete stopped: {e}"),
         }
     });
     Ok((StatusCode::ACCEPTED, axum::Json(json!(null))).into_response())
 }
 
-/// Runs a bulk delete; returns how many tags went.
-pub async fn cleanup(api: &Api, repo: &RepoName, rules: &Cleanup) -> Result<usize, V4Error> {
-    let mut dated = Vec::new();
-    for t in all_tags(api, repo).await? {
-        let created = match details(api, repo, &t).await? {
-            Some(d) => d.created_at.as_deref().and_then(super::parse_time),
-            None => continue,
-        };
-        dated.push((t, created));
-    }
-    let doomed = rules.select(&dated, berth_proto::now_ms());
-    for t in &doomed {
-        let tag = Tag::parse(t).map_err(|_| V4Error::not_found("Tag"))?;
-        api.meta.apply(Command::DeleteTag { repo: repo.clone(), tag }).await?;
-    }
-    Ok(doomed.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rules(delete: &str, keep: Option<&str>, keep_n: Option<usize>, older_than: Option<&str>) -> Cleanup {
-        let mut p = HashMap::new();
-        p.insert("name_regex_delete".to_string(), delete.to_string());
-        if let Some(k) = keep {
-            p.insert("name_regex_keep".into(), k.into());
-        }
-        if let Some(n) = keep_n {
-            p.insert("keep_n".into(), n.to_string());
-        }
-        if let Some(o) = older_than {
-            p.insert("older_than".into(), o.into());
-        }
-        Cleanup::from_params(&p).unwrap()
-    }
-
-    #[test]
-    fn gitlabs_rules_keep_wins_newest_first_latest_never() {
-        let day = 86_400_000;
-        let now = 100 * day;
-        let tags: Vec<(String, Option<u64>)> = vec![
-            ("latest".into(), Some(0)),
-            ("v1".into(), Some(now - 50 * day)),
-            ("v2".into(), Some(now - 40 * day)),
-            ("v3".into(), Some(now - 2 * day)),
-            ("stable".into(), Some(0)),
-            ("main-abc".into(), None),
-            ("v1x".into(), Some(0)),
-        ];
-        // Anchored: `v.` matches v1, v2, v3 but not v1x.
-        assert_eq!(rules("v.", None, None, None).select(&tags, now), vec!["v3", "v2", "v1"]);
-        assert_eq!(rules(".*", Some("stable|v3"), None, None).select(&tags, now), vec!["main-abc", "v2", "v1", "v1x"]);
-        // The newest two candidates stay (undated counts as now).
-        assert_eq!(rules(".*", None, Some(2), None).select(&tags, now), vec!["v2", "v1", "stable", "v1x"]);
-        // Only what is older than 30 days; undated is spared.
-        assert_eq!(rules(".*", None, None, Some("30d")).select(&tags, now), vec!["v2", "v1", "stable", "v1x"]);
-        assert_eq!(rules("v.*", Some("v1"), Some(1), Some("1month")).select(&tags, now), vec!["v2", "v1x"]);
-        assert_eq!(parse_age("90d"), Some(90 * day));
-        assert_eq!(parse_age("2 weeks"), Some(14 * day));
-        assert_eq!(parse_age("1h"), Some(3_600_000));
-        assert_eq!(parse_age("soon"), None);
-        assert!(Cleanup::from_params(&HashMap::new()).is_err());
-    }
 
     #[test]
     fn repository_ids_are_stable_and_fit_javascript() {
