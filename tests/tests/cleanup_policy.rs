@@ -63,6 +63,15 @@ async fn wait_policy(api: &V4, pid: u64, secs: u64, what: &str, done: impl Fn(&V
     }
 }
 
+/// A node with Berth's own token auth and the first administrator, and root's API client.
+fn start(dir: &std::path::Path, extra_env: &[(&str, &str)]) -> (Berth, V4) {
+    let mut env = vec![("REGISTRY_AUTH_TOKEN_SERVICE", "container_registry"), ("REGISTRY_BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)];
+    env.extend_from_slice(extra_env);
+    let node = Berth::start(&dir.join("data"), None, &env);
+    let root = V4 { http: reqwest::Client::new(), base: node.url.clone(), token: admin_token(&node) };
+    (node, root)
+}
+
 /// `YYYY-MM-DDTHH:MM:SS[.fff]Z` (as the API writes times) in ms since the epoch.
 fn time_ms(v: &Value) -> u64 {
     let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
@@ -84,14 +93,7 @@ async fn a_policy_runs_on_its_cadence_by_gitlabs_rules_until_disabled() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("REGISTRY_AUTH_TOKEN_SERVICE", "container_registry"),
-        ("REGISTRY_BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ("BERTH_TEST_CLEANUP_DAY_MS", "4000"),
-        ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0"),
-    ];
-    let node = Berth::start(&dir.path().join("data"), None, &env);
-    let root = V4 { http: reqwest::Client::new(), base: node.url.clone(), token: admin_token(&node) };
+    let (node, root) = start(dir.path(), &[("BERTH_TEST_CLEANUP_DAY_MS", "4000"), ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
     let pid = root.post("/projects", json!({"path": "grp/app", "visibility": "private"})).await["id"].as_u64().unwrap();
     let mut tokens = Vec::new();
     for (user, level) in [("dev", 30), ("maint", 40)] {
@@ -183,15 +185,8 @@ async fn a_run_cut_short_by_a_crash_resumes_as_the_same_run() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("REGISTRY_AUTH_TOKEN_SERVICE", "container_registry"),
-        ("REGISTRY_BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ("BERTH_TEST_CLEANUP_DAY_MS", "3000"),
-        // Long enough after each repository to be killed in the middle of the run.
-        ("BERTH_TEST_CLEANUP_PAUSE_MS", "2500"),
-    ];
-    let mut node = Berth::start(&dir.path().join("data"), None, &env);
-    let root = V4 { http: reqwest::Client::new(), base: node.url.clone(), token: admin_token(&node) };
+    // The pause after each repository is long enough to kill the node in the middle of a run.
+    let (mut node, root) = start(dir.path(), &[("BERTH_TEST_CLEANUP_DAY_MS", "3000"), ("BERTH_TEST_CLEANUP_PAUSE_MS", "2500")]);
     let pid = root.post("/projects", json!({"path": "grp", "visibility": "private"})).await["id"].as_u64().unwrap();
     let repos = ["grp/a", "grp/b", "grp/c"];
     for (i, repo) in repos.iter().enumerate() {
