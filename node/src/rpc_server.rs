@@ -77,11 +77,21 @@ impl RaftService for RaftRpc {
     }
 }
 
+/// The log protocol this node says it reads: this build's. A test hook,
+/// `BERTH_TEST_REPORT_PROTOCOL`, makes it say an older one, as a node of an older build would
+/// (tests of upgrades have no older build to run). Unset in production.
+fn reported_protocol() -> u32 {
+    static P: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *P.get_or_init(|| std::env::var("BERTH_TEST_REPORT_PROTOCOL").ok().and_then(|v| v.parse().ok()).unwrap_or(berth_proto::PROTOCOL))
+}
+
 /// Membership changes and status.
 pub struct ClusterRpc {
     raft: Raft,
     contact: LeaderContact,
     state: SharedState,
+    /// Asks a joiner which log protocol it reads.
+    meta: Arc<RaftMetadata>,
 }
 
 fn admin_reply<T>(res: Result<T, RaftError<u64, ClientWriteError<u64, BasicNode>>>) -> AdminReply {
@@ -187,6 +197,9 @@ impl ClusterService for ClusterRpc {
         if self.state.node_id_used(r.node_id) {
             return refused(format!("node id {} belonged to a node that was removed; node ids are never reused", r.node_id));
         }
+        if let Err(why) = self.meta.check_joiner(&r.grpc_addr).await {
+            return refused(why);
+        }
         tracing::info!(node_id = r.node_id, addr = %r.grpc_addr, "adding learner");
         Ok(Response::new(admin_reply(self.raft.add_learner(r.node_id, BasicNode::new(&r.grpc_addr), true).await)))
     }
@@ -253,7 +266,7 @@ impl ClusterService for ClusterRpc {
             last_log_index: m.last_log_index.unwrap_or(0),
             committed_index: crate::raft::committed_index(&m),
             applied_index: m.last_applied.map_or(0, |l| l.index),
-            protocol: berth_proto::PROTOCOL,
+            protocol: reported_protocol(),
             millis_since_leader: if m.current_leader == Some(m.id) { 0 } else { self.contact.silent_ms() },
             members: nodes
                 .into_iter()
@@ -346,12 +359,12 @@ pub async fn serve(
             check.clone(),
         ))
         .add_service(InterceptedService::new(
-            MetadataServiceServer::new(MetadataRpc { meta })
+            MetadataServiceServer::new(MetadataRpc { meta: meta.clone() })
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
             check.clone(),
         ))
-        .add_service(InterceptedService::new(ClusterServiceServer::new(ClusterRpc { raft, state, contact }), check))
+        .add_service(InterceptedService::new(ClusterServiceServer::new(ClusterRpc { raft, state, contact, meta }), check))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

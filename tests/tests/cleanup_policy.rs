@@ -43,22 +43,32 @@ async fn tags(node: &Berth, repo: &str) -> Vec<String> {
     t
 }
 
+/// The project's policy as the API shows it; 503 while the cluster elects a leader.
+async fn try_policy(api: &V4, pid: u64) -> Result<Value, Value> {
+    let (s, p) = api.call(Method::GET, &format!("/projects/{pid}"), None).await;
+    match s {
+        StatusCode::OK => Ok(p["container_expiration_policy"].clone()),
+        StatusCode::SERVICE_UNAVAILABLE => Err(p),
+        _ => panic!("{s}: {p}"),
+    }
+}
+
 /// The project's policy as the API shows it.
 async fn policy(api: &V4, pid: u64) -> Value {
-    let (s, p) = api.call(Method::GET, &format!("/projects/{pid}"), None).await;
-    assert_eq!(s, StatusCode::OK, "{p}");
-    p["container_expiration_policy"].clone()
+    try_policy(api, pid).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Waits until `done` holds for the policy, or fails after `secs`.
 async fn wait_policy(api: &V4, pid: u64, secs: u64, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let p = policy(api, pid).await;
-        if done(&p) {
-            return p;
+        let p = try_policy(api, pid).await;
+        if let Ok(p) = &p {
+            if done(p) {
+                return p.clone();
+            }
         }
-        assert!(Instant::now() < deadline, "{what}: {p}");
+        assert!(Instant::now() < deadline, "{what}: {p:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -180,37 +190,67 @@ async fn a_policy_runs_on_its_cadence_by_gitlabs_rules_until_disabled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_cut_short_by_a_crash_resumes_as_the_same_run() {
+    crash_mid_run(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_leader_dies_is_carried_on_by_the_next_leader() {
+    crash_mid_run(3).await;
+}
+
+/// A policy run over three repositories, with `voters` voters sharing one store: once it has
+/// recorded the first repository the leader is killed (and, alone, restarted); the leader
+/// after it carries the same run on from the second repository to the end.
+async fn crash_mid_run(voters: usize) {
     init_tracing();
     if !require_tool("skopeo") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // The pause after each repository is long enough to kill the node in the middle of a run.
-    let (mut node, root) = start(dir.path(), &[("BERTH_TEST_CLEANUP_DAY_MS", "3000"), ("BERTH_TEST_CLEANUP_PAUSE_MS", "2500")]);
+    // The pause after each repository is long enough to kill the leader in the middle of a run.
+    let extra = [("BERTH_TEST_CLEANUP_DAY_MS", "3000"), ("BERTH_TEST_CLEANUP_PAUSE_MS", "2500")];
+    let (mut nodes, root) = if voters == 1 {
+        let (node, root) = start(dir.path(), &extra);
+        (vec![node], root)
+    } else {
+        let mut env = vec![("REGISTRY_AUTH_TOKEN_SERVICE", "container_registry"), ("REGISTRY_BERTH_ADMIN_PASSWORD", ADMIN_PASSWORD)];
+        env.extend_from_slice(&extra);
+        let nodes = berth_tests::voter_cluster(dir.path(), voters, &env);
+        let root = V4 { http: reqwest::Client::new(), base: nodes[voters - 1].url.clone(), token: admin_token(&nodes[0]) };
+        (nodes, root)
+    };
     let pid = root.post("/projects", json!({"path": "grp", "visibility": "private"})).await["id"].as_u64().unwrap();
     let repos = ["grp/a", "grp/b", "grp/c"];
     for (i, repo) in repos.iter().enumerate() {
-        push(dir.path(), &node, repo, "old-1", 10 * i as u64, Some("2020-01-01T00:00:00Z"));
-        push(dir.path(), &node, repo, "old-2", 10 * i as u64 + 1, Some("2020-01-02T00:00:00Z"));
-        push(dir.path(), &node, repo, "v1", 10 * i as u64 + 2, Some("2020-01-02T00:00:00Z"));
+        let node = &nodes[voters - 1];
+        push(dir.path(), node, repo, "old-1", 10 * i as u64, Some("2020-01-01T00:00:00Z"));
+        push(dir.path(), node, repo, "old-2", 10 * i as u64 + 1, Some("2020-01-02T00:00:00Z"));
+        push(dir.path(), node, repo, "v1", 10 * i as u64 + 2, Some("2020-01-02T00:00:00Z"));
     }
     let (s, v) = root
         .call(Method::PUT, &format!("/projects/{pid}"), Some(json!({"container_expiration_policy_attributes": {"enabled": true, "keep_n": null, "older_than": null, "name_regex": "old-.*"}})))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
 
-    tracing::info!("the run gets through one repository; the node is killed");
+    tracing::info!("the run gets through one repository; its leader is killed");
     let p = wait_policy(&root, pid, 60, "the run did not get through a repository", |p| p["current_run"]["repositories_done"] == json!(1)).await;
     let started = p["current_run"]["started_at"].clone();
-    node.kill9();
     assert_eq!(p["runs"], json!(1));
-    node.restart();
+    let leader = berth_tests::cluster_leader(&nodes[0].grpc_addr).expect("a leader") as usize;
+    nodes[leader - 1].kill9();
+    let survivor = if voters == 1 {
+        nodes[0].restart();
+        0
+    } else {
+        (0..voters).find(|&i| i != leader - 1).unwrap()
+    };
+    let api = V4 { http: reqwest::Client::new(), base: nodes[survivor].url.clone(), token: root.token.clone() };
 
-    tracing::info!("after the restart the same run carries on from the second repository and ends");
-    let p = wait_policy(&root, pid, 60, "the run did not end", |p| p["last_run"]["started_at"] == started).await;
+    tracing::info!("the next leader carries the same run on from the second repository and ends it");
+    let p = wait_policy(&api, pid, 60, "the run did not end", |p| p["last_run"]["started_at"] == started).await;
     let last = &p["last_run"];
     assert_eq!((&last["repositories"], &last["tags_deleted"], &last["error"]), (&json!(3), &json!(6), &Value::Null), "{p}");
     for repo in repos {
-        assert_eq!(tags(&node, repo).await, vec!["v1"], "{repo}");
+        assert_eq!(tags(&nodes[survivor], repo).await, vec!["v1"], "{repo}");
     }
 }

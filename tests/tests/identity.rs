@@ -424,4 +424,56 @@ async fn newer_commands_wait_until_every_member_reads_them() {
     tracing::info!("known now: node 3 down again does not hold group changes back");
     nodes[2].kill9();
     root.post("/groups", json!({"path": "platform-2"})).await;
+
+    tracing::info!("nor does a dead leader: its successor has the protocol from the log, not from asking");
+    nodes[2].restart();
+    let leader = berth_tests::cluster_leader(&nodes[0].grpc_addr).expect("a leader") as usize;
+    // Node 3 has caught up once it reports the leader the others see.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while berth_tests::cluster_leader(&nodes[2].grpc_addr) != Some(leader as u64) {
+        assert!(Instant::now() < deadline, "node 3 did not rejoin");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nodes[leader - 1].kill9();
+    let alive = (0..3).find(|&i| i != leader - 1).unwrap();
+    let api = V4 { http: reqwest::Client::new(), base: nodes[alive].url.clone(), token: root.token.clone() };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, v) = api.call(reqwest::Method::POST, "/groups", Some(json!({"path": "platform-3"}))).await;
+        if s == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert!(Instant::now() < deadline, "the new leader holds group changes back: {v}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A node whose build reads an older log protocol than entries the log already holds may not
+/// join: it could take neither those entries nor a snapshot made after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reading_an_older_protocol_than_the_log_may_not_join() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = voter_cluster(dir.path(), 1, &issuer_env());
+    // A group is a protocol-2 entry.
+    let root = V4 { http: reqwest::Client::new(), base: nodes[0].url.clone(), token: admin_token(&nodes[0]) };
+    root.post("/groups", json!({"path": "platform"})).await;
+    let shared = dir.path().join("blobs");
+    let old = Berth::start(
+        &dir.path().join("old"),
+        None,
+        &[
+            ("REGISTRY_BERTH_NODEID", "2"),
+            ("REGISTRY_BERTH_BOOTSTRAP", "false"),
+            ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", shared.to_str().unwrap()),
+            ("BERTH_TEST_REPORT_PROTOCOL", "1"),
+        ],
+    );
+    let out = berth_command().args(["cluster", "add-learner", "--node", &nodes[0].grpc_addr, "--id", "2", "--addr", &old.grpc_addr]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("reads log protocol 1") && said.contains("upgrade it first"), "{said}");
+    let status = run(berth_command().args(["cluster", "status", "--node", &nodes[0].grpc_addr]));
+    assert!(!status.contains("node 2 "), "{status}");
 }

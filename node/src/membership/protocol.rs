@@ -8,6 +8,11 @@
 //! such a command arrives (they are rare: group administration), and the answer is kept for
 //! a while. A member that does not answer counts with what it said last; one never heard
 //! from holds the command back, with a 503 that says which node to upgrade.
+//!
+//! Once an entry of a protocol has committed, the cluster reads that protocol for good (every
+//! member did when it was proposed, and a node joins only if it reads it too: see
+//! [`ProtocolGate::check_joiner`]). The state records the newest protocol applied, so a new
+//! leader, with a member down, still proposes what the cluster already took.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_api::MetaError;
-use berth_raft_store::Raft;
+use berth_raft_store::{Raft, SharedState};
 
 use super::status;
 use crate::peers::Peers;
@@ -28,6 +33,8 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 /// The leader's knowledge of which protocol each member reads.
 pub struct ProtocolGate {
     raft: Raft,
+    /// This voter's state: the newest protocol of an entry applied.
+    state: SharedState,
     peers: Peers,
     /// Member id -> the protocol it said it reads.
     heard: Mutex<HashMap<u64, u32>>,
@@ -40,8 +47,8 @@ pub struct ProtocolGate {
 }
 
 impl ProtocolGate {
-    pub fn new(raft: Raft, peers: Peers) -> Self {
-        ProtocolGate { raft, peers, heard: Mutex::default(), checked: Mutex::default(), asked: Mutex::default(), checking: AtomicBool::new(false) }
+    pub fn new(raft: Raft, state: SharedState, peers: Peers) -> Self {
+        ProtocolGate { raft, state, peers, heard: Mutex::default(), checked: Mutex::default(), asked: Mutex::default(), checking: AtomicBool::new(false) }
     }
 
     /// Whether every member reads protocol `need`, for a command that has a form every
@@ -49,6 +56,9 @@ impl ProtocolGate {
     /// later calls never wait: they answer from the last check while it is fresh, else from
     /// what each member said last, and start a new check for the callers after them.
     pub async fn supports(self: &Arc<Self>, need: u32) -> bool {
+        if self.state.protocol_seen() >= need {
+            return true;
+        }
         let members: BTreeSet<u64> = {
             let m = self.raft.metrics().borrow().clone();
             m.membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| *id != m.id).collect()
@@ -77,7 +87,7 @@ impl ProtocolGate {
 
     /// Ok when every member of the cluster reads entries of protocol `need`.
     pub async fn admit(&self, need: u32, kind: &str) -> Result<(), MetaError> {
-        if need <= 1 {
+        if need <= 1 || self.state.protocol_seen() >= need {
             return Ok(());
         }
         let members: Vec<(u64, String)> = {
@@ -120,5 +130,22 @@ impl ProtocolGate {
             "{kind} needs every node of the cluster to read log protocol {need}: {}; finish upgrading them first",
             behind.join(", ")
         )))
+    }
+}
+
+impl ProtocolGate {
+    /// Ok when the node at `addr` may join: it reads every protocol the log already holds
+    /// (else it could take neither those entries nor a snapshot made after them, and as a
+    /// voter it would stall writes). A node that does not answer is let through: joining
+    /// needs it to answer Raft anyway.
+    pub async fn check_joiner(&self, addr: &str) -> Result<(), String> {
+        let seen = self.state.protocol_seen();
+        match status(&self.peers, addr, ASK_TIMEOUT).await {
+            Ok(s) if s.protocol.max(1) < seen => Err(format!(
+                "the node at {addr} reads log protocol {}, and the cluster's log already holds entries of protocol {seen}: upgrade it first",
+                s.protocol.max(1)
+            )),
+            _ => Ok(()),
+        }
     }
 }

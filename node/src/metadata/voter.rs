@@ -77,7 +77,7 @@ impl RaftMetadata {
         registry.register(Box::new(forwarded.clone()))?;
         let r = raft.clone();
         let confirm = Arc::new(Coalescer::new(move || confirm_read_index(r.clone())));
-        let protocol = Arc::new(ProtocolGate::new(raft.clone(), peers.clone()));
+        let protocol = Arc::new(ProtocolGate::new(raft.clone(), state.clone(), peers.clone()));
         let node = Node { raft, peers, space, forwarded, confirm, paused: Arc::default(), protocol, bodies };
         let n = node.clone();
         let read_index = Coalescer::new(move || {
@@ -85,6 +85,11 @@ impl RaftMetadata {
             async move { n.read_index().await }
         });
         Ok(RaftMetadata { node, state, read_index })
+    }
+
+    /// Ok when the node at `addr` reads every log protocol the cluster's log holds.
+    pub async fn check_joiner(&self, addr: &str) -> Result<(), String> {
+        self.node.protocol.check_joiner(addr).await
     }
 
     /// The switch that holds new writes off while this node hands its leadership over.

@@ -12,7 +12,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::cache::Changed;
 use super::tables::{self, bounds, key2, key3, last_part, seq_key, within};
-use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_CLEANUP, META_IDENTITY, META_LIMITS};
+use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_CLEANUP, META_IDENTITY, META_LIMITS, META_PROTOCOL};
 use crate::state::{RegistryState, TagRecord, Tombstone, MAX_TOMBSTONES, TOMBSTONE_TTL_MS};
 use crate::types::typ::{Entry, StoredMembership};
 
@@ -36,7 +36,14 @@ impl DiskState {
                 w.small.head.last_applied = Some(entry.log_id);
                 out.push(match entry.payload {
                     EntryPayload::Blank => Outcome::Unchanged,
-                    EntryPayload::Normal(req) => w.apply(&req)?,
+                    EntryPayload::Normal(req) => {
+                        let since = req.command.since();
+                        if since > w.small.protocol {
+                            w.small.protocol = since;
+                            w.protocol_changed = true;
+                        }
+                        w.apply(&req)?
+                    }
                     EntryPayload::Membership(m) => {
                         w.small.head.node_ids_used.extend(m.nodes().map(|(id, _)| *id));
                         w.small.head.last_membership = StoredMembership::new(Some(entry.log_id), m);
@@ -77,10 +84,12 @@ pub(super) fn load_legacy(txn: &WriteTransaction, state: &RegistryState) -> DRes
         identity: state.identity.clone(),
         limits: state.limits,
         cleanup: Arc::new(state.cleanup.clone()),
+        protocol: 1,
     };
     let mut w = Writer::open(txn, small)?;
     w.identity_changed = true;
     w.cleanup_changed = true;
+    w.protocol_changed = true;
     for (name, repo) in &state.repos {
         for (digest, size) in &repo.blobs {
             w.link_blob(name, digest, *size)?;
@@ -146,6 +155,7 @@ struct Writer<'t> {
     identity_changed: bool,
     limits_changed: bool,
     cleanup_changed: bool,
+    protocol_changed: bool,
     /// What the cache may hold that this batch changed.
     changed: Changed,
 }
@@ -185,6 +195,7 @@ impl<'t> Writer<'t> {
             identity_changed: false,
             limits_changed: false,
             cleanup_changed: false,
+            protocol_changed: false,
             changed: Changed::default(),
         })
     }
@@ -197,6 +208,9 @@ impl<'t> Writer<'t> {
         }
         if self.limits_changed {
             self.meta.insert(META_LIMITS, postcard::to_stdvec(&self.small.limits)?.as_slice())?;
+        }
+        if self.protocol_changed {
+            self.meta.insert(META_PROTOCOL, postcard::to_stdvec(&self.small.protocol)?.as_slice())?;
         }
         if self.cleanup_changed {
             self.meta.insert(META_CLEANUP, postcard::to_stdvec(&*self.small.cleanup)?.as_slice())?;

@@ -61,6 +61,8 @@ const META_IDENTITY: &str = "identity";
 const META_LIMITS: &str = "limits";
 /// Cleanup policies by project; absent until the first `Cleanup` change.
 const META_CLEANUP: &str = "cleanup";
+/// The newest log protocol of any entry applied; absent until the first entry after protocol 1.
+const META_PROTOCOL: &str = "protocol";
 
 /// What went wrong reading or writing the state.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,9 @@ pub struct Small {
     pub limits: berth_proto::RegistryLimits,
     /// Cleanup policies by project (small: one per project that saved one).
     pub cleanup: Arc<crate::cleanup::Policies>,
+    /// The newest log protocol of any entry applied. The leader proposed it only once every
+    /// member read it, so the cluster reads it for good: no later check needs to ask.
+    pub protocol: u32,
 }
 
 /// The registry state in a redb database.
@@ -227,6 +232,11 @@ impl DiskState {
         self.small.read().unwrap().clone()
     }
 
+    /// The newest log protocol of any entry applied (1 if none came after protocol 1).
+    pub fn protocol_seen(&self) -> u32 {
+        self.small.read().unwrap().protocol.max(1)
+    }
+
     /// True if `id` was ever a member's node id.
     pub fn node_id_used(&self, id: u64) -> bool {
         self.small.read().unwrap().head.node_ids_used.contains(&id)
@@ -258,7 +268,14 @@ fn load_small(db: &Database) -> DResult<Small> {
     };
     let limits = meta.get(META_LIMITS)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
     let cleanup = meta.get(META_CLEANUP)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
-    Ok(Small { head: postcard::from_bytes(&get(META_HEAD)?)?, identity: Arc::new(postcard::from_bytes(&get(META_IDENTITY)?)?), limits, cleanup: Arc::new(cleanup) })
+    let protocol = meta.get(META_PROTOCOL)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or(1);
+    Ok(Small {
+        head: postcard::from_bytes(&get(META_HEAD)?)?,
+        identity: Arc::new(postcard::from_bytes(&get(META_IDENTITY)?)?),
+        limits,
+        cleanup: Arc::new(cleanup),
+        protocol,
+    })
 }
 
 /// A state of format 3 or older, as `snapshot.bin` held it, at the snapshot's position.

@@ -199,6 +199,9 @@ proptest! {
             }
         }
         assert_same(&disk, &model)?;
+        // The newest protocol applied is recorded, and survives a reopen and a snapshot.
+        let newest = cmds.iter().map(|(c, _)| c.since()).max().unwrap_or(1);
+        prop_assert_eq!(disk.protocol_seen(), newest);
 
         let mut stream = Vec::new();
         disk.export(&mut stream).unwrap();
@@ -206,6 +209,9 @@ proptest! {
         let copy = open(&other);
         copy.import(stream.as_slice(), |_| {}).unwrap();
         assert_same(&copy, &model)?;
+        prop_assert_eq!(copy.protocol_seen(), newest);
+        drop(disk);
+        prop_assert_eq!(open(&dir).protocol_seen(), newest);
     }
 }
 
