@@ -12,6 +12,7 @@ pub mod gc;
 pub mod logging;
 pub mod membership;
 pub mod metadata;
+pub mod notify;
 pub mod peers;
 pub mod probe;
 pub mod progress;
@@ -240,12 +241,26 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             let collector = gc::Collector {
                 settings: config::Gc::from_config(&cfg.gc)?,
                 raft: handover.raft.clone(),
-                state,
+                state: state.clone(),
                 meta: meta.clone(),
                 store: site.clone(),
                 metrics: gc::GcMetrics::new(&registry)?,
             };
             gc::spawn(collector, stop_rx.clone());
+            let endpoints = config::Endpoint::from_config(&cfg.notifications)?;
+            if !endpoints.is_empty() {
+                let scheme = if cfg.http.tls.as_ref().is_some_and(|t| t.certificate.is_some()) { "https" } else { "http" };
+                let notifier = notify::Notifier {
+                    endpoints,
+                    raft: handover.raft.clone(),
+                    state: state.clone(),
+                    meta: meta.clone(),
+                    base_url: cfg.http.host.clone().unwrap_or_else(|| format!("{scheme}://{local}")).trim_end_matches('/').to_string(),
+                    source_addr: local.to_string(),
+                    metrics: notify::NotifyMetrics::new(&registry)?,
+                };
+                notify::spawn(notifier, stop_rx.clone());
+            }
             (meta, Some(handover))
         }
         Role::Frontend => {

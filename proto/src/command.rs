@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cleanup::CleanupChange;
 use crate::identity::IdentityChange;
+use crate::notify::NotifyChange;
 use crate::{Digest, RepoName, Tag};
 
 /// A metadata change, proposed by any node and applied by every state machine in log order.
@@ -105,6 +106,9 @@ pub enum Command {
     /// Cleanup policies (protocol 5): saves a project's policy, or starts, records or ends
     /// one of its runs.
     Cleanup(CleanupChange),
+    /// Notifications (protocol 5): the endpoints events are kept for, or how far one has
+    /// received them.
+    Notify(NotifyChange),
 }
 
 /// What the garbage collector reviews: something that nothing keeps, which is deleted once it
@@ -202,7 +206,7 @@ impl LimitKind {
 /// 3. Manifest bodies in the blob store ([`Command::PutStoredManifest`]), registry limits
 ///    ([`Command::SetLimits`]).
 /// 4. Garbage collection ([`Command::GcSweep`], [`Command::GcDeleted`], [`Command::GcEnqueue`]).
-/// 5. Cleanup policies ([`Command::Cleanup`]).
+/// 5. Cleanup policies ([`Command::Cleanup`]), notifications ([`Command::Notify`]).
 pub const PROTOCOL: u32 = 5;
 
 impl Command {
@@ -212,7 +216,7 @@ impl Command {
             Command::Identity(change) => change.since(),
             Command::PutStoredManifest { .. } | Command::SetLimits(_) => 3,
             Command::GcSweep(_) | Command::GcDeleted { .. } | Command::GcEnqueue(_) => 4,
-            Command::Cleanup(_) => 5,
+            Command::Cleanup(_) | Command::Notify(_) => 5,
             _ => 1,
         }
     }
@@ -233,6 +237,7 @@ impl Command {
             Command::GcDeleted { .. } => "gc_deleted",
             Command::GcEnqueue(_) => "gc_enqueue",
             Command::Cleanup(_) => "cleanup",
+            Command::Notify(_) => "notify",
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod hashing;
 pub mod identity;
 pub mod manifest;
 pub mod names;
+pub mod notify;
 pub mod query;
 
 /// gRPC services and messages between nodes (`proto/raft.proto`).

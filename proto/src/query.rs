@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cleanup::CleanupState;
 use crate::identity::Identity;
+use crate::notify::{EventRecord, NotifyState};
 use crate::{Digest, GcItem, GcStatus, ManifestRecord, Reference, RepoName};
 
 /// One read of the registry state.
@@ -82,6 +83,15 @@ pub enum Query {
     },
     /// Every project's cleanup policy, schedule and runs.
     Cleanup,
+    /// Up to `n` events `endpoint` has not acknowledged, oldest first, with their numbers.
+    NotifyPending {
+        /// The endpoint.
+        endpoint: String,
+        /// Most events.
+        n: u64,
+    },
+    /// The endpoints events are kept for and their positions.
+    NotifyStatus,
 }
 
 /// The answer to a [`Query`]; the variant matches the query's.
@@ -113,4 +123,8 @@ pub enum Answer {
     GcScan(Vec<GcItem>),
     /// For [`Query::Cleanup`]: by project id.
     Cleanup(Arc<BTreeMap<u64, CleanupState>>),
+    /// For [`Query::NotifyPending`].
+    Events(Vec<(u64, EventRecord)>),
+    /// For [`Query::NotifyStatus`].
+    Notify(NotifyState),
 }

@@ -6,6 +6,7 @@ pub mod cleanup;
 pub mod disk;
 pub mod identity;
 pub mod log_store;
+pub mod notify;
 pub mod segments;
 pub mod state;
 pub mod state_machine;

@@ -15,11 +15,13 @@ pub mod admin;
 pub mod auth;
 pub mod gc;
 pub mod limits;
+pub mod notifications;
 
 pub use admin::AdminConfig;
 pub use auth::AuthConfig;
 pub use gc::{Gc, GcConfig};
 pub use limits::{Limits, LimitsConfig};
+pub use notifications::{Endpoint, NotificationsConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -43,8 +45,8 @@ pub struct Config {
     pub redis: Option<Value>,
     /// Accepted for compatibility; health checks are built in.
     pub health: Option<Value>,
-    /// Accepted for compatibility; notifications are not implemented yet.
-    pub notifications: Option<Value>,
+    /// Webhook endpoints for the registry's events, as Distribution configures them.
+    pub notifications: NotificationsConfig,
     /// Accepted for compatibility.
     pub validation: Option<Value>,
 }
@@ -584,6 +586,7 @@ impl Config {
         self.berth.admin.credentials()?;
         Limits::from_config(&self.berth.limits)?;
         Gc::from_config(&self.gc)?;
+        Endpoint::from_config(&self.notifications)?;
         let s = &self.storage;
         let drivers = [s.filesystem.is_some(), s.s3.is_some(), s.gcs.is_some(), s.azure.is_some(), s.inmemory.is_some()];
         if drivers.iter().filter(|d| **d).count() > 1 {

@@ -12,7 +12,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::cache::Changed;
 use super::tables::{self, bounds, key2, key3, last_part, seq_key, within};
-use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_CLEANUP, META_IDENTITY, META_LIMITS, META_PROTOCOL};
+use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_CLEANUP, META_IDENTITY, META_LIMITS, META_NOTIFY, META_PROTOCOL};
 use crate::state::{RegistryState, TagRecord, Tombstone, MAX_TOMBSTONES, TOMBSTONE_TTL_MS};
 use crate::types::typ::{Entry, StoredMembership};
 
@@ -42,7 +42,9 @@ impl DiskState {
                             w.small.protocol = since;
                             w.protocol_changed = true;
                         }
-                        w.apply(&req)?
+                        let outcome = w.apply(&req)?;
+                        w.record_event(&req, &outcome)?;
+                        outcome
                     }
                     EntryPayload::Membership(m) => {
                         w.small.head.node_ids_used.extend(m.nodes().map(|(id, _)| *id));
@@ -85,6 +87,7 @@ pub(super) fn load_legacy(txn: &WriteTransaction, state: &RegistryState) -> DRes
         limits: state.limits,
         cleanup: Arc::new(state.cleanup.clone()),
         protocol: 1,
+        notify: Default::default(),
     };
     let mut w = Writer::open(txn, small)?;
     w.identity_changed = true;
@@ -156,6 +159,8 @@ struct Writer<'t> {
     limits_changed: bool,
     cleanup_changed: bool,
     protocol_changed: bool,
+    notify_changed: bool,
+    events: T<'t>,
     /// What the cache may hold that this batch changed.
     changed: Changed,
 }
@@ -196,8 +201,27 @@ impl<'t> Writer<'t> {
             limits_changed: false,
             cleanup_changed: false,
             protocol_changed: false,
+            notify_changed: false,
+            events: txn.open_table(tables::EVENTS)?,
             changed: Changed::default(),
         })
+    }
+
+    /// Keeps the event `req` makes (applied with `outcome`) while an endpoint wants events.
+    fn record_event(&mut self, req: &Request, outcome: &Outcome) -> DResult<()> {
+        let Some(event) = berth_proto::notify::EventRecord::of(&req.command, outcome, req.at_ms) else { return Ok(()) };
+        let Some((seq, gone)) = crate::notify::record(&mut self.small.notify) else { return Ok(()) };
+        self.events.insert(seq_key(seq).as_str(), postcard::to_stdvec(&event)?.as_slice())?;
+        self.drop_events(gone)?;
+        self.notify_changed = true;
+        Ok(())
+    }
+
+    fn drop_events(&mut self, gone: std::ops::Range<u64>) -> DResult<()> {
+        for seq in gone {
+            self.events.remove(seq_key(seq).as_str())?;
+        }
+        Ok(())
     }
 
     /// Writes the in-memory part into the meta table and hands it back, with what changed.
@@ -208,6 +232,9 @@ impl<'t> Writer<'t> {
         }
         if self.limits_changed {
             self.meta.insert(META_LIMITS, postcard::to_stdvec(&self.small.limits)?.as_slice())?;
+        }
+        if self.notify_changed {
+            self.meta.insert(META_NOTIFY, postcard::to_stdvec(&self.small.notify)?.as_slice())?;
         }
         if self.protocol_changed {
             self.meta.insert(META_PROTOCOL, postcard::to_stdvec(&self.small.protocol)?.as_slice())?;
@@ -363,6 +390,12 @@ impl<'t> Writer<'t> {
                     crate::cleanup::forget_deleted_projects(Arc::make_mut(&mut self.small.cleanup), &self.small.identity);
                     self.cleanup_changed = true;
                 }
+                outcome
+            }
+            Command::Notify(change) => {
+                let (outcome, gone) = crate::notify::apply(&mut self.small.notify, change);
+                self.drop_events(gone)?;
+                self.notify_changed |= outcome == Outcome::Done;
                 outcome
             }
             Command::Cleanup(change) => {

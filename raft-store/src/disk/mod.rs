@@ -63,6 +63,8 @@ const META_LIMITS: &str = "limits";
 const META_CLEANUP: &str = "cleanup";
 /// The newest log protocol of any entry applied; absent until the first entry after protocol 1.
 const META_PROTOCOL: &str = "protocol";
+/// Notification endpoints and positions; absent until the first `Notify` change.
+const META_NOTIFY: &str = "notify";
 
 /// What went wrong reading or writing the state.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +145,8 @@ pub struct Small {
     /// The newest log protocol of any entry applied. The leader proposed it only once every
     /// member read it, so the cluster reads it for good: no later check needs to ask.
     pub protocol: u32,
+    /// Notification endpoints and how far each has received events.
+    pub notify: berth_proto::notify::NotifyState,
 }
 
 /// The registry state in a redb database.
@@ -269,12 +273,14 @@ fn load_small(db: &Database) -> DResult<Small> {
     let limits = meta.get(META_LIMITS)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
     let cleanup = meta.get(META_CLEANUP)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
     let protocol = meta.get(META_PROTOCOL)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or(1);
+    let notify = meta.get(META_NOTIFY)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
     Ok(Small {
         head: postcard::from_bytes(&get(META_HEAD)?)?,
         identity: Arc::new(postcard::from_bytes(&get(META_IDENTITY)?)?),
         limits,
         cleanup: Arc::new(cleanup),
         protocol,
+        notify,
     })
 }
 

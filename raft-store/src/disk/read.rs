@@ -30,7 +30,27 @@ impl DiskState {
             Query::GcCollectable(items) => Answer::GcCollectable(self.gc_collectable(items)?),
             Query::GcScan { after, n } => Answer::GcScan(self.gc_scan(after.as_ref(), *n as usize)?),
             Query::Cleanup => Answer::Cleanup(small().cleanup.clone()),
+            Query::NotifyPending { endpoint, n } => {
+                let after = small().notify.delivered.get(endpoint).copied();
+                Answer::Events(match after {
+                    Some(after) => self.events_after(after, *n as usize)?,
+                    None => Vec::new(),
+                })
+            }
+            Query::NotifyStatus => Answer::Notify(small().notify.clone()),
         })
+    }
+
+    /// Up to `n` kept events numbered after `after`, oldest first.
+    pub fn events_after(&self, after: u64, n: usize) -> DResult<Vec<(u64, berth_proto::notify::EventRecord)>> {
+        let t = self.read()?.open_table(tables::EVENTS)?;
+        let mut out = Vec::new();
+        for row in t.range(tables::seq_key(after.saturating_add(1)).as_str()..)?.take(n) {
+            let (k, v) = row?;
+            let seq = k.value().parse().map_err(|_| DiskError::Format(format!("an event key {:?} is not a number", k.value())))?;
+            out.push((seq, postcard::from_bytes(v.value())?));
+        }
+        Ok(out)
     }
 
     /// Up to `n` review-queue items of a class (manifests, or blob links and content) queued at

@@ -45,8 +45,12 @@ pub const GC_DUE: Def = TableDefinition::new("gc_due");
 /// `digest` -> when it was marked (8 bytes, little endian): content being deleted (format 5).
 pub const GC_DELETING: Def = TableDefinition::new("gc_deleting");
 
+/// Event number (20 digits) -> `EventRecord` (postcard): events kept for notification
+/// endpoints until every one has them.
+pub const EVENTS: Def = TableDefinition::new("events");
+
 /// Every table, with the number that names it in a snapshot. Numbers are never reused.
-pub const ALL: [(u8, Def); 14] = [
+pub const ALL: [(u8, Def); 15] = [
     (1, META),
     (2, REPOS),
     (3, BLOBS),
@@ -61,6 +65,7 @@ pub const ALL: [(u8, Def); 14] = [
     (12, GC_QUEUE),
     (13, GC_DUE),
     (14, GC_DELETING),
+    (15, EVENTS),
 ];
 
 /// The tables that format 5 derives from the others (rebuilt when an older state is loaded).

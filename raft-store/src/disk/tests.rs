@@ -63,6 +63,10 @@ fn arb_command() -> impl Strategy<Value = Command> {
         proptest::collection::vec(0u8..6, 1..3).prop_map(|d| Command::GcDeleted { digests: d.into_iter().map(digest).collect() }),
         proptest::collection::vec(arb_gc_item(), 0..4).prop_map(Command::GcEnqueue),
         arb_cleanup(),
+        proptest::collection::vec(0u8..3, 0..3).prop_map(|e| Command::Notify(berth_proto::notify::NotifyChange::Endpoints(
+            e.into_iter().map(|i| format!("e{i}")).collect::<std::collections::BTreeSet<_>>().into_iter().collect()
+        ))),
+        (0u8..4, 0u64..40).prop_map(|(e, through)| Command::Notify(berth_proto::notify::NotifyChange::Delivered { endpoint: format!("e{e}"), through })),
     ]
 }
 
@@ -106,7 +110,12 @@ fn arb_gc_item() -> impl Strategy<Value = GcItem> {
 
 /// Every query over the small universe the generator draws from.
 fn queries() -> Vec<Query> {
-    let mut q = vec![Query::HttpSecret, Query::IdentityVersion, Query::Identity, Query::GcStatus, Query::GcCollectable(all_gc_items()), Query::Cleanup];
+    let mut q = vec![Query::HttpSecret, Query::IdentityVersion, Query::Identity, Query::GcStatus, Query::GcCollectable(all_gc_items()), Query::Cleanup, Query::NotifyStatus];
+    for e in 0..4u8 {
+        for n in [0, 1, 3, 1000] {
+            q.push(Query::NotifyPending { endpoint: format!("e{e}"), n });
+        }
+    }
     let scan_points = std::iter::once(None).chain(all_gc_items().into_iter().map(Some));
     for after in scan_points {
         for n in [1, 5, 1000] {

@@ -79,6 +79,12 @@ pub struct RegistryState {
     /// Cleanup policies by project (format 5 and later only).
     #[serde(skip)]
     pub cleanup: crate::cleanup::Policies,
+    /// Notification endpoints and positions (format 5 and later only).
+    #[serde(skip)]
+    pub notify: berth_proto::notify::NotifyState,
+    /// Events kept for notification endpoints, by number (format 5 and later only).
+    #[serde(skip)]
+    pub events: BTreeMap<u64, berth_proto::notify::EventRecord>,
 }
 
 /// What an encoded state starts with (format 3, since groups joined identity). Format 2
@@ -246,6 +252,17 @@ impl RegistryState {
 
     /// Applies one command. Deterministic: depends only on the state and the request.
     pub fn apply(&mut self, req: &Request) -> Outcome {
+        let outcome = self.apply_command(req);
+        if let Some(event) = berth_proto::notify::EventRecord::of(&req.command, &outcome, req.at_ms) {
+            if let Some((seq, gone)) = crate::notify::record(&mut self.notify) {
+                self.events.insert(seq, event);
+                self.events.retain(|s, _| !gone.contains(s));
+            }
+        }
+        outcome
+    }
+
+    fn apply_command(&mut self, req: &Request) -> Outcome {
         match &req.command {
             Command::InitHttpSecret { secret } => {
                 if self.http_secret.is_some() {
@@ -353,6 +370,11 @@ impl RegistryState {
                 crate::cleanup::forget_deleted_projects(&mut self.cleanup, &self.identity);
                 outcome
             }
+            Command::Notify(change) => {
+                let (outcome, gone) = crate::notify::apply(&mut self.notify, change);
+                self.events.retain(|s, _| !gone.contains(s));
+                outcome
+            }
             Command::Cleanup(change) => crate::cleanup::apply(&mut self.cleanup, &self.identity, change, req.at_ms),
             Command::SetLimits(limits) => {
                 if self.limits == *limits {
@@ -450,6 +472,11 @@ impl RegistryState {
             Query::GcCollectable(items) => Answer::GcCollectable(items.iter().map(|i| self.collectable(i)).collect()),
             Query::GcScan { after, n } => Answer::GcScan(self.gc_scan(after.as_ref(), *n as usize)),
             Query::Cleanup => Answer::Cleanup(Arc::new(self.cleanup.clone())),
+            Query::NotifyPending { endpoint, n } => Answer::Events(match self.notify.delivered.get(endpoint) {
+                Some(&after) => self.events.range(after + 1..).take(*n as usize).map(|(s, e)| (*s, e.clone())).collect(),
+                None => Vec::new(),
+            }),
+            Query::NotifyStatus => Answer::Notify(self.notify.clone()),
         }
     }
 
