@@ -247,8 +247,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 metrics: gc::GcMetrics::new(&registry)?,
             };
             gc::spawn(collector, stop_rx.clone());
+            // Runs with no endpoint too: it unregisters those a previous configuration had, so
+            // that events stop being kept.
             let endpoints = config::Endpoint::from_config(&cfg.notifications)?;
-            if !endpoints.is_empty() {
+            {
                 let scheme = if cfg.http.tls.as_ref().is_some_and(|t| t.certificate.is_some()) { "https" } else { "http" };
                 let notifier = notify::Notifier {
                     endpoints,

@@ -23,7 +23,7 @@ use crate::config::Endpoint;
 /// Events sent in one request at most.
 const BATCH: u64 = 100;
 /// Pause between looks when nothing is pending.
-const IDLE: Duration = Duration::from_millis(200);
+const IDLE: Duration = Duration::from_millis(50);
 
 /// Prometheus metrics of notifications, per endpoint.
 #[derive(Clone)]
