@@ -56,6 +56,8 @@ pub trait Metadata: Send + Sync + 'static {
     /// Everything `repo` holds: its manifests and the blobs linked into it (to delete a
     /// repository).
     async fn contents(&self, repo: &RepoName) -> Result<(Vec<Digest>, Vec<Digest>), MetaError>;
+    /// Every blob linked into `repo`, with its size, in digest order.
+    async fn blobs(&self, repo: &RepoName) -> Result<Vec<(Digest, u64)>, MetaError>;
     /// Every project's cleanup policy, schedule and runs, by project id (a linearizable read).
     async fn cleanup_policies(&self) -> Result<Arc<std::collections::BTreeMap<u64, berth_proto::cleanup::CleanupState>>, MetaError>;
     /// The cluster secret that signs upload state.

@@ -49,16 +49,16 @@ pub async fn all_tags(api: &Api, repo: &RepoName) -> Result<Vec<String>, MetaErr
 }
 
 /// Storage used by `repos`: the bytes of every blob linked into them, each blob counted once
-/// however many of them link it (manifest bodies, a few KiB each, are not counted).
+/// however many of them link it (manifest bodies, a few KiB each, are not counted). One read
+/// per thousand blobs.
 pub async fn usage(api: &Api, repos: &[String]) -> Result<u64, MetaError> {
     let mut seen = std::collections::HashSet::new();
     let mut total = 0;
     for name in repos {
         let Ok(repo) = RepoName::parse(name) else { continue };
-        let (_, blobs) = api.meta.contents(&repo).await?;
-        for d in blobs {
-            if seen.insert(d.clone()) {
-                total += api.meta.blob_size(&repo, &d).await?.unwrap_or(0);
+        for (d, size) in api.meta.blobs(&repo).await? {
+            if seen.insert(d) {
+                total += size;
             }
         }
     }

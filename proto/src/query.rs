@@ -92,6 +92,16 @@ pub enum Query {
     },
     /// The endpoints events are kept for and their positions.
     NotifyStatus,
+    /// Up to `n` of the blobs linked into a repository after `after`, in digest order, with
+    /// their sizes (storage usage, repository deletion).
+    Blobs {
+        /// The repository.
+        repo: RepoName,
+        /// Blobs after this one.
+        after: Option<Digest>,
+        /// Page size.
+        n: u64,
+    },
 }
 
 /// The answer to a [`Query`]; the variant matches the query's.
@@ -127,4 +137,6 @@ pub enum Answer {
     Events(Vec<(u64, EventRecord)>),
     /// For [`Query::NotifyStatus`].
     Notify(NotifyState),
+    /// For [`Query::Blobs`].
+    Blobs(Vec<(Digest, u64)>),
 }

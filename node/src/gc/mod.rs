@@ -35,6 +35,13 @@ const BATCH: usize = 100;
 /// Age after which a mark left by another worker is finished by this one.
 pub const MARK_LEASE: Duration = Duration::from_secs(600);
 
+/// [`MARK_LEASE`], or what the test hook `BERTH_TEST_GC_MARK_LEASE_MS` sets (so that a test
+/// that kills a leader mid-deletion sees its marks finished in seconds). Unset in production.
+fn mark_lease() -> Duration {
+    static LEASE: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LEASE.get_or_init(|| std::env::var("BERTH_TEST_GC_MARK_LEASE_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or(MARK_LEASE))
+}
+
 /// A test hook: `BERTH_TEST_GC_MARK_PAUSE_MS` holds marked content that long before its bytes
 /// are deleted, so that tests can push into the window a deletion otherwise closes in a few
 /// milliseconds. Unset in production; it only makes deletions slower.
@@ -198,7 +205,7 @@ impl Collector {
         let mut deleted = Vec::new();
         let mut failed = None;
         for digest in digests {
-            let fresh = mine.get(&digest).is_some_and(|at| at.elapsed() < MARK_LEASE / 2);
+            let fresh = mine.get(&digest).is_some_and(|at| at.elapsed() < mark_lease() / 2);
             if !fresh {
                 // Too old to be sure no other worker has taken it over: that one finishes it.
                 mine.remove(&digest);
@@ -240,7 +247,7 @@ impl Collector {
         let now = berth_proto::now_ms();
         let mut todo = Vec::new();
         for (digest, at_ms) in status.deleting {
-            let abandoned = now.saturating_sub(at_ms) > MARK_LEASE.as_millis() as u64;
+            let abandoned = now.saturating_sub(at_ms) > mark_lease().as_millis() as u64;
             if abandoned && !mine.contains_key(&digest) {
                 tracing::info!(%digest, "finishing a garbage-collection mark another worker left");
                 mine.insert(digest.clone(), Instant::now());

@@ -113,32 +113,39 @@ impl<B: MetadataBackend> Metadata for ClusterMetadata<B> {
     }
 
     async fn contents(&self, repo: &RepoName) -> Result<(Vec<Digest>, Vec<Digest>), MetaError> {
-        // The scan of every link and manifest, from just before this repository's first of
-        // each (no digest sorts below sha256:00..0) until the next repository's.
+        // The scan of every manifest, from just before this repository's first (no digest
+        // sorts below sha256:00..0) until the next repository's.
         let floor = Digest::parse(&format!("sha256:{}", "0".repeat(64))).map_err(|e| MetaError::Internal(e.to_string()))?;
-        let mut out = (Vec::new(), Vec::new());
-        for manifests in [false, true] {
-            let mut after = Some(if manifests {
-                berth_proto::GcItem::Manifest { repo: repo.clone(), digest: floor.clone() }
-            } else {
-                berth_proto::GcItem::Link { repo: repo.clone(), digest: floor.clone() }
-            });
-            'pages: loop {
-                let page = ask!(self, Query::GcScan { after: after.clone(), n: 1000 }, Answer::GcScan)?;
-                if page.is_empty() {
-                    break;
+        let mut manifests = Vec::new();
+        let mut after = Some(berth_proto::GcItem::Manifest { repo: repo.clone(), digest: floor });
+        'pages: loop {
+            let page = ask!(self, Query::GcScan { after: after.clone(), n: 1000 }, Answer::GcScan)?;
+            if page.is_empty() {
+                break;
+            }
+            for item in &page {
+                match item {
+                    berth_proto::GcItem::Manifest { repo: r, digest } if r == repo => manifests.push(digest.clone()),
+                    _ => break 'pages,
                 }
-                for item in &page {
-                    match item {
-                        berth_proto::GcItem::Link { repo: r, digest } if r == repo && !manifests => out.1.push(digest.clone()),
-                        berth_proto::GcItem::Manifest { repo: r, digest } if r == repo && manifests => out.0.push(digest.clone()),
-                        _ => break 'pages,
-                    }
-                }
-                after = page.last().cloned();
+            }
+            after = page.last().cloned();
+        }
+        let blobs = self.blobs(repo).await?.into_iter().map(|(d, _)| d).collect();
+        Ok((manifests, blobs))
+    }
+
+    async fn blobs(&self, repo: &RepoName) -> Result<Vec<(Digest, u64)>, MetaError> {
+        let mut out: Vec<(Digest, u64)> = Vec::new();
+        loop {
+            let q = Query::Blobs { repo: repo.clone(), after: out.last().map(|(d, _)| d.clone()), n: 1000 };
+            let page = ask!(self, q, Answer::Blobs)?;
+            let full = page.len() == 1000;
+            out.extend(page);
+            if !full {
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 
     async fn referrers(&self, repo: &RepoName, subject: &Digest) -> Result<Vec<(Digest, Arc<ManifestRecord>)>, MetaError> {

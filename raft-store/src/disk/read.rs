@@ -38,7 +38,24 @@ impl DiskState {
                 })
             }
             Query::NotifyStatus => Answer::Notify(small().notify.clone()),
+            Query::Blobs { repo, after, n } => Answer::Blobs(self.blobs_of(repo, after.as_ref(), *n as usize)?),
         })
+    }
+
+    /// Up to `n` blobs linked into `repo` after `after`, in digest order, with their sizes.
+    pub fn blobs_of(&self, repo: &RepoName, after: Option<&Digest>, n: usize) -> DResult<Vec<(Digest, u64)>> {
+        let range = match after {
+            Some(d) => within_after(repo.as_str(), &d.to_string()),
+            None => within(repo.as_str()),
+        };
+        let blobs = self.read()?.open_table(tables::BLOBS)?;
+        let mut out = Vec::with_capacity(n.min(1024));
+        for row in blobs.range::<&str>(bounds(&range))?.take(n) {
+            let (k, v) = row?;
+            let digest = Digest::parse(last_part(k.value())).map_err(|e| DiskError::Format(format!("a blob key: {e}")))?;
+            out.push((digest, blob_size(v.value())?));
+        }
+        Ok(out)
     }
 
     /// Up to `n` kept events numbered after `after`, oldest first.

@@ -146,6 +146,12 @@ fn queries() -> Vec<Query> {
             q.push(Query::Manifest { repo: repo.clone(), reference: Reference::Tag(tag(t)) });
         }
         for n in [0, 1, 2, 100] {
+            q.push(Query::Blobs { repo: repo.clone(), after: None, n });
+            for d in 0u8..6 {
+                q.push(Query::Blobs { repo: repo.clone(), after: Some(digest(d)), n });
+            }
+        }
+        for n in [0, 1, 2, 100] {
             q.push(Query::Tags { repo: repo.clone(), last: None, n });
             for last in ["t0", "t1", "t2", "t", "s", "u", "t1\0x"] {
                 q.push(Query::Tags { repo: repo.clone(), last: Some(last.into()), n });

@@ -477,6 +477,16 @@ impl RegistryState {
                 None => Vec::new(),
             }),
             Query::NotifyStatus => Answer::Notify(self.notify.clone()),
+            Query::Blobs { repo, after, n } => Answer::Blobs(match self.repos.get(repo) {
+                Some(r) => {
+                    let from = match after {
+                        Some(d) => std::ops::Bound::Excluded(d.clone()),
+                        None => std::ops::Bound::Unbounded,
+                    };
+                    r.blobs.range((from, std::ops::Bound::Unbounded)).take(*n as usize).map(|(d, s)| (d.clone(), *s)).collect()
+                }
+                None => Vec::new(),
+            }),
         }
     }
 
