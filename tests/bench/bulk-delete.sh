@@ -14,10 +14,7 @@ while (($#)); do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-work="${work:-$(mktemp -d)}"
-mkdir -p "$work"
-cargo build --release -q -p berth-node -p berth-tests
-bin="$PWD/target/release"
+source tests/bench/lib.sh
 export REGISTRY_BERTH_CLUSTERTOKENFILE="$work/cluster-token"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$REGISTRY_BERTH_CLUSTERTOKENFILE"
 chmod 600 "$REGISTRY_BERTH_CLUSTERTOKENFILE"

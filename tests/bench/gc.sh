@@ -18,11 +18,7 @@ while (($#)); do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-work="${work:-$(mktemp -d)}"
-mkdir -p "$work"
-cargo build --release -q -p berth-node -p berth-tests
-bin="$PWD/target/release"
-BERTH_BIN="${BERTH_BIN:-$bin/berth}"
+source tests/bench/lib.sh
 data="$work/data"
 pid=""; moto=""
 trap '[[ -n "$pid" ]] && kill $pid 2>/dev/null; [[ -n "$moto" ]] && kill $moto 2>/dev/null || true' EXIT

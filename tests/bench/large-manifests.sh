@@ -17,11 +17,8 @@ while (($#)); do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-work="${work:-$(mktemp -d)}"
-mkdir -p "$work"
-cargo build --release -q -p berth-node -p berth-tests
-bin="$PWD/target/release"
-export BERTH_BIN="${BERTH_BIN:-$bin/berth}"
+source tests/bench/lib.sh
+export BERTH_BIN
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 mb() { du -sm "$1" 2>/dev/null | cut -f1; }
 

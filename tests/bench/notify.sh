@@ -16,11 +16,7 @@ while (($#)); do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-work="${work:-$(mktemp -d)}"
-mkdir -p "$work"
-cargo build --release -q -p berth-node -p berth-tests
-bin="$PWD/target/release"
-BERTH_BIN="${BERTH_BIN:-$bin/berth}"
+source tests/bench/lib.sh
 pid=""; rpid=""
 trap '[[ -n "$pid" ]] && kill $pid 2>/dev/null; [[ -n "$rpid" ]] && kill $rpid 2>/dev/null || true' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

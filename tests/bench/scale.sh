@@ -26,11 +26,8 @@ while (($#)); do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
-work="${work:-$(mktemp -d)}"
-mkdir -p "$work"
-cargo build --release -q -p berth-node -p berth-tests
-bin="$PWD/target/release"
-export BERTH_BIN="${BERTH_BIN:-$bin/berth}"  # the server under test (another build to compare)
+source tests/bench/lib.sh
+export BERTH_BIN  # the server under test (another build to compare)
 py="$(command -v /usr/bin/python3 || command -v python3)"
 free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 rss() { awk '/VmRSS/ {printf "%.0f MB", $2/1024}' "/proc/$1/status"; }
