@@ -192,7 +192,9 @@ impl DiskState {
                     txn.commit()?;
                     tracing::info!(from = f, "migrated the state to format {FORMAT}");
                 } else {
-                    txn.abort()?;
+                    // Commits the tables a newer build of the same format added (empty), so
+                    // that reads find them before the first write.
+                    txn.commit()?;
                 }
             }
             None => {
