@@ -262,6 +262,11 @@ pub fn voter_cluster(dir: &Path, n: usize, env: &[(&str, &str)]) -> Vec<Berth> {
 /// Like `voter_cluster`, with node i on host i of `net` when one is given (its gRPC then
 /// leaves loopback, so `env` must allow plaintext or configure TLS).
 pub fn voter_cluster_on(net: Option<&berth_chaos::TestNet>, dir: &Path, n: usize, env: &[(&str, &str)]) -> Vec<Berth> {
+    voter_cluster_with(net, dir, n, None, env)
+}
+
+/// Like `voter_cluster_on`, every node also reading the configuration file `config`.
+pub fn voter_cluster_with(net: Option<&berth_chaos::TestNet>, dir: &Path, n: usize, config: Option<&Path>, env: &[(&str, &str)]) -> Vec<Berth> {
     let shared = dir.join("blobs").to_str().unwrap().to_string();
     let nodes: Vec<Berth> = (1..=n)
         .map(|id| {
@@ -274,8 +279,11 @@ pub fn voter_cluster_on(net: Option<&berth_chaos::TestNet>, dir: &Path, n: usize
             e.extend_from_slice(env);
             let data = dir.join(format!("node{id}"));
             match net {
-                None => Berth::start(&data, None, &e),
-                Some(net) => Berth::start_in(&net.namespace(id), &net.addr(id), &data, &e),
+                None => Berth::start(&data, config, &e),
+                Some(net) => {
+                    assert!(config.is_none(), "a configuration file is not passed into a test network");
+                    Berth::start_in(&net.namespace(id), &net.addr(id), &data, &e)
+                }
             }
         })
         .collect();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_tests::{init_tracing, push_image, require_tool, Berth, Registry};
+use berth_tests::{cluster_leader, init_tracing, push_image, require_tool, wait_for_leader, Berth, Registry};
 use serde_json::Value;
 
 /// Records every POST it receives as one JSON line: its path, headers of interest and body.
@@ -135,4 +135,61 @@ async fn events_wait_for_a_receiver_that_is_down_and_survive_a_crash() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(metric(&node, "berth_notifications_events_total{endpoint=\"hook\",result=\"sent\"}").await >= want as f64);
+}
+
+/// Events recorded while the receiver is down are in the replicated state: when the leader
+/// that recorded them dies, the next leader delivers them, and the events of pushes after the
+/// failover too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_delivers_what_the_dead_one_had_not() {
+    init_tracing();
+    if !require_tool("python3") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = berth_tests::ports::free_port();
+    let cfg = dir.path().join("config.yml");
+    std::fs::write(&cfg, format!("version: 0.1\nnotifications:\n  endpoints:\n    - name: hook\n      url: http://127.0.0.1:{port}/events\n      timeout: 500ms\n      backoff: 200ms\n")).unwrap();
+    let mut nodes = berth_tests::voter_cluster_with(None, dir.path(), 3, Some(&cfg), &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
+    let leader = cluster_leader(&nodes[0].grpc_addr).expect("a leader") as usize;
+    tracing::info!("the leader registers the endpoint");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = reqwest::get(format!("{}/metrics", nodes[leader - 1].debug_url.as_ref().unwrap())).await.unwrap().text().await.unwrap();
+        if text.contains("berth_notifications_pending{endpoint=\"hook\"}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the endpoint was not registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    tracing::info!("an image is pushed through a follower while the receiver is down");
+    let follower = (0..3).find(|&i| i != leader - 1).unwrap();
+    let first = push_image(&Registry::new(&nodes[follower].url), "ha/app", "one", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&nodes[leader - 1], "berth_notifications_failures_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "the leader did not try to deliver");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    tracing::info!("the leader dies with the events undelivered; the receiver comes up");
+    nodes[leader - 1].kill9();
+    wait_for_leader(&nodes[follower].grpc_addr, Some(leader as u64)).await;
+    let out = dir.path().join("received.jsonl");
+    let _receiver = receive(port, &out);
+    let second = push_image(&Registry::new(&nodes[follower].url), "ha/app", "two", 2).await;
+
+    let digests = [berth_proto::Digest::sha256_of(&first).to_string(), berth_proto::Digest::sha256_of(&second).to_string()];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (events, _) = received(&out);
+        let manifests: Vec<&Value> = events.values().filter(|e| digests.iter().any(|d| e["target"]["digest"] == d.as_str())).collect();
+        // Each image: two blobs and the manifest.
+        if events.len() >= 6 && manifests.len() == 2 {
+            assert_eq!(events.len(), 6, "{events:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "received {} events: {events:?}", events.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
