@@ -36,6 +36,8 @@ pub struct EndpointConfig {
     pub timeout: Option<String>,
     /// Failures in a row after which delivery pauses for `backoff` (default 10).
     pub threshold: Option<u32>,
+    /// GitLab's registry's name for `threshold` (used when `threshold` is not given).
+    pub maxretries: Option<u32>,
     /// The pause (default 1s).
     pub backoff: Option<String>,
     /// Events whose target has one of these media types are not sent (Distribution's older key).
@@ -101,7 +103,7 @@ impl Endpoint {
             if e.disabled == Some(true) {
                 continue;
             }
-            let threshold = e.threshold.unwrap_or(10);
+            let threshold = e.threshold.or(e.maxretries).unwrap_or(10);
             if threshold == 0 {
                 bail!("invalid configuration value at {}: must be positive", at("threshold"));
             }
@@ -117,5 +119,35 @@ impl Endpoint {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> anyhow::Result<Vec<Endpoint>> {
+        Endpoint::from_config(&serde_norway::from_str::<NotificationsConfig>(yaml)?)
+    }
+
+    #[test]
+    fn endpoints_as_distribution_and_gitlab_write_them() {
+        let e = parse("endpoints:\n  - name: a\n    url: https://hook.example/events\n    headers: {Authorization: [secret]}\n    ignoredmediatypes: [x]\n    ignore: {mediatypes: [y], actions: [pull]}\n  - name: off\n    disabled: true\n    url: http://x\n  - name: gl\n    url: http://gl/e\n    maxretries: 3\n    timeout: 500ms\n").unwrap();
+        assert_eq!(e.len(), 2, "a disabled endpoint is left out");
+        assert_eq!((e[0].timeout, e[0].threshold, e[0].backoff), (Duration::from_secs(1), 10, Duration::from_secs(1)));
+        assert_eq!(e[0].headers, vec![("Authorization".to_string(), "secret".to_string())]);
+        assert_eq!((e[0].ignored_media_types.clone(), e[0].ignored_actions.clone()), (vec!["x".to_string(), "y".to_string()], vec!["pull".to_string()]));
+        assert_eq!((e[1].threshold, e[1].timeout), (3, Duration::from_millis(500)));
+        for (bad, key) in [
+            ("endpoints:\n  - name: a\n    url: ftp://x\n", "endpoints[0].url"),
+            ("endpoints:\n  - url: http://x\n", "endpoints[0].name"),
+            ("endpoints:\n  - {name: a, url: 'http://x'}\n  - {name: a, url: 'http://y'}\n", "endpoints[1].name"),
+            ("endpoints:\n  - {name: a, url: 'http://x', timeout: soon}\n", "endpoints[0].timeout"),
+            ("endpoints:\n  - {name: a, url: 'http://x', threshold: 0}\n", "endpoints[0].threshold"),
+        ] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        assert!(parse("endpoints:\n  - {name: a, url: 'http://x', colour: red}\n").is_err());
     }
 }
