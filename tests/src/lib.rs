@@ -491,13 +491,18 @@ impl Registry {
 /// Pushes a small image (config + one 5 kB layer + manifest, all from `seed`) as `repo:tag`
 /// and returns the manifest bytes; panics unless every step is acknowledged.
 pub async fn push_image(reg: &Registry, repo: &str, tag: &str, seed: u64) -> Vec<u8> {
+    try_push_image(reg, repo, tag, seed).await.unwrap()
+}
+
+/// [`push_image`] that reports a refusal instead of failing.
+pub async fn try_push_image(reg: &Registry, repo: &str, tag: &str, seed: u64) -> R<Vec<u8>> {
     let config = random_bytes(seed, 200);
     let layer = random_bytes(seed + 1, 5000);
-    let cd = reg.push_blob(repo, &config).await.unwrap();
-    let ld = reg.push_blob(repo, &layer).await.unwrap();
+    let cd = reg.push_blob(repo, &config).await?;
+    let ld = reg.push_blob(repo, &layer).await?;
     let manifest = image_manifest((&cd, config.len()), &[(&ld, layer.len())]);
-    reg.push_manifest(repo, tag, &manifest, OCI_MANIFEST).await.unwrap();
-    manifest
+    reg.push_manifest(repo, tag, &manifest, OCI_MANIFEST).await?;
+    Ok(manifest)
 }
 
 /// OCI media types used by fixtures.

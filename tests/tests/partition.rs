@@ -86,7 +86,21 @@ async fn a_cut_off_leader_refuses_writes_and_steps_down_after_healing() {
     tracing::info!(new, "the majority elected a new leader");
     for (i, via) in [reg(new as usize), reg(if new == 2 { 3 } else { 2 }), Registry::new(&fe.url)].iter().enumerate() {
         let tag = format!("during-{i}");
-        acked.push((tag.clone(), push_image(via, "part/app", &tag, 200 + 10 * i as u64).await));
+        // Just after the election the other voter (and so the frontend) may not know the new
+        // leader yet, or a second election may follow a split vote: a push may be refused
+        // (503, nothing acknowledged) for a moment, as a client would see and retry.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let manifest = loop {
+            match berth_tests::try_push_image(via, "part/app", &tag, 200 + 10 * i as u64).await {
+                Ok(m) => break m,
+                Err(e) if format!("{e:#}").contains("503") && std::time::Instant::now() < deadline => {
+                    tracing::info!("refused for now, retrying: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("push {tag} through the majority: {e:#}"),
+            }
+        };
+        acked.push((tag, manifest));
     }
     // The cut-off node still refuses, now at once: it knows it has lost its majority.
     let (status, took, _) = try_put_manifest(&reg(1), "part/app", "refused-again", &refused).await;
