@@ -17,6 +17,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
+use berth_proto::cleanup::CleanupRun;
 use berth_proto::identity::Project;
 use berth_proto::{Command, Outcome, RepoName, Tag};
 use serde_json::{json, Value};
@@ -48,17 +49,20 @@ fn tag_json(host: &str, repo: &str, tag: &str) -> Value {
     json!({"name": tag, "path": format!("{repo}:{tag}"), "location": format!("{host}/{repo}:{tag}")})
 }
 
-/// When the project's cleanup policy run started on `name`, while it has not finished it.
-async fn cleanup_started(api: &Api, project: &Project, name: &str) -> Result<Value, V4Error> {
-    let policies = api.meta.cleanup_policies().await?;
-    let run = policies.get(&project.id).and_then(|s| s.run.as_ref());
-    Ok(match run {
-        Some(r) if r.done_through.as_deref().is_none_or(|d| d < name) => json!(super::time(r.started_ms)),
-        _ => Value::Null,
-    })
+/// The project's cleanup-policy run in progress, if any (read once per request).
+async fn cleanup_run(api: &Api, project: &Project) -> Result<Option<CleanupRun>, V4Error> {
+    Ok(api.meta.cleanup_policies().await?.get(&project.id).and_then(|s| s.run.clone()))
 }
 
-async fn repository_json(api: &Api, s: &Session, host: &str, project: &Project, name: &str, uri: &Uri) -> Result<Value, V4Error> {
+/// When that run started, while it has not finished `name`.
+fn cleanup_started(run: Option<&CleanupRun>, name: &str) -> Value {
+    match run {
+        Some(r) if r.done_through.as_deref().is_none_or(|d| d < name) => json!(super::time(r.started_ms)),
+        _ => Value::Null,
+    }
+}
+
+async fn repository_json(api: &Api, s: &Session, host: &str, project: &Project, run: Option<&CleanupRun>, name: &str, uri: &Uri) -> Result<Value, V4Error> {
     let q = crate::handlers::query(uri);
     let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
     let mut v = json!({
@@ -68,7 +72,7 @@ async fn repository_json(api: &Api, s: &Session, host: &str, project: &Project, 
         "project_id": project.id,
         "location": format!("{host}/{name}"),
         "created_at": Value::Null,
-        "cleanup_policy_started_at": cleanup_started(api, project, name).await?,
+        "cleanup_policy_started_at": cleanup_started(run, name),
         "status": Value::Null,
     });
     if flag("tags") || flag("tags_count") {
@@ -107,10 +111,11 @@ async fn find(api: &Api, s: &Session, project: &str, rid: &str, action: &str) ->
 pub async fn list(State(api): State<Arc<Api>>, s: Session, Path(id): Path<String>, headers: HeaderMap, uri: Uri) -> V4Result {
     let project = Project::find(&s, &id)?;
     let host = host(&headers);
+    let run = cleanup_run(&api, &project).await?;
     let mut items = Vec::new();
     for name in repositories_of(&api, &project.path).await? {
         if may(&s, &name, "pull") {
-            items.push(repository_json(&api, &s, &host, &project, &name, &uri).await?);
+            items.push(repository_json(&api, &s, &host, &project, run.as_ref(), &name, &uri).await?);
         }
     }
     Ok(paged(&uri, items))
@@ -124,7 +129,8 @@ pub async fn one(State(api): State<Arc<Api>>, s: Session, Path(rid): Path<String
         let page = api.meta.catalog(last.as_deref(), 1000).await?;
         if let Some(name) = page.iter().find(|n| repository_id(n) == rid) {
             let project = s.id().project_of(name).cloned().filter(|_| may(&s, name, "pull")).ok_or_else(|| V4Error::not_found("Repository"))?;
-            return Ok(axum::Json(repository_json(&api, &s, &host(&headers), &project, name, &uri).await?).into_response());
+            let run = cleanup_run(&api, &project).await?;
+            return Ok(axum::Json(repository_json(&api, &s, &host(&headers), &project, run.as_ref(), name, &uri).await?).into_response());
         }
         if page.len() < 1000 {
             return Err(V4Error::not_found("Repository"));
