@@ -28,6 +28,11 @@ impl Admin {
         Ok(Admin { peers: Peers::new(tls, token) })
     }
 
+    /// The channels the calls go through.
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
     pub(crate) fn client(&self, addr: &str) -> anyhow::Result<ClusterServiceClient<PeerChannel>> {
         membership::client(&self.peers, addr)
     }

@@ -9,6 +9,7 @@ pub mod cluster_cli;
 pub mod cluster_token;
 pub mod config;
 pub mod gc;
+pub mod geo;
 pub mod logging;
 pub mod membership;
 pub mod metadata;
@@ -151,6 +152,7 @@ const MAX_APPLY_LAG: u64 = 10_000;
 /// log) or, on a frontend, the voters answering, and the blob store answering.
 fn health_check(
     raft: Option<berth_raft_store::types::Raft>,
+    learner: bool,
     meta: Arc<dyn Metadata>,
     site: SiteStore,
     spaces: [SpaceGuard; 2],
@@ -167,7 +169,9 @@ fn health_check(
                     if let Err(e) = &m.running_state {
                         return Err(format!("raft stopped: {e}"));
                     }
-                    if m.current_leader.is_none() {
+                    // A learner (a secondary site) serves reads from its own copy while the
+                    // primary is gone.
+                    if m.current_leader.is_none() && !learner {
                         return Err("no raft leader".into());
                     }
                     let logged = m.last_log_index.unwrap_or(0);
@@ -222,7 +226,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (site, driver) = build_store(&cfg, &data_dir)?;
     site.probe().await.with_context(|| format!("storage.{driver}: the blob store failed its start-up check"))?;
     let blob_space = SpaceGuard::new(site.local_root().into_iter().map(Into::into).collect(), limits.disk_reserve);
-    let blobs = MeteredStore::new(site.clone(), driver, StorageMetrics::new(&registry)?, blob_space.clone());
+    let metered = MeteredStore::new(site.clone(), driver, StorageMetrics::new(&registry)?, blob_space.clone());
+    let geo_settings = config::Geo::from_config(&cfg.berth.geo)?;
+    // With a site, the API reads through to other sites for content this one lacks.
+    let through = geo::through::ThroughStore::new(metered.clone());
+    let blobs: Arc<dyn berth_api::BlobStore> = if geo_settings.is_some() { through.clone() } else { metered.clone() };
 
     server::raise_fd_limit();
     let (listener, local) = server::bind(addr, "http.addr").await?;
@@ -234,10 +242,24 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let meta_space = SpaceGuard::new(vec![data_dir.clone()], limits.disk_reserve);
     let (meta, handover): (Arc<dyn Metadata>, Option<membership::handover::Handover>) = match role {
-        Role::Voter => {
+        Role::Voter | Role::Learner => {
             let bodies = Arc::new(metadata::bodies::ManifestBodies::new(blobs.clone(), metadata::bodies::CACHE_BYTES, &registry)?);
-            let (meta, handover, state) =
-                start_voter(&cfg, &data_dir, peers, tls.as_ref(), &token, meta_space.clone(), bodies, limits, &registry, stop_rx.clone()).await?;
+            let stores = Stores { local: metered.clone(), bodies };
+            let Started { meta, handover, state, advertise } =
+                start_voter(&cfg, &data_dir, peers.clone(), tls.as_ref(), &token, meta_space.clone(), stores, limits, &registry, stop_rx.clone()).await?;
+            if let Some(settings) = geo_settings.clone() {
+                let site = geo::Site {
+                    settings,
+                    node_id: cfg.node_id()?,
+                    advertise,
+                    state: state.clone(),
+                    meta: meta.clone(),
+                    store: metered.clone(),
+                    through: through.clone(),
+                    peers: peers.clone(),
+                };
+                geo::start(site, &registry, stop_rx.clone())?;
+            }
             let collector = gc::Collector {
                 settings: config::Gc::from_config(&cfg.gc)?,
                 raft: handover.raft.clone(),
@@ -266,6 +288,9 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             (meta, Some(handover))
         }
         Role::Frontend => {
+            if geo_settings.is_some() {
+                anyhow::bail!("invalid configuration value at berth.geo.site: a frontend holds no Raft state; name the site on its site's voters and learners");
+            }
             let voters = cfg.berth.peers.clone().unwrap_or_default().0;
             tracing::info!(?voters, "frontend: metadata is served by the voters");
             let remote = metadata::frontend::RemoteMetadata::new(peers, voters, &registry)?;
@@ -334,7 +359,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let debug = cfg.http.debug.clone().unwrap_or_default();
         let path = debug.prometheus.as_ref().and_then(|p| p.path.clone()).unwrap_or_else(|| "/metrics".into());
         let daddr = debug.addr.clone().unwrap_or_else(|| DEFAULT_DEBUG_ADDR.to_string());
-        let health = health_check(raft.clone(), meta.clone(), site.clone(), [meta_space.clone(), blob_space.clone()]);
+        let health = health_check(raft.clone(), role == Role::Learner, meta.clone(), site.clone(), [meta_space.clone(), blob_space.clone()]);
         let ready_meta = meta.clone();
         let ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync> = Arc::new(move || ready_meta.ready());
         match server::bind(config::normalize_addr(&daddr)?, "http.debug.addr").await {
@@ -386,8 +411,25 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts Raft and the gRPC server of a voter; returns its metadata, what it needs to hand
-/// its leadership over when it stops, and its state.
+/// The stores a voter or learner serves from.
+struct Stores {
+    /// This site's store, as other sites read it (no fetch-through).
+    local: Arc<MeteredStore>,
+    /// Manifest bodies, read through the API's store.
+    bodies: Arc<metadata::bodies::ManifestBodies>,
+}
+
+/// A started voter or learner.
+struct Started {
+    meta: Arc<dyn Metadata>,
+    /// What it needs to hand its leadership over when it stops.
+    handover: membership::handover::Handover,
+    state: berth_raft_store::state_machine::SharedState,
+    /// The gRPC address other nodes reach it at.
+    advertise: String,
+}
+
+/// Starts Raft and the gRPC server of a voter (or a learner).
 async fn start_voter(
     cfg: &Config,
     data_dir: &std::path::Path,
@@ -395,11 +437,11 @@ async fn start_voter(
     tls: Option<&MutualTls>,
     token: &cluster_token::ClusterToken,
     space: SpaceGuard,
-    bodies: Arc<metadata::bodies::ManifestBodies>,
+    stores: Stores,
     limits: config::Limits,
     registry: &prometheus::Registry,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<(Arc<dyn Metadata>, membership::handover::Handover, berth_raft_store::state_machine::SharedState)> {
+) -> anyhow::Result<Started> {
     let node_id = cfg.node_id()?;
     let snapshot_every = cfg.berth.snapshotlogs.unwrap_or(raft::SNAPSHOT_EVERY);
     // A listener opens only when the configuration asks for one: a lone node needs no peers.
@@ -427,18 +469,24 @@ async fn start_voter(
     };
     let network = raft_network::GrpcNetwork::new(peers.clone());
     let node = raft::start(&data_dir.join("raft"), node_id, &raft_addr, snapshot_every, space.clone(), bootstrap, network).await?;
-    let voter = Arc::new(metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers.clone(), space.clone(), bodies, registry)?);
     let contact = membership::failover::LeaderContact::default();
+    let learner = cfg.berth.role == Some(Role::Learner);
+    let mut voter = metadata::voter::RaftMetadata::new(node.raft.clone(), node.state.clone(), peers.clone(), space.clone(), stores.bodies, registry)?;
+    if learner {
+        voter = voter.reading_alone_after_silence(contact.clone());
+    }
+    let voter = Arc::new(voter);
     if let Some((grpc_listener, grpc_local)) = grpc {
-        let (raft, state, voter, tls, token, mut stop) =
-            (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop.clone());
+        let (raft, state, voter, tls, token, mut stop, local) =
+            (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop.clone(), stores.local.clone());
         let space = space.clone();
         let contact = contact.clone();
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.changed().await;
             };
-            if let Err(e) = rpc_server::serve(raft, state, voter, tls.as_ref(), &token, space, contact, limits, grpc_listener, shutdown).await {
+            let geo = geo::service::GeoRpc { store: local };
+            if let Err(e) = rpc_server::serve(raft, state, voter, geo, tls.as_ref(), &token, space, contact, limits, grpc_listener, shutdown).await {
                 tracing::error!("gRPC server failed: {e:#}");
             }
         });
@@ -447,7 +495,7 @@ async fn start_voter(
     membership::removed::spawn(node.raft.clone(), peers.clone(), node_id, stop.clone());
     membership::failover::spawn(node.raft.clone(), peers.clone(), contact, stop.clone());
     if !join.is_empty() {
-        let joiner = membership::join::Joiner { raft: node.raft.clone(), id: node_id, advertise: raft_addr.clone(), join, peers: peers.clone() };
+        let joiner = membership::join::Joiner { raft: node.raft.clone(), id: node_id, advertise: raft_addr.clone(), join, peers: peers.clone(), voter: !learner };
         joiner.spawn(stop.clone());
     }
     let handover = membership::handover::Handover { raft: node.raft.clone(), peers: peers.clone(), pause: voter.write_pause() };
@@ -464,5 +512,5 @@ async fn start_voter(
         metadata::ensure_signing_key(meta.as_ref()).await?;
         metadata::ensure_admin(meta.as_ref(), &cfg.berth.admin).await?;
     }
-    Ok((meta, handover, node.state))
+    Ok(Started { meta, handover, state: node.state, advertise: raft_addr })
 }

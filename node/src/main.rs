@@ -36,6 +36,14 @@ enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
+    /// Sites: what each holds and lacks.
+    Geo {
+        /// Config file whose `berth.tls` and cluster token secure the calls.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: GeoAction,
+    },
     /// Bootstrap and recover identity (users, passwords, tokens, the token signing key)
     /// through a voter's gRPC address and the cluster token.
     Admin {
@@ -196,6 +204,21 @@ enum AdminAction {
 }
 
 #[derive(Subcommand)]
+enum GeoAction {
+    /// Print every site: its nodes, how much content it holds and lacks, whether its backfill
+    /// is done, and how long the oldest content it lacks has waited.
+    #[command(after_help = "Example:\n  berth geo status --node 127.0.0.1:5050")]
+    Status {
+        /// gRPC address of any member.
+        #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
+        node: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ClusterAction {
     /// Print the leader, the term, and every member's log, commit and applied index.
     #[command(after_help = "Example:\n  berth cluster status --node 127.0.0.1:5050")]
@@ -340,6 +363,22 @@ fn cluster(config: Option<PathBuf>, action: ClusterAction) -> std::process::Exit
     }
 }
 
+fn geo_status(config: Option<PathBuf>, node: String, json: bool) -> std::process::ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(async {
+        let cfg = Config::load(config.as_deref(), std::env::vars())?.0;
+        let admin = berth_node::cluster_cli::Admin::new(&cfg)?;
+        berth_node::geo::status::print(&admin, &node, json).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn config_check(file: &std::path::Path) -> std::process::ExitCode {
     let check = || -> anyhow::Result<Vec<String>> {
         let (cfg, unknown) = Config::load(Some(file), std::env::vars())?;
@@ -384,6 +423,7 @@ fn main() -> std::process::ExitCode {
     let (config, config_file, data_dir) = match cli.command {
         Command::Serve { config, config_file, data_dir } => (config, config_file, data_dir),
         Command::Cluster { config, action } => return cluster(config, action),
+        Command::Geo { config, action: GeoAction::Status { node, json } } => return geo_status(config, node, json),
         Command::Admin { config, node, action } => return admin(config, node, action),
         Command::Tls { action: TlsAction::SelfSigned { hosts, cert, key } } => return self_signed(&hosts, &cert, &key),
         Command::Config { action: ConfigAction::Check { file } } => return config_check(&file),

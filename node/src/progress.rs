@@ -24,7 +24,8 @@ pub struct Progress {
     drawn: Option<Instant>,
 }
 
-fn human(n: u64, unit: Unit) -> String {
+/// `n` things of `unit`, for people (bytes in KiB, MiB, GiB).
+pub fn human(n: u64, unit: Unit) -> String {
     match unit {
         Unit::Entries => format!("{n} entries"),
         Unit::Items => format!("{n} items"),

@@ -332,6 +332,7 @@ pub async fn serve(
     raft: Raft,
     state: SharedState,
     meta: Arc<RaftMetadata>,
+    geo: crate::geo::service::GeoRpc,
     tls: Option<&MutualTls>,
     token: &ClusterToken,
     space: SpaceGuard,
@@ -364,6 +365,7 @@ pub async fn serve(
                 .max_encoding_message_size(64 << 20),
             check.clone(),
         ))
+        .add_service(InterceptedService::new(berth_proto::rpc::geo_service_server::GeoServiceServer::new(geo), check.clone()))
         .add_service(InterceptedService::new(ClusterServiceServer::new(ClusterRpc { raft, state, contact, meta }), check))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;

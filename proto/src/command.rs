@@ -109,6 +109,8 @@ pub enum Command {
     /// Notifications (protocol 5): the endpoints events are kept for, or how far one has
     /// received them.
     Notify(NotifyChange),
+    /// A change to the sites and to where content is held (protocol 6).
+    Geo(crate::geo::GeoChange),
 }
 
 /// What the garbage collector reviews: something that nothing keeps, which is deleted once it
@@ -207,7 +209,8 @@ impl LimitKind {
 ///    ([`Command::SetLimits`]).
 /// 4. Garbage collection ([`Command::GcSweep`], [`Command::GcDeleted`], [`Command::GcEnqueue`]).
 /// 5. Cleanup policies ([`Command::Cleanup`]), notifications ([`Command::Notify`]).
-pub const PROTOCOL: u32 = 5;
+/// 6. Sites and content placement ([`Command::Geo`]).
+pub const PROTOCOL: u32 = 6;
 
 impl Command {
     /// The protocol that introduced this command (see [`PROTOCOL`]).
@@ -217,6 +220,7 @@ impl Command {
             Command::PutStoredManifest { .. } | Command::SetLimits(_) => 3,
             Command::GcSweep(_) | Command::GcDeleted { .. } | Command::GcEnqueue(_) => 4,
             Command::Cleanup(_) | Command::Notify(_) => 5,
+            Command::Geo(_) => 6,
             _ => 1,
         }
     }
@@ -238,6 +242,7 @@ impl Command {
             Command::GcEnqueue(_) => "gc_enqueue",
             Command::Cleanup(_) => "cleanup",
             Command::Notify(_) => "notify",
+            Command::Geo(_) => "geo",
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod cleanup;
 pub mod command;
 pub mod digest;
+pub mod geo;
 pub mod hashing;
 pub mod identity;
 pub mod manifest;

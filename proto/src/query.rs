@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cleanup::CleanupState;
 use crate::identity::Identity;
+use crate::geo::{GeoState, Placement};
 use crate::notify::{EventRecord, NotifyState};
 use crate::{Digest, GcItem, GcStatus, ManifestRecord, Reference, RepoName};
 
@@ -102,6 +103,28 @@ pub enum Query {
         /// Page size.
         n: u64,
     },
+    /// The sites, their nodes and how far each is behind (protocol 6).
+    GeoStatus,
+    /// Up to `n` pieces of content `site` does not hold yet, after `after` in digest order,
+    /// with where they are held.
+    GeoMissing {
+        /// The site.
+        site: String,
+        /// Content after this digest.
+        after: Option<Digest>,
+        /// Page size.
+        n: u64,
+    },
+    /// Up to `n` pieces of content after `after` (a digest, or a backfill position), in
+    /// digest order, with where they are held: a backfill's walk over everything.
+    GeoContent {
+        /// Content after this.
+        after: Option<String>,
+        /// Page size.
+        n: u64,
+    },
+    /// Where one piece of content is held; `None` if it is not content.
+    GeoPlacement(Digest),
 }
 
 /// The answer to a [`Query`]; the variant matches the query's.
@@ -139,4 +162,10 @@ pub enum Answer {
     Notify(NotifyState),
     /// For [`Query::Blobs`].
     Blobs(Vec<(Digest, u64)>),
+    /// For [`Query::GeoStatus`].
+    Geo(GeoState),
+    /// For [`Query::GeoMissing`] and [`Query::GeoContent`].
+    Placements(Vec<Placement>),
+    /// For [`Query::GeoPlacement`].
+    Placement(Option<Placement>),
 }

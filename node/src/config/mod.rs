@@ -14,12 +14,14 @@ use serde_norway::Value;
 pub mod admin;
 pub mod auth;
 pub mod gc;
+pub mod geo;
 pub mod limits;
 pub mod notifications;
 
 pub use admin::AdminConfig;
 pub use auth::AuthConfig;
 pub use gc::{Gc, GcConfig};
+pub use geo::{Geo, GeoConfig};
 pub use limits::{Limits, LimitsConfig};
 pub use notifications::{Endpoint, NotificationsConfig};
 
@@ -340,9 +342,13 @@ pub struct BerthConfig {
     /// where only node 1 founds the cluster, and only if no node in `join` already has one.
     /// A node that will be added by an operator sets false and waits.
     pub bootstrap: Option<bool>,
-    /// `voter` (default: holds the Raft log and state) or `frontend` (stateless; sends every
+    /// `voter` (default: holds the Raft log and state), `learner` (holds them too but never
+    /// votes: a node of a secondary site, which joins through `join` and serves reads from its
+    /// own copy when the voters cannot be reached) or `frontend` (stateless; sends every
     /// metadata read and write to the voters in `peers`).
     pub role: Option<Role>,
+    /// Sites: which one this node belongs to, and how content is copied between them.
+    pub geo: GeoConfig,
     /// A frontend's voters: their gRPC addresses, as a list or comma-separated.
     pub peers: Option<AddrList>,
     /// Mutual TLS between nodes: every node presents a certificate signed by the cluster CA
@@ -379,6 +385,8 @@ pub enum Role {
     Voter,
     /// Stateless HTTP front end.
     Frontend,
+    /// Raft member with the full state that never votes (a secondary site's node).
+    Learner,
 }
 
 /// `berth.nodeid`: a number, or `ordinal`.
@@ -682,6 +690,13 @@ impl Config {
         if b.role == Some(Role::Frontend) && peers.is_empty() {
             bail!("invalid configuration value at berth.peers: a frontend needs the gRPC addresses of the voters");
         }
+        if b.role == Some(Role::Learner) && join.is_empty() {
+            bail!("invalid configuration value at berth.join: a learner joins a cluster; give the voters' gRPC addresses");
+        }
+        if b.role == Some(Role::Learner) && b.bootstrap == Some(true) {
+            bail!("invalid configuration value at berth.bootstrap: a learner never founds a cluster");
+        }
+        Geo::from_config(&b.geo)?;
         if let Some(t) = &b.tls {
             if t.ca.is_none() || t.certificate.is_none() || t.key.is_none() {
                 bail!("invalid configuration value at berth.tls: ca, certificate and key are all required");

@@ -23,6 +23,8 @@ pub struct Joiner {
     /// `berth.join`.
     pub join: Vec<String>,
     pub peers: Peers,
+    /// False for a learner (a secondary site's node): it stops once it is a learner.
+    pub voter: bool,
 }
 
 /// The first node in `join` (other than `own`) that already belongs to a cluster, if any
@@ -44,14 +46,16 @@ pub async fn existing_cluster(peers: &Peers, join: &[String], own: &str) -> Opti
 }
 
 impl Joiner {
+    /// True once this node is what it is meant to be: a voter, or a member at all for a
+    /// learner.
     fn is_voter(&self) -> bool {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == self.id)
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let m = m.membership();
+        if self.voter {
+            m.voter_ids().any(|v| v == self.id)
+        } else {
+            m.nodes().any(|(n, _)| *n == self.id)
+        }
     }
 
     /// Runs until this node is a voter (or the node stops).
@@ -61,7 +65,8 @@ impl Joiner {
             let mut said = String::new();
             loop {
                 if self.is_voter() {
-                    tracing::info!(node_id = self.id, "this node is a voter of the cluster");
+                    let what = if self.voter { "a voter" } else { "a learner" };
+                    tracing::info!(node_id = self.id, "this node is {what} of the cluster");
                     return;
                 }
                 match self.attempt().await {
@@ -135,7 +140,7 @@ impl Joiner {
                 // The leader answers once this node has caught up, which takes as long as the log.
                 c.add_learner(req).await
             }
-            Some(m) if !m.voter => {
+            Some(m) if !m.voter && self.voter => {
                 tracing::info!(node_id = self.id, leader = %leader.grpc_addr, "asking to become a voter");
                 let mut req = tonic::Request::new(AddVoterRequest { node_id: self.id });
                 req.set_timeout(CALL_TIMEOUT * 2);

@@ -30,10 +30,19 @@ use crate::raft::QUORUM_LOST_AFTER_MS;
 /// Tries at the local node and then at leaders it hears of.
 const ATTEMPTS: u32 = 4;
 
+/// How long a learner goes without hearing a leader before it reads its own copy without
+/// asking (a secondary site cut off from the primary keeps serving pulls).
+const ALONE_AFTER_MS: u64 = 3_000;
+
 /// Registry metadata backed by this node's Raft instance.
 pub struct RaftMetadata {
     node: Node,
     state: SharedState,
+    /// On a learner: when a leader was last heard from. Reads then fall back to the local
+    /// copy (bounded staleness) when no leader can confirm them.
+    alone: Option<crate::membership::failover::LeaderContact>,
+    /// Reads served that way.
+    stale: prometheus::IntCounter,
     /// Read indexes from whoever leads, shared by concurrent reads on this node.
     read_index: Coalescer<Result<u64, MetaError>>,
 }
@@ -84,7 +93,16 @@ impl RaftMetadata {
             let n = n.clone();
             async move { n.read_index().await }
         });
-        Ok(RaftMetadata { node, state, read_index })
+        let stale = prometheus::IntCounter::new("berth_stale_reads_total", "Reads a learner served from its own copy without a leader's confirmation.")?;
+        registry.register(Box::new(stale.clone()))?;
+        Ok(RaftMetadata { node, state, read_index, alone: None, stale })
+    }
+
+    /// For a learner: reads that no leader can confirm (none heard from for
+    /// [`ALONE_AFTER_MS`], or the confirmation fails) are served from the local copy.
+    pub fn reading_alone_after_silence(mut self, contact: crate::membership::failover::LeaderContact) -> Self {
+        self.alone = Some(contact);
+        self
     }
 
     /// Ok when the node at `addr` reads every log protocol the cluster's log holds.
@@ -286,7 +304,15 @@ impl MetadataBackend for RaftMetadata {
     }
 
     async fn query(&self, q: Query) -> Result<Answer, MetaError> {
-        self.barrier().await?;
+        match &self.alone {
+            None => self.barrier().await?,
+            Some(contact) => {
+                let confirmed = contact.silent_ms() <= ALONE_AFTER_MS && self.barrier().await.is_ok();
+                if !confirmed {
+                    self.stale.inc();
+                }
+            }
+        }
         let answer = self.state.answer(&q).map_err(|e| MetaError::Internal(e.to_string()))?;
         self.node.bodies.fill_answer(answer).await
     }

@@ -12,13 +12,14 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::cache::Changed;
 use super::tables::{self, bounds, key2, key3, last_part, seq_key, within};
-use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_CLEANUP, META_IDENTITY, META_LIMITS, META_NOTIFY, META_PROTOCOL};
+use super::{DResult, DiskError, DiskState, Head, RepoCounts, Small, DURABLE_BYTES, DURABLE_EVERY, META_HEAD, META_CLEANUP, META_IDENTITY, META_LIMITS, META_GEO, META_NOTIFY, META_PROTOCOL};
 use crate::state::{RegistryState, TagRecord, Tombstone, MAX_TOMBSTONES, TOMBSTONE_TTL_MS};
 use crate::types::typ::{Entry, StoredMembership};
 
 type T<'t> = Table<'t, &'static str, &'static [u8]>;
 
 pub(super) mod gc;
+pub(super) mod geo;
 
 impl DiskState {
     /// Applies `entries` (consecutive, in log order) in one transaction.
@@ -88,6 +89,7 @@ pub(super) fn load_legacy(txn: &WriteTransaction, state: &RegistryState) -> DRes
         cleanup: Arc::new(state.cleanup.clone()),
         protocol: 1,
         notify: Default::default(),
+        geo: Default::default(),
     };
     let mut w = Writer::open(txn, small)?;
     w.identity_changed = true;
@@ -95,10 +97,10 @@ pub(super) fn load_legacy(txn: &WriteTransaction, state: &RegistryState) -> DRes
     w.protocol_changed = true;
     for (name, repo) in &state.repos {
         for (digest, size) in &repo.blobs {
-            w.link_blob(name, digest, *size)?;
+            w.link_blob(name, digest, *size, 0)?;
         }
         for (digest, record) in &repo.manifests {
-            w.insert_manifest(name, digest, record)?;
+            w.insert_manifest(name, digest, record, 0)?;
         }
         for (tag, record) in &repo.tags {
             w.set_tag(name, tag.as_str(), record)?;
@@ -161,6 +163,9 @@ struct Writer<'t> {
     protocol_changed: bool,
     notify_changed: bool,
     events: T<'t>,
+    placement: T<'t>,
+    geo_missing: T<'t>,
+    geo_changed: bool,
     /// What the cache may hold that this batch changed.
     changed: Changed,
 }
@@ -203,6 +208,9 @@ impl<'t> Writer<'t> {
             protocol_changed: false,
             notify_changed: false,
             events: txn.open_table(tables::EVENTS)?,
+            placement: txn.open_table(tables::PLACEMENT)?,
+            geo_missing: txn.open_table(tables::GEO_MISSING)?,
+            geo_changed: false,
             changed: Changed::default(),
         })
     }
@@ -235,6 +243,9 @@ impl<'t> Writer<'t> {
         }
         if self.notify_changed {
             self.meta.insert(META_NOTIFY, postcard::to_stdvec(&self.small.notify)?.as_slice())?;
+        }
+        if self.geo_changed {
+            self.meta.insert(META_GEO, postcard::to_stdvec(&self.small.geo)?.as_slice())?;
         }
         if self.protocol_changed {
             self.meta.insert(META_PROTOCOL, postcard::to_stdvec(&self.small.protocol)?.as_slice())?;
@@ -289,7 +300,7 @@ impl<'t> Writer<'t> {
                 if let Some(refused) = self.over_limit(repo, None)? {
                     return Ok(refused);
                 }
-                self.link_blob(repo, digest, *size)?;
+                self.link_blob(repo, digest, *size, req.at_ms)?;
                 self.touch(&GcItem::Link { repo: repo.clone(), digest: digest.clone() }, req.at_ms)?;
                 self.touch(&GcItem::Content { digest: digest.clone() }, req.at_ms)?;
                 Outcome::Done
@@ -340,7 +351,7 @@ impl<'t> Writer<'t> {
                 let existing = self.manifests.get(key2(r, &digest.to_string()).as_str())?.map(|v| decode::<ManifestRecord>(v.value())).transpose()?;
                 let new = existing.is_none();
                 match existing {
-                    None => self.insert_manifest(repo, digest, manifest)?,
+                    None => self.insert_manifest(repo, digest, manifest, req.at_ms)?,
                     Some(existing) => {
                         if let Some(subject) = &existing.subject {
                             self.referrers.insert(key3(r, &subject.to_string(), &digest.to_string()).as_str(), [].as_slice())?;
@@ -398,6 +409,7 @@ impl<'t> Writer<'t> {
                 self.notify_changed |= outcome == Outcome::Done;
                 outcome
             }
+            Command::Geo(change) => self.geo(change, req.at_ms)?,
             Command::Cleanup(change) => {
                 let outcome = crate::cleanup::apply(Arc::make_mut(&mut self.small.cleanup), &self.small.identity, change, req.at_ms);
                 self.cleanup_changed |= outcome == Outcome::Done;
@@ -422,7 +434,11 @@ impl<'t> Writer<'t> {
             Command::GcDeleted { digests } => {
                 let mut done = Vec::with_capacity(digests.len());
                 for d in digests {
-                    done.push(self.gc_deleting.remove(d.to_string().as_str())?.is_some());
+                    let deleted = self.gc_deleting.remove(d.to_string().as_str())?.is_some();
+                    if deleted {
+                        self.content_deleted(d)?;
+                    }
+                    done.push(deleted);
                 }
                 Outcome::Swept(done)
             }
@@ -494,9 +510,10 @@ impl<'t> Writer<'t> {
         Ok(None)
     }
 
-    fn link_blob(&mut self, repo: &RepoName, digest: &Digest, size: u64) -> DResult<()> {
+    fn link_blob(&mut self, repo: &RepoName, digest: &Digest, size: u64, at_ms: u64) -> DResult<()> {
         let (r, d) = (repo.as_str(), digest.to_string());
         if self.blobs.insert(key2(r, &d).as_str(), size.to_le_bytes().as_slice())?.is_none() {
+            self.content_arriving(digest, Some(size), at_ms)?;
             self.content_refs.insert(key3(&d, r, "b").as_str(), [].as_slice())?;
             self.count(r, |c| c.blobs += 1)?;
         }
@@ -515,7 +532,7 @@ impl<'t> Writer<'t> {
     }
 
     /// Stores a manifest that is not stored yet, with its index rows.
-    fn insert_manifest(&mut self, repo: &RepoName, digest: &Digest, record: &ManifestRecord) -> DResult<()> {
+    fn insert_manifest(&mut self, repo: &RepoName, digest: &Digest, record: &ManifestRecord, at_ms: u64) -> DResult<()> {
         let (r, d) = (repo.as_str(), digest.to_string());
         self.manifests.insert(key2(r, &d).as_str(), postcard::to_stdvec(record)?.as_slice())?;
         for b in &record.blobs {
@@ -527,6 +544,7 @@ impl<'t> Writer<'t> {
         if let Some(subject) = &record.subject {
             self.referrers.insert(key3(r, &subject.to_string(), &d).as_str(), [].as_slice())?;
         }
+        self.content_arriving(digest, None, at_ms)?;
         self.content_refs.insert(key3(&d, r, "m").as_str(), [].as_slice())?;
         self.count(r, |c| c.manifests += 1)
     }

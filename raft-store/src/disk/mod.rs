@@ -65,6 +65,8 @@ const META_CLEANUP: &str = "cleanup";
 const META_PROTOCOL: &str = "protocol";
 /// Notification endpoints and positions; absent until the first `Notify` change.
 const META_NOTIFY: &str = "notify";
+/// Sites and their progress; absent until the first node names its site.
+const META_GEO: &str = "geo";
 
 /// What went wrong reading or writing the state.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +149,8 @@ pub struct Small {
     pub protocol: u32,
     /// Notification endpoints and how far each has received events.
     pub notify: berth_proto::notify::NotifyState,
+    /// Sites, their nodes and what each lacks (counts; the rows are in `geo_missing`).
+    pub geo: berth_proto::geo::GeoState,
 }
 
 /// The registry state in a redb database.
@@ -238,6 +242,16 @@ impl DiskState {
         self.small.read().unwrap().clone()
     }
 
+    /// The sites, their nodes and progress.
+    pub fn geo(&self) -> berth_proto::geo::GeoState {
+        self.small.read().unwrap().geo.clone()
+    }
+
+    /// How many sites have joined.
+    pub fn site_count(&self) -> usize {
+        self.small.read().unwrap().geo.sites.len()
+    }
+
     /// The newest log protocol of any entry applied (1 if none came after protocol 1).
     pub fn protocol_seen(&self) -> u32 {
         self.small.read().unwrap().protocol.max(1)
@@ -276,6 +290,7 @@ fn load_small(db: &Database) -> DResult<Small> {
     let cleanup = meta.get(META_CLEANUP)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
     let protocol = meta.get(META_PROTOCOL)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or(1);
     let notify = meta.get(META_NOTIFY)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
+    let geo = meta.get(META_GEO)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
     Ok(Small {
         head: postcard::from_bytes(&get(META_HEAD)?)?,
         identity: Arc::new(postcard::from_bytes(&get(META_IDENTITY)?)?),
@@ -283,6 +298,7 @@ fn load_small(db: &Database) -> DResult<Small> {
         cleanup: Arc::new(cleanup),
         protocol,
         notify,
+        geo,
     })
 }
 

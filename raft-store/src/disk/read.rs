@@ -12,6 +12,16 @@ use crate::state::TagRecord;
 
 type R = ReadOnlyTable<&'static str, &'static [u8]>;
 
+/// The sites the `placement` table records as holding the digest `d`.
+fn sites_holding(placement: &R, d: &str) -> DResult<Vec<String>> {
+    let range = within(d);
+    let mut out = Vec::new();
+    for row in placement.range::<&str>(bounds(&range))? {
+        out.push(last_part(row?.0.value()).to_string());
+    }
+    Ok(out)
+}
+
 impl DiskState {
     /// Answers a read.
     pub fn answer(&self, query: &Query) -> DResult<Answer> {
@@ -39,7 +49,72 @@ impl DiskState {
             }
             Query::NotifyStatus => Answer::Notify(small().notify.clone()),
             Query::Blobs { repo, after, n } => Answer::Blobs(self.blobs_of(repo, after.as_ref(), *n as usize)?),
+            Query::GeoStatus => Answer::Geo(small().geo.clone()),
+            Query::GeoMissing { site, after, n } => Answer::Placements(self.geo_missing(site, after.as_ref(), *n as usize)?),
+            Query::GeoContent { after, n } => Answer::Placements(self.geo_content(after.as_deref(), *n as usize)?),
+            Query::GeoPlacement(digest) => Answer::Placement(self.geo_placement(digest)?),
         })
+    }
+
+    /// Up to `n` pieces of content `site` lacks, after `after`, with where they are held.
+    pub fn geo_missing(&self, site: &str, after: Option<&Digest>, n: usize) -> DResult<Vec<berth_proto::geo::Placement>> {
+        let txn = self.read()?;
+        let (missing, placement) = (txn.open_table(tables::GEO_MISSING)?, txn.open_table(tables::PLACEMENT)?);
+        let range = match after {
+            Some(d) => within_after(site, &d.to_string()),
+            None => within(site),
+        };
+        let mut out = Vec::with_capacity(n.min(1024));
+        for row in missing.range::<&str>(bounds(&range))?.take(n) {
+            let (k, v) = row?;
+            let digest = Digest::parse(last_part(k.value())).map_err(|e| DiskError::Format(format!("a geo_missing key: {e}")))?;
+            let (size, queued_ms) = super::apply::geo::parse_missing(v.value())?;
+            let sites = sites_holding(&placement, &digest.to_string())?;
+            out.push(berth_proto::geo::Placement { digest, sites, size: (size > 0).then_some(size), queued_ms });
+        }
+        Ok(out)
+    }
+
+    /// Up to `n` pieces of content after `after` (a digest or a position before one), in digest
+    /// order, with where they are held and the size of blobs.
+    pub fn geo_content(&self, after: Option<&str>, n: usize) -> DResult<Vec<berth_proto::geo::Placement>> {
+        let txn = self.read()?;
+        let (refs, placement, blobs) = (txn.open_table(tables::CONTENT_REFS)?, txn.open_table(tables::PLACEMENT)?, txn.open_table(tables::BLOBS)?);
+        let mut out: Vec<berth_proto::geo::Placement> = Vec::with_capacity(n.min(1024));
+        // Each digest's rows are contiguous: skip past all of them at once.
+        let mut from = after.map(|a| format!("{a}\u{1}"));
+        while out.len() < n {
+            let next = match &from {
+                Some(f) => refs.range::<&str>(f.as_str()..)?.next(),
+                None => refs.iter()?.next(),
+            };
+            let Some(row) = next else { break };
+            let row = row?;
+            let key = row.0.value();
+            let mut parts = key.split('\0');
+            let (d, repo, kind) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+            let digest = Digest::parse(d).map_err(|e| DiskError::Format(format!("a content_refs key: {e}")))?;
+            let size = match kind {
+                "b" => blobs.get(key2(repo, d).as_str())?.map(|v| blob_size(v.value())).transpose()?,
+                _ => None,
+            };
+            out.push(berth_proto::geo::Placement { digest, sites: sites_holding(&placement, d)?, size, queued_ms: 0 });
+            from = Some(format!("{d}\u{1}"));
+        }
+        Ok(out)
+    }
+
+    /// Where `digest` is held; `None` if it is not content.
+    pub fn geo_placement(&self, digest: &Digest) -> DResult<Option<berth_proto::geo::Placement>> {
+        let txn = self.read()?;
+        let refs = txn.open_table(tables::CONTENT_REFS)?;
+        let d = digest.to_string();
+        let range = within(&d);
+        if refs.range::<&str>(bounds(&range))?.next().is_none() {
+            return Ok(None);
+        }
+        let sites = sites_holding(&txn.open_table(tables::PLACEMENT)?, &d)?;
+        Ok(Some(berth_proto::geo::Placement { digest: digest.clone(), sites, size: None, queued_ms: 0 }))
     }
 
     /// Up to `n` blobs linked into `repo` after `after`, in digest order, with their sizes.

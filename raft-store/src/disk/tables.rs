@@ -49,8 +49,14 @@ pub const GC_DELETING: Def = TableDefinition::new("gc_deleting");
 /// endpoints until every one has them.
 pub const EVENTS: Def = TableDefinition::new("events");
 
+/// `digest\0site` -> empty: which sites hold a piece of content (protocol 6).
+pub const PLACEMENT: Def = TableDefinition::new("placement");
+/// `site\0digest` -> size (8 bytes, little endian; 0 for a manifest body): content committed
+/// since the site joined that it does not hold yet (protocol 6).
+pub const GEO_MISSING: Def = TableDefinition::new("geo_missing");
+
 /// Every table, with the number that names it in a snapshot. Numbers are never reused.
-pub const ALL: [(u8, Def); 15] = [
+pub const ALL: [(u8, Def); 17] = [
     (1, META),
     (2, REPOS),
     (3, BLOBS),
@@ -66,6 +72,8 @@ pub const ALL: [(u8, Def); 15] = [
     (13, GC_DUE),
     (14, GC_DELETING),
     (15, EVENTS),
+    (16, PLACEMENT),
+    (17, GEO_MISSING),
 ];
 
 /// The tables that format 5 derives from the others (rebuilt when an older state is loaded).

@@ -446,3 +446,109 @@ fn a_table_added_within_the_format_exists_after_open() {
     assert_eq!(disk.answer(&Query::NotifyPending { endpoint: "e".into(), n: 10 }).unwrap(), berth_proto::Answer::Events(vec![]));
     assert!(disk.events_after(0, 10).unwrap().is_empty());
 }
+
+/// Sites: new content is missing at every site until it says it holds it; a backfill walks
+/// everything in digest order; garbage collection's deletion forgets the content everywhere;
+/// a snapshot carries all of it.
+#[test]
+fn sites_track_what_each_holds_and_lacks() {
+    use berth_proto::geo::{GeoChange, Placement};
+    use berth_proto::{Answer, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    let disk = open(&dir);
+    let mut index = 0;
+    let mut run = |disk: &DiskState, c: Command| {
+        index += 1;
+        disk.apply_entries(vec![entry(index, c, 1000 + index)]).unwrap().remove(0)
+    };
+    let join = |site: &str, node_id| Command::Geo(GeoChange::Join { site: site.into(), node_id, grpc_addr: format!("n{node_id}:5050") });
+    let placed = |site: &str, ds: &[u8], through: Option<String>| Command::Geo(GeoChange::Placed {
+        site: site.into(),
+        digests: ds.iter().map(|d| digest(*d)).collect(),
+        backfill_through: through,
+    });
+    let status = |disk: &DiskState| match disk.answer(&Query::GeoStatus).unwrap() {
+        Answer::Geo(g) => g,
+        other => panic!("{other:?}"),
+    };
+    let missing = |disk: &DiskState, site: &str| match disk.answer(&Query::GeoMissing { site: site.into(), after: None, n: 100 }).unwrap() {
+        Answer::Placements(p) => p,
+        other => panic!("{other:?}"),
+    };
+
+    // Content from before any site is tracked by the backfill only.
+    assert_eq!(run(&disk, Command::LinkBlob { repo: repo(0), digest: digest(0), size: 3 }), Outcome::Done);
+    assert_eq!(run(&disk, join("a", 1)), Outcome::Done);
+    assert_eq!(run(&disk, join("a", 1)), Outcome::Unchanged);
+    assert_eq!(run(&disk, join("b", 2)), Outcome::Done);
+    assert!(matches!(run(&disk, join("B!", 3)), Outcome::Conflict { .. }));
+    assert_eq!(run(&disk, join("b", 1)), Outcome::Done, "a node moves between sites");
+    assert_eq!(run(&disk, join("a", 1)), Outcome::Done);
+    assert!(missing(&disk, "a").is_empty());
+
+    // New content is missing at both sites, with blob sizes.
+    run(&disk, Command::LinkBlob { repo: repo(0), digest: digest(1), size: 5 });
+    run(&disk, Command::PutStoredManifest { repo: repo(0), digest: digest(10), manifest: ManifestRecord { body: vec![], ..manifest(10, vec![1], vec![], None) }, tag: None });
+    // A second link of the same content is not new.
+    run(&disk, Command::LinkBlob { repo: repo(2), digest: digest(1), size: 5 });
+    let g = status(&disk);
+    assert_eq!((g.sites["a"].missing, g.sites["a"].missing_bytes, g.sites["b"].missing), (2, 5, 2));
+    assert_eq!(g.sites["b"].nodes.keys().copied().collect::<Vec<_>>(), vec![2]);
+    assert_eq!(g.site_of(1), Some("a"));
+
+    // Site a holds both; b still lacks them and can fetch them from a.
+    assert_eq!(run(&disk, placed("a", &[1, 10], None)), Outcome::Swept(vec![true, true]));
+    assert_eq!(run(&disk, placed("a", &[1], None)), Outcome::Swept(vec![false]), "once");
+    assert_eq!(run(&disk, placed("c", &[1], None)), Outcome::NotFound);
+    assert!(missing(&disk, "a").is_empty());
+    let mut want = vec![
+        Placement { digest: digest(1), sites: vec!["a".into()], size: Some(5), queued_ms: 1008 },
+        Placement { digest: digest(10), sites: vec!["a".into()], size: None, queued_ms: 1009 },
+    ];
+    want.sort_by_key(|p| p.digest.to_string());
+    assert_eq!(missing(&disk, "b"), want);
+    let g = status(&disk);
+    assert_eq!((g.sites["a"].missing, g.sites["a"].held, g.sites["a"].last_placed_ms > 0), (0, 2, true));
+
+    // The backfill walks all content in digest order, a page at a time.
+    let content = |after: Option<String>, n| match disk.answer(&Query::GeoContent { after, n }).unwrap() {
+        Answer::Placements(p) => p,
+        other => panic!("{other:?}"),
+    };
+    let all = content(None, 10);
+    let mut digests: Vec<String> = [0, 1, 10].iter().map(|d| digest(*d).to_string()).collect();
+    digests.sort();
+    assert_eq!(all.iter().map(|p| p.digest.to_string()).collect::<Vec<_>>(), digests);
+    assert_eq!(all.iter().find(|p| p.digest == digest(0)).unwrap().size, Some(3));
+    let first = content(None, 1);
+    assert_eq!(content(Some(first[0].digest.to_string()), 10).len(), 2);
+    assert_eq!(run(&disk, placed("b", &[0], Some(first[0].digest.to_string()))), Outcome::Swept(vec![true]));
+    run(&disk, placed("b", &[], Some(berth_proto::geo::BACKFILL_DONE.into())));
+    run(&disk, placed("b", &[], Some(digests[0].clone())));
+    assert!(status(&disk).sites["b"].backfilled(), "the walk only moves forward");
+
+    // What garbage collection deletes is forgotten everywhere.
+    run(&disk, Command::UnlinkBlob { repo: repo(0), digest: digest(0) });
+    assert_eq!(run(&disk, Command::GcSweep(vec![GcItem::Content { digest: digest(0) }])), Outcome::Swept(vec![true]));
+    assert_eq!(run(&disk, placed("a", &[0], None)), Outcome::Swept(vec![false]), "being deleted");
+    assert_eq!(run(&disk, Command::GcDeleted { digests: vec![digest(0)] }), Outcome::Swept(vec![true]));
+    assert_eq!(disk.answer(&Query::GeoPlacement(digest(0))).unwrap(), Answer::Placement(None));
+    assert_eq!(status(&disk).sites["b"].held, 0);
+    // Pushed again, it is new content, missing where it is not recorded.
+    run(&disk, Command::LinkBlob { repo: repo(0), digest: digest(0), size: 3 });
+    assert_eq!(missing(&disk, "b").len(), 3);
+
+    // A snapshot carries sites, placement and what is missing.
+    let mut stream = Vec::new();
+    disk.export(&mut stream).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let copy = open(&other);
+    copy.import(stream.as_slice(), |_| {}).unwrap();
+    assert_eq!(status(&copy), status(&disk));
+    assert_eq!(missing(&copy, "b"), missing(&disk, "b"));
+    // And so does a restart.
+    drop(disk);
+    let reopened = open(&dir);
+    assert_eq!(missing(&reopened, "b").len(), 3);
+    assert_eq!(status(&reopened), status(&copy));
+}

@@ -376,6 +376,8 @@ impl RegistryState {
                 outcome
             }
             Command::Cleanup(change) => crate::cleanup::apply(&mut self.cleanup, &self.identity, change, req.at_ms),
+            // The model does not keep sites: the disk state's are tested in `disk/tests.rs`.
+            Command::Geo(_) => Outcome::Unchanged,
             Command::SetLimits(limits) => {
                 if self.limits == *limits {
                     Outcome::Unchanged
@@ -487,6 +489,9 @@ impl RegistryState {
                 }
                 None => Vec::new(),
             }),
+            Query::GeoStatus => Answer::Geo(Default::default()),
+            Query::GeoMissing { .. } | Query::GeoContent { .. } => Answer::Placements(Vec::new()),
+            Query::GeoPlacement(_) => Answer::Placement(None),
         }
     }
 

@@ -1,0 +1,93 @@
+//! Fetch-through: this site's store as the API sees it. A read of content that the cluster
+//! has committed but this site does not hold yet copies it from a site that does (verified),
+//! then serves it: a pull at a secondary never gets a 404 for committed content, only a 503
+//! while no site that holds it can be reached.
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use berth_api::{BlobError, BlobStore, ByteStream};
+use berth_proto::Digest;
+use bytes::Bytes;
+
+use super::fetch::{FetchError, Fetcher};
+
+/// A site's store that fetches committed content it lacks from other sites.
+pub struct ThroughStore {
+    local: Arc<dyn BlobStore>,
+    /// Set once Raft has started and this node has a site.
+    fetcher: OnceLock<Arc<Fetcher>>,
+}
+
+impl ThroughStore {
+    /// Wraps this site's store; it fetches nothing until [`ThroughStore::arm`].
+    pub fn new(local: Arc<dyn BlobStore>) -> Arc<Self> {
+        Arc::new(ThroughStore { local, fetcher: OnceLock::new() })
+    }
+
+    /// Starts fetching through `fetcher`.
+    pub fn arm(&self, fetcher: Arc<Fetcher>) {
+        let _ = self.fetcher.set(fetcher);
+    }
+
+    /// After a local miss: copies `digest` here if it is committed content another site
+    /// holds. Ok(false) when it is not committed content (a true miss).
+    async fn fetch(&self, digest: &Digest) -> Result<bool, BlobError> {
+        let Some(fetcher) = self.fetcher.get() else { return Ok(false) };
+        let Some(placement) = fetcher.placement(digest)? else { return Ok(false) };
+        match fetcher.ensure(digest, &placement.sites).await {
+            Ok((_, copied)) => {
+                fetcher.counted_through(if copied { "copied" } else { "present" });
+                Ok(true)
+            }
+            Err(FetchError::NoSource(_)) => Ok(false),
+            Err(FetchError::Store(e)) => Err(e),
+            Err(e @ FetchError::Failed(_)) => {
+                fetcher.counted_through("failed");
+                Err(BlobError::Unavailable(format!("{digest} is held by another site, which could not be reached: {e}")))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for ThroughStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
+        match self.local.stat(digest).await? {
+            Some(size) => Ok(Some(size)),
+            None if self.fetch(digest).await? => self.local.stat(digest).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn read(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream, BlobError> {
+        match self.local.read(digest, range).await {
+            Err(BlobError::NotFound) if self.fetch(digest).await? => self.local.read(digest, range).await,
+            other => other,
+        }
+    }
+
+    async fn create_upload(&self, id: &str) -> Result<(), BlobError> {
+        self.local.create_upload(id).await
+    }
+
+    async fn upload_offset(&self, id: &str) -> Result<u64, BlobError> {
+        self.local.upload_offset(id).await
+    }
+
+    async fn write_upload(&self, id: &str, offset: u64, body: ByteStream) -> Result<u64, BlobError> {
+        self.local.write_upload(id, offset, body).await
+    }
+
+    async fn finish_upload(&self, id: &str, digest: &Digest) -> Result<u64, BlobError> {
+        self.local.finish_upload(id, digest).await
+    }
+
+    async fn remove_upload(&self, id: &str) -> Result<(), BlobError> {
+        self.local.remove_upload(id).await
+    }
+
+    async fn put_content(&self, digest: &Digest, bytes: Bytes) -> Result<(), BlobError> {
+        self.local.put_content(digest, bytes).await
+    }
+}

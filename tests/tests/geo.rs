@@ -1,0 +1,208 @@
+//! Two sites on loopback, each with its own blob store: a primary voter and a secondary
+//! learner (`berth.role: learner`, `berth.geo.site`). Pushes at the primary are copied to the
+//! secondary and verified there; content committed before the secondary joined is
+//! backfilled; a pull at the secondary of content not copied yet is fetched through; a push at
+//! the secondary is copied back; a secondary killed mid-copy resumes; with the primary gone
+//! the secondary still serves every pull.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_proto::Digest;
+use berth_tests::{push_image, random_bytes, Berth, Registry, OCI_MANIFEST};
+
+/// One site's node and its store.
+struct SiteNode {
+    node: Berth,
+    store: PathBuf,
+}
+
+fn store_path(store: &Path, d: &Digest) -> PathBuf {
+    store.join("blobs").join(d.algorithm().as_str()).join(&d.hex()[..2]).join(d.hex())
+}
+
+/// True if the site's store holds `d` with the right bytes.
+fn holds(store: &Path, d: &Digest) -> bool {
+    std::fs::read(store_path(store, d)).is_ok_and(|b| Digest::sha256_of(&b) == *d)
+}
+
+fn primary(dir: &Path, env: &[(&str, &str)]) -> SiteNode {
+    let store = dir.join("primary-blobs");
+    let s = store.to_str().unwrap().to_string();
+    let mut e = vec![("REGISTRY_BERTH_NODEID", "1"), ("REGISTRY_BERTH_GEO_SITE", "primary"), ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", s.as_str())];
+    e.extend_from_slice(env);
+    SiteNode { node: Berth::start(&dir.join("node1"), None, &e), store }
+}
+
+fn secondary(dir: &Path, primary: &SiteNode, env: &[(&str, &str)]) -> SiteNode {
+    let store = dir.join("secondary-blobs");
+    let s = store.to_str().unwrap().to_string();
+    let mut e = vec![
+        ("REGISTRY_BERTH_NODEID", "2"),
+        ("REGISTRY_BERTH_ROLE", "learner"),
+        ("REGISTRY_BERTH_JOIN", primary.node.grpc_addr.as_str()),
+        ("REGISTRY_BERTH_GEO_SITE", "secondary"),
+        ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", s.as_str()),
+    ];
+    e.extend_from_slice(env);
+    SiteNode { node: Berth::start(&dir.join("node2"), None, &e), store }
+}
+
+/// `berth geo status --json` at `node`.
+fn geo_status(node: &Berth) -> serde_json::Value {
+    let out = berth_tests::berth_command().args(["geo", "status", "--json", "--node", &node.grpc_addr]).output().unwrap();
+    assert!(out.status.success(), "geo status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits until `site` holds everything and its backfill is done, as `node` sees it.
+fn wait_caught_up(node: &Berth, site: &str, within: Duration) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let status = geo_status(node);
+        let s = status.as_array().unwrap().iter().find(|s| s["site"] == site).cloned();
+        if let Some(s) = s.filter(|s| s["missing"] == 0 && s["backfilled"] == true) {
+            return s;
+        }
+        assert!(started.elapsed() < within, "{site} did not catch up: {status:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The blobs and manifest of the image `push_image` makes from `seed`.
+fn image_digests(manifest: &[u8]) -> Vec<Digest> {
+    let m: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    let mut out = vec![Digest::sha256_of(manifest), Digest::parse(m["config"]["digest"].as_str().unwrap()).unwrap()];
+    for l in m["layers"].as_array().unwrap() {
+        out.push(Digest::parse(l["digest"].as_str().unwrap()).unwrap());
+    }
+    out
+}
+
+/// Pulls `repo:tag` at `reg` and checks every byte against what was pushed.
+async fn pull_verified(reg: &Registry, repo: &str, tag: &str, manifest: &[u8]) {
+    let (status, body) = reg.get_manifest(repo, tag).await.unwrap();
+    assert_eq!(status, 200, "{repo}:{tag} at {}", reg.url);
+    assert_eq!(body, manifest, "{repo}:{tag}");
+    for d in &image_digests(manifest)[1..] {
+        let bytes = reg.get_blob(repo, d).await.unwrap();
+        assert_eq!(Digest::sha256_of(&bytes), *d);
+    }
+}
+
+async fn metric(node: &Berth, name: &str) -> f64 {
+    let url = format!("{}/metrics", node.debug_url.as_ref().expect("debug listener"));
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn content_pushed_at_either_site_reaches_the_other_verified() {
+    berth_tests::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let p = primary(dir.path(), &[]);
+    let preg = Registry::new(&p.node.url);
+    // Before the secondary exists: backfilled when it joins.
+    let mut images = Vec::new();
+    for i in 0..3 {
+        images.push((format!("early/app{i}"), push_image(&preg, &format!("early/app{i}"), "v1", 100 + i).await));
+    }
+    let s = secondary(dir.path(), &p, &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
+    let sreg = Registry::new(&s.node.url);
+    for i in 0..5 {
+        images.push((format!("late/app{i}"), push_image(&preg, &format!("late/app{i}"), "v1", 200 + i).await));
+    }
+    let site = wait_caught_up(&p.node, "secondary", Duration::from_secs(60));
+    // 8 images of 3 pieces of content each.
+    assert_eq!(site["held"], 24, "{site:#}");
+    for (repo, manifest) in &images {
+        for d in image_digests(manifest) {
+            assert!(holds(&s.store, &d), "{repo}: {d} is not in the secondary's store");
+        }
+        pull_verified(&sreg, repo, "v1", manifest).await;
+    }
+    assert_eq!(metric(&s.node, "berth_geo_fetch_through_total").await, 0.0, "every pull was served from the secondary's own copy");
+    assert!(metric(&s.node, "berth_geo_copied_bytes_total").await > 8.0 * 5000.0);
+
+    // A push at the secondary: bytes land in its store, metadata goes to the primary's
+    // leader, and the primary copies the bytes back.
+    let manifest = push_image(&sreg, "from/secondary", "v1", 300).await;
+    for d in image_digests(&manifest) {
+        assert!(holds(&s.store, &d), "pushed at the secondary: {d}");
+    }
+    wait_caught_up(&s.node, "primary", Duration::from_secs(30));
+    for d in image_digests(&manifest) {
+        assert!(holds(&p.store, &d), "copied back to the primary: {d}");
+    }
+    pull_verified(&preg, "from/secondary", "v1", &manifest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pull_at_the_secondary_fetches_through_what_is_not_copied_yet() {
+    berth_tests::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let pause = dir.path().join("pause");
+    std::fs::write(&pause, b"").unwrap();
+    let pause_s = pause.to_str().unwrap().to_string();
+    let p = primary(dir.path(), &[]);
+    let s = secondary(dir.path(), &p, &[("BERTH_TEST_GEO_PAUSE_FILE", pause_s.as_str()), ("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
+    let (preg, sreg) = (Registry::new(&p.node.url), Registry::new(&s.node.url));
+    // A large layer, to see it streamed through whole.
+    let layer = random_bytes(7, 8 << 20);
+    let config = random_bytes(8, 300);
+    let ld = preg.push_blob("big/app", &layer).await.unwrap();
+    let cd = preg.push_blob("big/app", &config).await.unwrap();
+    let manifest = berth_tests::image_manifest((&cd, config.len()), &[(&ld, layer.len())]);
+    preg.push_manifest("big/app", "v1", &manifest, OCI_MANIFEST).await.unwrap();
+    // The secondary's learner has the metadata once it has applied the log.
+    let started = Instant::now();
+    loop {
+        let (status, _) = sreg.get_manifest("big/app", "v1").await.unwrap();
+        if status == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the secondary never saw the manifest: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!holds(&s.store, &ld), "replication is paused");
+    pull_verified(&sreg, "big/app", "v1", &manifest).await;
+    assert!(holds(&s.store, &ld), "fetched through and kept");
+    assert!(metric(&s.node, "berth_geo_fetch_through_total{result=\"copied\"}").await >= 2.0);
+    // Content nobody committed is still a 404, fetched from nowhere.
+    let stranger = Digest::sha256_of(b"never pushed");
+    let r = reqwest::get(format!("{}/v2/big/app/blobs/{stranger}", s.node.url)).await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Replication resumes, and a secondary killed mid-copy carries on after a restart.
+    let mut images = Vec::new();
+    for i in 0..20 {
+        images.push((format!("many/app{i}"), push_image(&preg, &format!("many/app{i}"), "v1", 400 + i).await));
+    }
+    let mut s = s;
+    std::fs::remove_file(&pause).unwrap();
+    let started = Instant::now();
+    while metric(&s.node, "berth_geo_copies_total{result=\"copied\"}").await < 5.0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no copy started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.node.kill9();
+    s.node.restart();
+    wait_caught_up(&p.node, "secondary", Duration::from_secs(60));
+    for (repo, manifest) in &images {
+        for d in image_digests(manifest) {
+            assert!(holds(&s.store, &d), "{repo}: {d}");
+        }
+    }
+
+    // With the primary gone, the secondary serves every pull from its own copy.
+    let mut p = p;
+    p.node.kill9();
+    let sreg = Registry::new(&s.node.url);
+    for (repo, manifest) in &images {
+        pull_verified(&sreg, repo, "v1", manifest).await;
+    }
+    pull_verified(&sreg, "big/app", "v1", &manifest).await;
+    // Writes need the primary's leader: refused, not lost.
+    let r = reqwest::Client::new().post(format!("{}/v2/during/outage/blobs/uploads/?digest={}", s.node.url, Digest::sha256_of(b"x"))).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
+}
