@@ -100,7 +100,7 @@ pub fn restore(cfg: &Config, data_dir: &Path, from: &Path) -> anyhow::Result<()>
     }
     let node_id = cfg.node_id()?;
     let addr = cfg.berth.advertiseaddr.clone().or_else(|| cfg.berth.grpcaddr.clone()).unwrap_or_else(|| crate::DEFAULT_GRPC_ADDR.to_string());
-    let state = StateMachineStore::seed_from_backup(&raft_dir.join("state"), &data, node_id, &addr)
+    let state = StateMachineStore::seed_from_backup(&raft_dir.join("state"), &data, node_id, &addr, &crate::geo::promote::new_cluster_id())
         .with_context(|| format!("restoring into {}", data_dir.display()))?;
     let (repos, tags, _) = state.totals()?;
     println!(

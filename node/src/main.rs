@@ -216,6 +216,24 @@ enum GeoAction {
         #[arg(long)]
         json: bool,
     },
+    /// Make this stopped node of a secondary site the one voter of a new cluster that
+    /// continues from the state it had applied (the primary site is lost). The old cluster's
+    /// nodes cannot reach the new one until they are demoted.
+    #[command(after_help = "Example:\n  berth geo promote --config /etc/berth/config.yml --data-dir /var/lib/berth")]
+    Promote {
+        /// The node's data directory.
+        #[arg(long, env = "BERTH_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Move this stopped node's Raft data aside (kept, not deleted) so that it joins a
+    /// promoted cluster as a learner: an old primary coming back, or another node of the
+    /// promoted site.
+    #[command(after_help = "Example:\n  berth geo demote --data-dir /var/lib/berth")]
+    Demote {
+        /// The node's data directory.
+        #[arg(long, env = "BERTH_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -363,6 +381,17 @@ fn cluster(config: Option<PathBuf>, action: ClusterAction) -> std::process::Exit
     }
 }
 
+/// Runs a command that works on a stopped node's data directory.
+fn offline(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth {name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn geo_status(config: Option<PathBuf>, node: String, json: bool) -> std::process::ExitCode {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let result = rt.block_on(async {
@@ -424,6 +453,10 @@ fn main() -> std::process::ExitCode {
         Command::Serve { config, config_file, data_dir } => (config, config_file, data_dir),
         Command::Cluster { config, action } => return cluster(config, action),
         Command::Geo { config, action: GeoAction::Status { node, json } } => return geo_status(config, node, json),
+        Command::Geo { config, action: GeoAction::Promote { data_dir } } => {
+            return offline("geo promote", || berth_node::geo::promote::promote(&Config::load(config.as_deref(), std::env::vars())?.0, &data_dir))
+        }
+        Command::Geo { config: _, action: GeoAction::Demote { data_dir } } => return offline("geo demote", || berth_node::geo::promote::demote(&data_dir)),
         Command::Admin { config, node, action } => return admin(config, node, action),
         Command::Tls { action: TlsAction::SelfSigned { hosts, cert, key } } => return self_signed(&hosts, &cert, &key),
         Command::Config { action: ConfigAction::Check { file } } => return config_check(&file),

@@ -134,6 +134,8 @@ pub async fn start(
         .context("opening the state machine")?
         .with_space_check(Arc::new(move || space.check_streaming().map_err(|e| e.to_string())));
     let state = sm.shared();
+    // Raft messages carry this cluster's identity from the first one on.
+    network.identify(state.clone());
     let raft = Raft::new(node_id, Arc::new(config), network, log, sm).await?;
     if !raft.is_initialized().await? && bootstrap.await {
         tracing::info!(node_id, "initializing a new single-voter cluster");

@@ -2,11 +2,12 @@
 //! call carries the deadline openraft gives it; a peer that cannot be reached is reported as
 //! `Unreachable`, which makes openraft back off before retrying.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use berth_proto::rpc::raft_service_client::RaftServiceClient;
 use berth_proto::rpc::Payload;
-use berth_raft_store::TypeConfig;
+use berth_raft_store::{SharedState, TypeConfig};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -23,17 +24,28 @@ use crate::peers::{PeerChannel, Peers};
 #[derive(Clone)]
 pub struct GrpcNetwork {
     peers: Peers,
+    /// This node's state, whose cluster identity every message carries.
+    state: Arc<OnceLock<SharedState>>,
 }
+
+/// The gRPC metadata key of the sender's cluster identity on Raft messages.
+pub const CLUSTER_HEADER: &str = "berth-cluster";
 
 impl GrpcNetwork {
     /// Raft traffic over `peers`' channels.
     pub fn new(peers: Peers) -> Self {
-        GrpcNetwork { peers }
+        GrpcNetwork { peers, state: Arc::default() }
+    }
+
+    /// Gives the network the state whose cluster identity messages carry.
+    pub fn identify(&self, state: SharedState) {
+        let _ = self.state.set(state);
     }
 }
 
 /// A connection to one peer.
 pub struct GrpcConnection {
+    state: Arc<OnceLock<SharedState>>,
     target: u64,
     node: BasicNode,
     channel: Result<PeerChannel, String>,
@@ -42,7 +54,7 @@ pub struct GrpcConnection {
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcConnection;
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcConnection {
-        GrpcConnection { target, node: node.clone(), channel: self.peers.channel(&node.addr) }
+        GrpcConnection { state: self.state.clone(), target, node: node.clone(), channel: self.peers.channel(&node.addr) }
     }
 }
 
@@ -78,6 +90,11 @@ impl GrpcConnection {
         let mut client = RaftServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
         let mut request = tonic::Request::new(Payload { data });
         request.set_timeout(ttl);
+        if let Some(id) = self.state.get().map(|s| s.cluster_id()).filter(|id| !id.is_empty()) {
+            if let Ok(v) = id.parse() {
+                request.metadata_mut().insert(CLUSTER_HEADER, v);
+            }
+        }
         let reply = match rpc {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
@@ -86,7 +103,9 @@ impl GrpcConnection {
         let bytes = match reply {
             Ok(r) => r.into_inner().data,
             // Down, or short of disk: either way openraft should back off before it retries.
-            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted) => {
+            // Or of another cluster (this one was superseded by a promotion, or that node was):
+            // nothing to do there but wait.
+            Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::FailedPrecondition) => {
                 return Err(RPCError::Unreachable(Unreachable::new(&RpcFailure(format!(
                     "node {} at {}: {}",
                     self.target,

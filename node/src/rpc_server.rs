@@ -46,9 +46,23 @@ pub struct RaftRpc {
     raft: Raft,
     space: SpaceGuard,
     contact: LeaderContact,
+    state: SharedState,
 }
 
 impl RaftRpc {
+    /// Refuses a message from another cluster: one that replaced this one (a promotion), or
+    /// that this one replaced. A node that has applied nothing yet takes any cluster's.
+    fn same_cluster<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let theirs = req.metadata().get(crate::raft_network::CLUSTER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let ours = self.state.cluster_id();
+        if theirs == ours || (ours.is_empty() && self.state.is_blank()) {
+            return Ok(());
+        }
+        let name = |id: &str| if id.is_empty() { "the first cluster".to_string() } else { format!("cluster {id}") };
+        tracing::warn!(theirs = %name(theirs), ours = %name(&ours), "refusing a Raft message from another cluster: a promoted site and the old primary stay apart until the old one is demoted");
+        Err(Status::failed_precondition(format!("this node belongs to {}, not {}", name(&ours), name(theirs))))
+    }
+
     fn room(&self) -> Result<(), Status> {
         self.space.check().map_err(|e| Status::resource_exhausted(format!("this node takes no log entries now: {e}")))
     }
@@ -57,6 +71,7 @@ impl RaftRpc {
 #[tonic::async_trait]
 impl RaftService for RaftRpc {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.same_cluster(&req)?;
         let req: berth_raft_store::typ::AppendEntriesRequest = decode(req)?;
         if !req.entries.is_empty() {
             self.room()?;
@@ -69,9 +84,11 @@ impl RaftService for RaftRpc {
         reply(&res)
     }
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.same_cluster(&req)?;
         reply(&self.raft.vote(decode(req)?).await)
     }
     async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.same_cluster(&req)?;
         self.room()?;
         reply(&self.raft.install_snapshot(decode(req)?).await)
     }
@@ -354,7 +371,7 @@ pub async fn serve(
     let check = token.checker();
     builder
         .add_service(InterceptedService::new(
-            RaftServiceServer::new(RaftRpc { raft: raft.clone(), space, contact: contact.clone() })
+            RaftServiceServer::new(RaftRpc { raft: raft.clone(), space, contact: contact.clone(), state: state.clone() })
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
             check.clone(),

@@ -87,6 +87,27 @@ impl SiteRecord {
 pub struct GeoState {
     /// Every site that has joined.
     pub sites: BTreeMap<String, SiteRecord>,
+    /// The last promotion that started this cluster, if one did.
+    pub promoted: Option<Promotion>,
+}
+
+/// A secondary site made the primary (`berth geo promote`): the state it had then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The site promoted.
+    pub site: String,
+    /// The node whose state the new cluster started from.
+    pub node_id: u64,
+    /// The old cluster's log index that state had applied: everything the old cluster
+    /// committed after it is not in the new one.
+    pub from_index: u64,
+    /// The old cluster's identity (empty for one founded by `berth serve`).
+    pub from_cluster: String,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// Content the site lacked then, and its bytes (known for blobs).
+    pub missing: u64,
+    pub missing_bytes: u64,
 }
 
 impl GeoState {

@@ -105,9 +105,11 @@ impl StateMachineStore {
     /// backup` writes it: the snapshot stream, or a whole state of format 3 and older). The
     /// state is placed at log index 0 with that one voter as its membership; the node then
     /// starts as that cluster's leader, and voters added later receive it as a snapshot. The
-    /// old cluster's node ids are forgotten (the new cluster numbers its own nodes).
+    /// old cluster's node ids are forgotten (the new cluster numbers its own nodes). The new
+    /// cluster's identity is `cluster_id` (see [`DiskState::cluster_id`]): nodes of the old
+    /// cluster cannot send it Raft messages.
     /// Returns the restored state.
-    pub fn seed_from_backup(dir: &Path, backup: &[u8], node_id: u64, addr: &str) -> std::io::Result<SharedState> {
+    pub fn seed_from_backup(dir: &Path, backup: &[u8], node_id: u64, addr: &str, cluster_id: &str) -> std::io::Result<SharedState> {
         if dir.join(STATE_DB).exists() || dir.join(LEGACY_SNAPSHOT).exists() {
             return Err(std::io::Error::other(format!("{} already holds a state machine", dir.display())));
         }
@@ -125,6 +127,7 @@ impl StateMachineStore {
                 head.node_ids_used = std::collections::BTreeSet::from([node_id]);
             })
             .map_err(|e| std::io::Error::other(format!("not a Berth backup: {e}")))?;
+        state.begin_cluster(cluster_id, None).map_err(std::io::Error::other)?;
         Ok(Arc::new(state))
     }
 

@@ -206,3 +206,97 @@ async fn a_pull_at_the_secondary_fetches_through_what_is_not_copied_yet() {
     let r = reqwest::Client::new().post(format!("{}/v2/during/outage/blobs/uploads/?digest={}", s.node.url, Digest::sha256_of(b"x"))).body("x").send().await.unwrap();
     assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
 }
+
+/// Sets (or replaces) an environment variable of a node for its next start.
+fn set_env(node: &mut Berth, key: &str, value: &str) {
+    node.env.retain(|(k, _)| k != key);
+    node.env.push((key.to_string(), value.to_string()));
+}
+
+fn berth_geo(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut c = berth_tests::berth_command();
+    c.arg("geo").args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "berth geo {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The disaster-recovery drill: the primary site is lost; the secondary serves every pull,
+/// is promoted, takes pushes; the old primary comes back unchanged and cannot touch the new
+/// cluster (what it acknowledged meanwhile stays out of it); demoted, it rejoins as a
+/// secondary and receives everything the new primary acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_drill_promote_the_secondary_and_bring_the_old_primary_back_as_one() {
+    berth_tests::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = primary(dir.path(), &[]);
+    let mut s = secondary(dir.path(), &p, &[]);
+    let preg = Registry::new(&p.node.url);
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        acknowledged.push((format!("app{i}"), push_image(&preg, &format!("app{i}"), "v1", 500 + i).await));
+    }
+    wait_caught_up(&p.node, "secondary", Duration::from_secs(60));
+
+    // The primary site is lost: every pull is served at the secondary.
+    p.node.kill9();
+    let sreg = Registry::new(&s.node.url);
+    for (repo, manifest) in &acknowledged {
+        pull_verified(&sreg, repo, "v1", manifest).await;
+    }
+
+    // Promotion, on the stopped secondary node.
+    s.node.kill9();
+    let data = s.node.data_dir.to_str().unwrap().to_string();
+    let out = berth_geo(&["promote", "--data-dir", &data], &[("REGISTRY_BERTH_NODEID", "2"), ("REGISTRY_BERTH_GRPCADDR", &s.node.grpc_addr)]);
+    assert!(out.contains("promoted site secondary") && out.contains("held every piece of content"), "{out}");
+    set_env(&mut s.node, "REGISTRY_BERTH_ROLE", "voter");
+    s.node.restart();
+    let sreg = Registry::new(&s.node.url);
+    for i in 0..2 {
+        let repo = format!("after/app{i}");
+        acknowledged.push((repo.clone(), push_image(&sreg, &repo, "v1", 600 + i).await));
+    }
+    for (repo, manifest) in &acknowledged {
+        pull_verified(&sreg, repo, "v1", manifest).await;
+    }
+
+    // The old primary returns as it was: a cluster of its own, which the new one refuses.
+    p.node.restart();
+    let preg = Registry::new(&p.node.url);
+    let stray = push_image(&preg, "stray/app", "v1", 700).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, _) = sreg.get_manifest("stray/app", "v1").await.unwrap();
+    assert_eq!(status, 404, "a push acknowledged by the old primary after the promotion is not mixed in");
+    for (repo, manifest) in &acknowledged {
+        pull_verified(&sreg, repo, "v1", manifest).await;
+    }
+    let log = std::fs::read_to_string(&s.node.log).unwrap();
+    assert!(log.contains("refusing a Raft message from another cluster"), "the old primary's leader tried to reach node 2 and was refused");
+
+    // Demoted, the old primary joins the new cluster as its secondary site.
+    p.node.kill9();
+    let pdata = p.node.data_dir.to_str().unwrap().to_string();
+    let out = berth_geo(&["demote", "--data-dir", &pdata], &[]);
+    assert!(out.contains("moved this node's Raft data"), "{out}");
+    set_env(&mut p.node, "REGISTRY_BERTH_ROLE", "learner");
+    set_env(&mut p.node, "REGISTRY_BERTH_JOIN", &s.node.grpc_addr);
+    p.node.restart();
+    wait_caught_up(&s.node, "primary", Duration::from_secs(60));
+    let preg = Registry::new(&p.node.url);
+    for (repo, manifest) in &acknowledged {
+        for d in image_digests(manifest) {
+            assert!(holds(&p.store, &d), "{repo}: {d} at the old primary's store");
+        }
+        pull_verified(&preg, repo, "v1", manifest).await;
+    }
+    let (status, _) = preg.get_manifest("stray/app", "v1").await.unwrap();
+    assert_eq!(status, 404, "the stray push stays in the old data set aside, not in the cluster");
+    assert!(!stray.is_empty());
+    let status = geo_status(&s.node);
+    let sites: Vec<_> = status.as_array().unwrap().iter().map(|s| (s["site"].as_str().unwrap().to_string(), s["nodes"].as_array().unwrap().len())).collect();
+    assert_eq!(sites, vec![("primary".to_string(), 1), ("secondary".to_string(), 1)], "{status:#}");
+}

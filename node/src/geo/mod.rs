@@ -6,10 +6,12 @@
 //! - `through.rs`: fetch-through, the store the API reads from.
 //! - `service.rs`: the gRPC service that streams content to other sites.
 //! - `status.rs`: `berth geo status`.
+//! - `promote.rs`: `berth geo promote` and `berth geo demote`.
 //!
 //! Which site holds what is in the Raft state (`raft-store/src/disk/apply/geo.rs`).
 
 pub mod fetch;
+pub mod promote;
 pub mod replicator;
 pub mod service;
 pub mod status;

@@ -31,7 +31,17 @@ async fn ask(admin: &Admin, node: &str, q: Query) -> anyhow::Result<Answer> {
 /// The sites as the node at `node` has them.
 pub async fn sites(admin: &Admin, node: &str) -> anyhow::Result<Vec<SiteStatus>> {
     let Answer::Geo(geo) = ask(admin, node, Query::GeoStatus).await? else { anyhow::bail!("{node} answered something else") };
-    let GeoState { sites } = geo;
+    let GeoState { sites, promoted } = geo;
+    if let Some(p) = &promoted {
+        eprintln!(
+            "this cluster was promoted from site {} (node {}) at log index {} of the cluster before it; it then lacked {} pieces of content ({})",
+            p.site,
+            p.node_id,
+            p.from_index,
+            p.missing,
+            human(p.missing_bytes, Unit::Bytes)
+        );
+    }
     let now = berth_proto::now_ms();
     let mut out = Vec::new();
     for (name, s) in sites {

@@ -90,6 +90,7 @@ pub(super) fn load_legacy(txn: &WriteTransaction, state: &RegistryState) -> DRes
         protocol: 1,
         notify: Default::default(),
         geo: Default::default(),
+        cluster: String::new(),
     };
     let mut w = Writer::open(txn, small)?;
     w.identity_changed = true;

@@ -67,6 +67,9 @@ const META_PROTOCOL: &str = "protocol";
 const META_NOTIFY: &str = "notify";
 /// Sites and their progress; absent until the first node names its site.
 const META_GEO: &str = "geo";
+/// The cluster's identity; absent in a cluster founded by `berth serve` (the empty identity),
+/// set when a state starts a new cluster (`berth restore`, `berth geo promote`).
+const META_CLUSTER: &str = "cluster";
 
 /// What went wrong reading or writing the state.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +154,8 @@ pub struct Small {
     pub notify: berth_proto::notify::NotifyState,
     /// Sites, their nodes and what each lacks (counts; the rows are in `geo_missing`).
     pub geo: berth_proto::geo::GeoState,
+    /// The cluster's identity (see [`DiskState::cluster_id`]).
+    pub cluster: String,
 }
 
 /// The registry state in a redb database.
@@ -262,6 +267,36 @@ impl DiskState {
         self.small.read().unwrap().head.node_ids_used.contains(&id)
     }
 
+    /// The identity of the cluster this state belongs to: empty for a cluster founded by
+    /// `berth serve`, a random id for one started from a state (`berth restore`, `berth geo
+    /// promote`). Raft messages carry it, and a node takes them only from its own cluster, so
+    /// an old primary that comes back cannot lead, or overwrite, the cluster that replaced it.
+    pub fn cluster_id(&self) -> String {
+        self.small.read().unwrap().cluster.clone()
+    }
+
+    /// Whether this state has applied anything (a node that has not may join any cluster).
+    pub fn is_blank(&self) -> bool {
+        self.small.read().unwrap().head.last_applied.is_none()
+    }
+
+    /// Starts a new cluster identity for this state, recording a promotion if it is one.
+    pub fn begin_cluster(&self, id: &str, promoted: Option<berth_proto::geo::Promotion>) -> DResult<()> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate);
+        {
+            let mut meta = txn.open_table(tables::META)?;
+            meta.insert(META_CLUSTER, postcard::to_stdvec(&id.to_string())?.as_slice())?;
+            if let Some(p) = promoted {
+                let mut geo = self.small.read().unwrap().geo.clone();
+                geo.promoted = Some(p);
+                meta.insert(META_GEO, postcard::to_stdvec(&geo)?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        self.reload_small()
+    }
+
     /// Makes every commit so far durable (an fsynced empty commit).
     pub fn make_durable(&self) -> DResult<()> {
         let mut undurable = self.undurable.lock().unwrap();
@@ -291,6 +326,7 @@ fn load_small(db: &Database) -> DResult<Small> {
     let protocol = meta.get(META_PROTOCOL)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or(1);
     let notify = meta.get(META_NOTIFY)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
     let geo = meta.get(META_GEO)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
+    let cluster = meta.get(META_CLUSTER)?.map(|v| postcard::from_bytes(v.value())).transpose()?.unwrap_or_default();
     Ok(Small {
         head: postcard::from_bytes(&get(META_HEAD)?)?,
         identity: Arc::new(postcard::from_bytes(&get(META_IDENTITY)?)?),
@@ -299,6 +335,7 @@ fn load_small(db: &Database) -> DResult<Small> {
         protocol,
         notify,
         geo,
+        cluster,
     })
 }
 
