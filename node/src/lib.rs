@@ -244,7 +244,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let (meta, handover): (Arc<dyn Metadata>, Option<membership::handover::Handover>) = match role {
         Role::Voter | Role::Learner => {
             let bodies = Arc::new(metadata::bodies::ManifestBodies::new(blobs.clone(), metadata::bodies::CACHE_BYTES, &registry)?);
-            let stores = Stores { local: metered.clone(), bodies };
+            let verifier = geo::service::VerifierSlot::default();
+            let stores = Stores { local: metered.clone(), bodies, verifier: verifier.clone() };
             let Started { meta, handover, state, advertise } =
                 start_voter(&cfg, &data_dir, peers.clone(), tls.as_ref(), &token, meta_space.clone(), stores, limits, &registry, stop_rx.clone()).await?;
             if let Some(settings) = geo_settings.clone() {
@@ -256,6 +257,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                     meta: meta.clone(),
                     store: metered.clone(),
                     through: through.clone(),
+                    site_store: site.clone(),
+                    verifier,
                     peers: peers.clone(),
                 };
                 geo::start(site, &registry, stop_rx.clone())?;
@@ -417,6 +420,8 @@ struct Stores {
     local: Arc<MeteredStore>,
     /// Manifest bodies, read through the API's store.
     bodies: Arc<metadata::bodies::ManifestBodies>,
+    /// Where the site's verifier goes once it starts.
+    verifier: geo::service::VerifierSlot,
 }
 
 /// A started voter or learner.
@@ -479,13 +484,14 @@ async fn start_voter(
     if let Some((grpc_listener, grpc_local)) = grpc {
         let (raft, state, voter, tls, token, mut stop, local) =
             (node.raft.clone(), node.state.clone(), voter.clone(), tls.cloned(), token.clone(), stop.clone(), stores.local.clone());
+        let verifier = stores.verifier.clone();
         let space = space.clone();
         let contact = contact.clone();
         tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop.changed().await;
             };
-            let geo = geo::service::GeoRpc { store: local };
+            let geo = geo::service::GeoRpc { store: local, verifier };
             if let Err(e) = rpc_server::serve(raft, state, voter, geo, tls.as_ref(), &token, space, contact, limits, grpc_listener, shutdown).await {
                 tracing::error!("gRPC server failed: {e:#}");
             }

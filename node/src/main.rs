@@ -216,6 +216,20 @@ enum GeoAction {
         #[arg(long)]
         json: bool,
     },
+    /// Re-hash what the node's site is recorded as holding (all of it, or --percent of it)
+    /// and repair what is missing or damaged from another site.
+    #[command(after_help = "Example:\n  berth geo verify --node 10.0.2.1:5050 --percent 10")]
+    Verify {
+        /// gRPC address of a node of the site to verify.
+        #[arg(long, default_value = berth_node::DEFAULT_GRPC_ADDR)]
+        node: String,
+        /// Share of the content to check (a random sample), 1 to 100.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100))]
+        percent: u32,
+        /// Report only; repair nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Make this stopped node of a secondary site the one voter of a new cluster that
     /// continues from the state it had applied (the primary site is lost). The old cluster's
     /// nodes cannot reach the new one until they are demoted.
@@ -382,7 +396,7 @@ fn cluster(config: Option<PathBuf>, action: ClusterAction) -> std::process::Exit
 }
 
 /// Runs a command that works on a stopped node's data directory.
-fn offline(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
+fn run_command(name: &str, run: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -454,9 +468,19 @@ fn main() -> std::process::ExitCode {
         Command::Cluster { config, action } => return cluster(config, action),
         Command::Geo { config, action: GeoAction::Status { node, json } } => return geo_status(config, node, json),
         Command::Geo { config, action: GeoAction::Promote { data_dir } } => {
-            return offline("geo promote", || berth_node::geo::promote::promote(&Config::load(config.as_deref(), std::env::vars())?.0, &data_dir))
+            return run_command("geo promote", || berth_node::geo::promote::promote(&Config::load(config.as_deref(), std::env::vars())?.0, &data_dir))
         }
-        Command::Geo { config: _, action: GeoAction::Demote { data_dir } } => return offline("geo demote", || berth_node::geo::promote::demote(&data_dir)),
+        Command::Geo { config, action: GeoAction::Verify { node, percent, dry_run } } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            return run_command("geo verify", || {
+                rt.block_on(async {
+                    let cfg = Config::load(config.as_deref(), std::env::vars())?.0;
+                    let admin = berth_node::cluster_cli::Admin::new(&cfg)?;
+                    berth_node::geo::verify::cli(&admin, &node, percent, !dry_run).await
+                })
+            });
+        }
+        Command::Geo { config: _, action: GeoAction::Demote { data_dir } } => return run_command("geo demote", || berth_node::geo::promote::demote(&data_dir)),
         Command::Admin { config, node, action } => return admin(config, node, action),
         Command::Tls { action: TlsAction::SelfSigned { hosts, cert, key } } => return self_signed(&hosts, &cert, &key),
         Command::Config { action: ConfigAction::Check { file } } => return config_check(&file),

@@ -50,6 +50,15 @@ pub enum GeoChange {
         /// order); `Some("")` is never sent. [`BACKFILL_DONE`] ends the backfill.
         backfill_through: Option<String>,
     },
+    /// A site's store turned out not to hold these digests after all (verification found
+    /// them missing or damaged and could not repair them at once): they are missing there
+    /// again, for its replicator.
+    Lost {
+        /// The site.
+        site: String,
+        /// What it lacks.
+        digests: Vec<Digest>,
+    },
 }
 
 /// The `backfill_through` that says the backfill has looked at everything.

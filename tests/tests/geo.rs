@@ -124,6 +124,31 @@ async fn content_pushed_at_either_site_reaches_the_other_verified() {
     assert_eq!(metric(&s.node, "berth_geo_fetch_through_total").await, 0.0, "every pull was served from the secondary's own copy");
     assert!(metric(&s.node, "berth_geo_copied_bytes_total").await > 8.0 * 5000.0);
 
+    // Verification finds a copy damaged and one gone, and repairs both from the primary.
+    let damaged = image_digests(&images[0].1)[2].clone();
+    let gone = image_digests(&images[5].1)[1].clone();
+    let path = store_path(&s.store, &damaged);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"bit rot").unwrap();
+    std::fs::remove_file(store_path(&s.store, &gone)).unwrap();
+    let verify = |args: &[&str]| {
+        let mut c = berth_tests::berth_command();
+        c.args(["geo", "verify", "--node", &s.node.grpc_addr]).args(args);
+        c.output().unwrap()
+    };
+    let out = verify(&["--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a dry run with problems fails: {text}");
+    assert!(text.contains("checked 24 of 24") && text.contains("1 missing, 1 damaged; 0 repaired"), "{text}");
+    assert!(text.contains(&damaged.to_string()) && text.contains(&gone.to_string()), "{text}");
+    assert!(!holds(&s.store, &damaged), "a dry run repairs nothing");
+    let out = verify(&[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("1 missing, 1 damaged; 2 repaired, 0 queued"), "{text}");
+    assert!(holds(&s.store, &damaged) && holds(&s.store, &gone), "repaired");
+    let out = verify(&["--percent", "50"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
     // A push at the secondary: bytes land in its store, metadata goes to the primary's
     // leader, and the primary copies the bytes back.
     let manifest = push_image(&sreg, "from/secondary", "v1", 300).await;

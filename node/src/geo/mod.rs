@@ -7,6 +7,7 @@
 //! - `service.rs`: the gRPC service that streams content to other sites.
 //! - `status.rs`: `berth geo status`.
 //! - `promote.rs`: `berth geo promote` and `berth geo demote`.
+//! - `verify.rs`: re-hashing a site's store and repairing it (`berth geo verify`).
 //!
 //! Which site holds what is in the Raft state (`raft-store/src/disk/apply/geo.rs`).
 
@@ -16,6 +17,7 @@ pub mod replicator;
 pub mod service;
 pub mod status;
 pub mod through;
+pub mod verify;
 
 use std::sync::Arc;
 
@@ -106,6 +108,10 @@ pub struct Site {
     pub store: Arc<dyn BlobStore>,
     /// The store the API reads, armed here to fetch through.
     pub through: Arc<through::ThroughStore>,
+    /// The store itself, for deleting damaged copies.
+    pub site_store: crate::storage::SiteStore,
+    /// Where the gRPC service finds the verifier.
+    pub verifier: service::VerifierSlot,
     pub peers: Peers,
 }
 
@@ -114,13 +120,20 @@ pub fn start(site: Site, registry: &Registry, stop: watch::Receiver<bool>) -> pr
     let metrics = GeoMetrics::new(registry)?;
     let fetcher = Arc::new(fetch::Fetcher::new(
         site.settings.site.clone(),
-        site.store,
+        site.store.clone(),
         site.state.clone(),
         site.peers,
         site.settings.bandwidth,
         metrics.clone(),
     ));
     site.through.arm(fetcher.clone());
+    let _ = site.verifier.set(Arc::new(verify::Verifier {
+        fetcher: fetcher.clone(),
+        site_store: site.site_store,
+        store: site.store.clone(),
+        state: site.state.clone(),
+        meta: site.meta.clone(),
+    }));
     let replicator = replicator::Replicator {
         node_id: site.node_id,
         advertise: site.advertise,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use berth_api::{BlobError, BlobStore};
 use berth_proto::rpc::geo_service_server::GeoService;
-use berth_proto::rpc::{BlobChunk, ReadBlobRequest};
+use berth_proto::rpc::{BlobChunk, ReadBlobRequest, VerifyProgress, VerifyRequest};
 use berth_proto::Digest;
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
@@ -14,17 +14,47 @@ use tonic::{Request, Response, Status};
 /// Largest chunk sent in one message.
 const CHUNK: usize = 1 << 20;
 
-/// Serves this site's content to other sites.
+/// Serves this site's content to other sites, and verification of it.
 pub struct GeoRpc {
     /// This site's store.
     pub store: Arc<dyn BlobStore>,
+    /// Set once the node has started its site (`berth.geo.site`).
+    pub verifier: VerifierSlot,
 }
 
+/// Where a node with a site puts its verifier.
+pub type VerifierSlot = Arc<std::sync::OnceLock<Arc<super::verify::Verifier>>>;
+
 type ChunkStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<BlobChunk, Status>> + Send>>;
+
+type ProgressStream = tokio_stream::wrappers::ReceiverStream<Result<VerifyProgress, Status>>;
 
 #[tonic::async_trait]
 impl GeoService for GeoRpc {
     type ReadBlobStream = ChunkStream;
+    type VerifyStream = ProgressStream;
+
+    async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<ProgressStream>, Status> {
+        let r = req.into_inner();
+        if !(1..=100).contains(&r.percent) {
+            return Err(Status::invalid_argument("percent is 1 to 100"));
+        }
+        let Some(verifier) = self.verifier.get().cloned() else {
+            return Err(Status::failed_precondition("this node names no site (berth.geo.site)"));
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move { verifier.run(r.percent, r.repair, tx).await });
+        tokio::spawn(async move {
+            let mut rx = rx;
+            while let Some(p) = rx.recv().await {
+                if out_tx.send(Ok(p)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(out_rx)))
+    }
 
     async fn read_blob(&self, req: Request<ReadBlobRequest>) -> Result<Response<ChunkStream>, Status> {
         let digest = Digest::parse(&req.into_inner().digest).map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -510,6 +510,13 @@ fn sites_track_what_each_holds_and_lacks() {
     let g = status(&disk);
     assert_eq!((g.sites["a"].missing, g.sites["a"].held, g.sites["a"].last_placed_ms > 0), (0, 2, true));
 
+    // A site that turns out not to hold something lacks it again.
+    let lost = Command::Geo(GeoChange::Lost { site: "a".into(), digests: vec![digest(1), digest(99)] });
+    assert_eq!(run(&disk, lost), Outcome::Swept(vec![true, false]), "unknown content is not queued");
+    assert_eq!(missing(&disk, "a").iter().map(|p| p.digest.clone()).collect::<Vec<_>>(), vec![digest(1)]);
+    assert_eq!((status(&disk).sites["a"].held, status(&disk).sites["a"].missing), (1, 1));
+    assert_eq!(run(&disk, placed("a", &[1], None)), Outcome::Swept(vec![true]));
+
     // The backfill walks all content in digest order, a page at a time.
     let content = |after: Option<String>, n| match disk.answer(&Query::GeoContent { after, n }).unwrap() {
         Answer::Placements(p) => p,

@@ -156,6 +156,29 @@ impl Writer<'_> {
                 }
                 Ok(Outcome::Swept(done))
             }
+            GeoChange::Lost { site, digests } => {
+                if !self.small.geo.sites.contains_key(site) {
+                    return Ok(Outcome::NotFound);
+                }
+                let mut done = Vec::with_capacity(digests.len());
+                for digest in digests {
+                    let d = digest.to_string();
+                    let held = self.placement.remove(key2(&d, site).as_str())?.is_some();
+                    let s = self.small.geo.sites.get_mut(site).expect("checked");
+                    if held {
+                        s.held = s.held.saturating_sub(1);
+                        self.geo_changed = true;
+                    }
+                    let wanted = !has(&self.gc_deleting, &d)? && self.is_content(&d)?;
+                    let queued = wanted && self.geo_missing.insert(key2(site, &d).as_str(), missing_value(None, at_ms).as_slice())?.is_none();
+                    if queued {
+                        self.small.geo.sites.get_mut(site).expect("checked").missing += 1;
+                        self.geo_changed = true;
+                    }
+                    done.push(queued);
+                }
+                Ok(Outcome::Swept(done))
+            }
         }
     }
 }
