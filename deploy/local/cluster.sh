@@ -3,6 +3,9 @@
 # an nginx round-robin load balancer, for trying Berth out and for tests.
 #
 #   cluster.sh up     --dir DIR [--voters 3] [--frontends 2]   # after down: the same cluster again
+#                     [--site NAME]            # the nodes name their site (berth.geo.site)
+#                     [--follow PRIMARY_DIR]   # a secondary site: --voters learners (ids 101..)
+#                                              # that join the cluster in PRIMARY_DIR
 #   cluster.sh status --dir DIR          # "leader ID", then each node's state
 #   cluster.sh kill   --dir DIR ID       # SIGKILL one node
 #   cluster.sh start  --dir DIR ID       # restart it on its data and ports
@@ -10,7 +13,8 @@
 #
 # DIR/nodes has one line per node: `ID ROLE PID HTTP_ADDR GRPC_ADDR` (a frontend has no gRPC
 # listener: `-`). Voters are ids 1..V (their Raft ids); frontends are numbered after them.
-# DIR/lb holds the load balancer's URL. Every node shares the blob store DIR/blobs (one site).
+# DIR/lb holds the load balancer's URL. Every node shares the blob store DIR/blobs (one site;
+# deploy/local/sites.sh runs two).
 # The berth binary is $BERTH_BIN, else target/{release,debug}/berth, else `berth` on PATH.
 set -euo pipefail
 
@@ -28,10 +32,12 @@ bin="${bin:-$(command -v berth || true)}"
 bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
 
 cmd="${1:-}"; shift || true
-dir=""; voters=3; frontends=2; id=""
+dir=""; voters=3; frontends=2; id=""; site=""; follow=""
 while (($#)); do
   case "$1" in
     --dir) dir="$2"; shift 2 ;;
+    --site) site="$2"; shift 2 ;;
+    --follow) follow="$(cd "$2" && pwd)"; shift 2 ;;
     --voters) voters="$2"; shift 2 ;;
     --frontends) frontends="$2"; shift 2 ;;
     -*) die "unknown option $1" ;;
@@ -43,6 +49,11 @@ mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 # Every gRPC call between nodes, and from `berth cluster`, carries this cluster's token.
 token="$dir/cluster-token"
+# A secondary site is a member of the primary's cluster: the same token (copied, so that later
+# commands on this directory find it).
+if [[ -n "$follow" && ! -f "$token" ]]; then
+  (umask 077 && cp "$follow/cluster-token" "$token")
+fi
 export REGISTRY_BERTH_CLUSTERTOKENFILE="$token"
 
 py="$(command -v /usr/bin/python3 || command -v python3)"
@@ -135,8 +146,16 @@ write_config() {
       echo "  nodeid: $n"
       echo "  grpcaddr: $grpc"
       [[ "$n" == 1 ]] && echo "  bootstrap: true" || echo "  bootstrap: false"
+    elif [[ "$role" == learner ]]; then
+      echo "  nodeid: $((100 + n))"
+      echo "  grpcaddr: $grpc"
+      echo "  join: $peers"
     else
       echo "  peers: $peers"
+    fi
+    if [[ -n "$site" && "$role" != frontend ]]; then
+      echo "  geo:"
+      echo "    site: $site"
     fi
   } >"$dir/node$n/config.yml"
 }
@@ -203,6 +222,11 @@ up() {
   command -v nginx >/dev/null || die "nginx is required (apt-get install nginx-light)"
   ((voters >= 1)) || die "--voters must be at least 1"
   : >"$dir/nodes.tmp"
+  if [[ -n "$follow" ]]; then
+    [[ -f "$follow/nodes" ]] || die "--follow $follow: no cluster runs there"
+    up_learners
+    return
+  fi
   [[ -f "$token" ]] || (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$token")
   local grpcs=() https=()
   for n in $(seq 1 "$voters"); do
@@ -249,13 +273,53 @@ up() {
   echo "cluster up: $voters voters, $frontends frontends; load balancer at $(cat "$dir/lb")"
 }
 
+# A secondary site: learners that join the voters of the cluster in $follow, and frontends
+# that send metadata to them.
+up_learners() {
+  local primary
+  primary="$(awk '$2 == "voter" { printf "%s%s", sep, $5; sep = "," }' "$follow/nodes")"
+  local grpcs=() https=()
+  for n in $(seq 1 "$voters"); do
+    local hp gp pid
+    free_port hp; free_port gp
+    local h="127.0.0.1:$hp" g="127.0.0.1:$gp"
+    write_config "$n" learner "$h" "$g" "$primary"
+    pid="$(launch "$n")"
+    echo "$n learner $pid $h $g" >>"$dir/nodes.tmp"
+    grpcs+=("$g"); https+=("$h")
+  done
+  for n in $(seq 1 "$voters"); do
+    wait_http "${https[n-1]}" "$dir/node$n/log"
+  done
+  local peers
+  peers="$(IFS=,; echo "${grpcs[*]}")"
+  for f in $(seq 1 "$frontends"); do
+    local hp
+    free_port hp
+    local n=$((voters + f)) h="127.0.0.1:$hp" pid
+    write_config "$n" frontend "$h" "-" "$peers"
+    pid="$(launch "$n")"
+    wait_http "$h" "$dir/node$n/log"
+    echo "$n frontend $pid $h -" >>"$dir/nodes.tmp"
+    https+=("$h")
+  done
+  mv "$dir/nodes.tmp" "$dir/nodes"
+  local port
+  free_port port
+  write_nginx "$port" "${https[@]}"
+  (exec nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" >>"$dir/nginx/error.log" 2>&1) &
+  echo "http://127.0.0.1:$port" >"$dir/lb"
+  wait_http "127.0.0.1:$port" "$dir/nginx/error.log"
+  echo "site ${site:-secondary} up: $voters learners following $follow, $frontends frontends; load balancer at $(cat "$dir/lb")"
+}
+
 status() {
   [[ -f "$dir/nodes" ]] || die "no cluster in $dir"
   # Ask the voters in turn; trust a view in which the named leader itself says it leads (a
   # node that has just restarted may still name the leader it knew before).
   local shown="" out l
   while read -r n role pid http grpc; do
-    [[ "$role" == voter ]] && alive "$pid" || continue
+    [[ "$role" == voter || "$role" == learner ]] && alive "$pid" || continue
     out="$("$bin" cluster status --node "$grpc" 2>/dev/null)" || continue
     l="$(awk '/^leader /{print $2}' <<<"$out")"
     if grep -q "^node $l .*state=Leader" <<<"$out"; then

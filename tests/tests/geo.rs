@@ -325,3 +325,62 @@ async fn the_drill_promote_the_secondary_and_bring_the_old_primary_back_as_one()
     let sites: Vec<_> = status.as_array().unwrap().iter().map(|s| (s["site"].as_str().unwrap().to_string(), s["nodes"].as_array().unwrap().len())).collect();
     assert_eq!(sites, vec![("primary".to_string(), 1), ("secondary".to_string(), 1)], "{status:#}");
 }
+
+/// `deploy/local/sites.sh`: two sites with a balancer each; skopeo pushes at the primary and,
+/// with the primary site killed, copies the image back from the secondary byte for byte.
+#[test]
+fn sites_sh_runs_two_sites_that_skopeo_pushes_to_and_pulls_from() {
+    berth_tests::init_tracing();
+    if !berth_tests::require_tool("skopeo") || !berth_tests::require_tool("nginx") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sites = dir.path().join("sites");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("deploy/local/sites.sh");
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new(&script);
+        c.args(args).arg("--dir").arg(&sites).env("BERTH_BIN", berth_tests::berth_bin());
+        berth_tests::run(&mut c)
+    };
+    struct Down<'a>(&'a dyn Fn(&[&str]) -> String);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            (self.0)(&["down"]);
+        }
+    }
+    let out = run(&["up", "--voters", "1", "--learners", "1"]);
+    let _down = Down(&run);
+    assert!(out.contains("secondary at"), "{out}");
+    let lb = |site: &str| std::fs::read_to_string(sites.join(site).join("lb")).unwrap().trim().trim_start_matches("http://").to_string();
+    let (primary, secondary) = (lb("primary"), lb("secondary"));
+
+    let src = dir.path().join("src");
+    berth_tests::write_oci_layout(&src, "v1", &[random_bytes(1, 300_000), random_bytes(2, 50_000)]);
+    let skopeo = |args: &[&str]| berth_tests::run(std::process::Command::new("skopeo").args(args));
+    skopeo(&["copy", "--preserve-digests", "--dest-tls-verify=false", &format!("oci:{}:v1", src.display()), &format!("docker://{primary}/sites/app:v1")]);
+
+    // Caught up, as `sites.sh status` shows it.
+    let started = Instant::now();
+    loop {
+        let status = run(&["status"]);
+        let secondary_line = status.lines().find(|l| l.starts_with("secondary ")).unwrap_or_default().to_string();
+        let cols: Vec<&str> = secondary_line.split_whitespace().collect();
+        // config, two layers and the manifest; nothing missing.
+        if cols.len() > 4 && cols[2] == "4" && cols[3] == "0" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{status}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    run(&["kill-site", "primary"]);
+    let back = dir.path().join("back");
+    skopeo(&["copy", "--preserve-digests", "--src-tls-verify=false", &format!("docker://{secondary}/sites/app:v1"), &format!("oci:{}:v1", back.display())]);
+    let blobs = |d: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d.join("blobs/sha256")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(blobs(&back), blobs(&src), "the same image, from the secondary alone");
+    let out = run(&["start-site", "primary"]);
+    assert!(out.contains("site primary started"), "{out}");
+}
