@@ -198,6 +198,20 @@ async fn a_pull_at_the_secondary_fetches_through_what_is_not_copied_yet() {
     let r = reqwest::get(format!("{}/v2/big/app/blobs/{stranger}", s.node.url)).await.unwrap();
     assert_eq!(r.status(), 404);
 
+    // A source whose copy is damaged: the reader's stream ends in an error once the copy fails
+    // its digest (never a clean end with wrong bytes), and nothing is stored.
+    let rotten = preg.push_blob("big/app", &random_bytes(9, 3 << 20)).await.unwrap();
+    let path = store_path(&p.store, &rotten);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let got = sreg.get_blob("big/app", &rotten).await;
+    assert!(got.is_err(), "a damaged source is not served as the blob");
+    assert!(!store_path(&s.store, &rotten).exists(), "nor stored");
+    std::fs::remove_file(&path).unwrap();
+    preg.push_blob("big/app", &random_bytes(9, 3 << 20)).await.unwrap();
+
     // Replication resumes, and a secondary killed mid-copy carries on after a restart.
     let mut images = Vec::new();
     for i in 0..20 {

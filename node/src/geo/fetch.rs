@@ -32,6 +32,16 @@ pub enum FetchError {
     Store(#[from] BlobError),
 }
 
+/// A reader served while a copy is made (fetch-through): told whether the bytes are here
+/// already or follow as they arrive, then given them. The stream ends cleanly only once the
+/// store has verified the copy; a copy that fails or does not match its digest ends it with
+/// an error, so the client never takes partial or wrong bytes for the blob.
+pub struct Tee {
+    /// `true`: the bytes follow on `bytes`; `false`: they are in this site's store already.
+    pub started: tokio::sync::oneshot::Sender<bool>,
+    pub bytes: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+}
+
 /// A shared limit on bytes per second.
 struct Rate {
     per_sec: u64,
@@ -111,10 +121,15 @@ impl Fetcher {
     /// not; `holders` are the sites recorded as holding it. Returns its size and whether it
     /// was copied.
     pub async fn ensure(&self, digest: &Digest, holders: &[String]) -> Result<(u64, bool), FetchError> {
+        self.ensure_teed(digest, holders, None).await
+    }
+
+    /// [`Fetcher::ensure`], handing the bytes to `tee` as they are copied.
+    pub async fn ensure_teed(&self, digest: &Digest, holders: &[String], tee: Option<Tee>) -> Result<(u64, bool), FetchError> {
         let lock = self.copying.lock().unwrap().entry(digest.clone()).or_default().clone();
         let result = {
             let _held = lock.lock().await;
-            self.ensure_locked(digest, holders).await
+            self.ensure_locked(digest, holders, tee).await
         };
         let mut copying = self.copying.lock().unwrap();
         // The last one out removes the lock (the map holds one reference, `lock` another).
@@ -124,8 +139,11 @@ impl Fetcher {
         result
     }
 
-    async fn ensure_locked(&self, digest: &Digest, holders: &[String]) -> Result<(u64, bool), FetchError> {
+    async fn ensure_locked(&self, digest: &Digest, holders: &[String], mut tee: Option<Tee>) -> Result<(u64, bool), FetchError> {
         if let Some(size) = self.store.stat(digest).await? {
+            if let Some(t) = tee {
+                let _ = t.started.send(false);
+            }
             return Ok((size, false));
         }
         let sources = self.sources(holders);
@@ -134,12 +152,17 @@ impl Fetcher {
         }
         let mut last = String::new();
         for addr in sources {
-            match self.copy_from(&addr, digest).await {
+            let teeing = tee.is_some();
+            match self.copy_from(&addr, digest, &mut tee).await {
                 Ok(size) => return Ok((size, true)),
                 Err(FetchError::Store(e @ (BlobError::Full(_) | BlobError::Unavailable(_)))) => return Err(FetchError::Store(e)),
                 Err(e) => {
                     tracing::debug!(%digest, %addr, "copy failed: {e}");
                     last = format!("{addr}: {e}");
+                    // A reader that has had some of the bytes cannot be given another copy's.
+                    if teeing && tee.is_none() {
+                        break;
+                    }
                 }
             }
         }
@@ -147,7 +170,9 @@ impl Fetcher {
     }
 
     /// One copy from the node at `addr`, staged and verified.
-    async fn copy_from(&self, addr: &str, digest: &Digest) -> Result<u64, FetchError> {
+    /// A reader in `tee` is told the bytes follow once the source has answered (`tee` is then
+    /// taken), and receives them as they arrive.
+    async fn copy_from(&self, addr: &str, digest: &Digest, tee: &mut Option<Tee>) -> Result<u64, FetchError> {
         let channel = self.peers.channel(addr).map_err(FetchError::Failed)?;
         let mut client = GeoServiceClient::new(channel).max_decoding_message_size(8 << 20);
         let mut req = tonic::Request::new(ReadBlobRequest { digest: digest.to_string() });
@@ -156,6 +181,7 @@ impl Fetcher {
         let stream = client.read_blob(req).await.map_err(|s| FetchError::Failed(format!("{}: {}", s.code(), s.message())))?.into_inner();
         let id = upload_id();
         self.store.create_upload(&id).await?;
+        let reader = tee.take().and_then(|t| t.started.send(true).ok().map(|()| t.bytes));
         let started = Instant::now();
         let metrics = self.metrics.clone();
         let rate = &self.rate;
@@ -173,22 +199,42 @@ impl Fetcher {
         // `write_upload` wants a 'static stream: the rate limiter is borrowed, so the stream
         // is driven here through a channel.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+        let reader_pump = reader.clone();
+        // The reader gets each chunk once the next has arrived; the last one only after the
+        // store has verified the copy, so that a reader who knows the length cannot take a
+        // damaged copy for complete.
         let pump = async move {
             futures::pin_mut!(body);
+            let mut held: Option<bytes::Bytes> = None;
             while let Some(item) = body.next().await {
                 let failed = item.is_err();
+                if let (Some(r), Ok(b)) = (&reader_pump, &item) {
+                    if let Some(prev) = held.replace(b.clone()) {
+                        // A reader that went away does not stop the copy.
+                        let _ = r.send(Ok(prev)).await;
+                    }
+                }
                 if tx.send(item).await.is_err() || failed {
                     break;
                 }
             }
+            held
         };
         let write = self.store.write_upload(&id, 0, Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)));
-        let (written, ()) = tokio::join!(write, pump);
+        let (written, last) = tokio::join!(write, pump);
         let result = match written {
             Ok(_) => self.store.finish_upload(&id, digest).await,
             Err(e) => Err(e),
         };
         let _ = self.store.remove_upload(&id).await;
+        if let Some(r) = &reader {
+            let end = match (&result, last) {
+                (Ok(_), Some(last)) => Ok(last),
+                (Ok(_), None) => Ok(bytes::Bytes::new()),
+                (Err(e), _) => Err(std::io::Error::other(format!("the copy from another site failed: {e}"))),
+            };
+            let _ = r.send(end).await;
+        }
         match result {
             Ok(size) => {
                 tracing::debug!(%digest, %addr, size, ms = started.elapsed().as_millis() as u64, "copied from another site");

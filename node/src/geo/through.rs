@@ -50,6 +50,41 @@ impl ThroughStore {
     }
 }
 
+impl ThroughStore {
+    /// After a local miss of a whole blob: copies `digest` here if it is committed content
+    /// another site holds, handing the bytes over as they arrive. `None` when the bytes are
+    /// (now) in this site's store; `NotFound` when it is not committed content.
+    async fn fetch_streaming(&self, digest: &Digest) -> Result<Option<ByteStream>, BlobError> {
+        let Some(fetcher) = self.fetcher.get().cloned() else { return Err(BlobError::NotFound) };
+        let Some(placement) = fetcher.placement(digest)? else { return Err(BlobError::NotFound) };
+        let (bytes, rx) = tokio::sync::mpsc::channel(8);
+        let (started, told) = tokio::sync::oneshot::channel();
+        let d = digest.clone();
+        let copy = tokio::spawn(async move {
+            let tee = super::fetch::Tee { started, bytes };
+            let r = fetcher.ensure_teed(&d, &placement.sites, Some(tee)).await;
+            fetcher.counted_through(match &r {
+                Ok((_, true)) => "copied",
+                Ok((_, false)) => "present",
+                Err(_) => "failed",
+            });
+            r
+        });
+        match told.await {
+            Ok(true) => Ok(Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))),
+            Ok(false) => Ok(None),
+            // The copy ended before any source answered.
+            Err(_) => match copy.await {
+                Ok(Ok(_)) => Ok(None),
+                Ok(Err(FetchError::NoSource(_))) => Err(BlobError::NotFound),
+                Ok(Err(FetchError::Store(e))) => Err(e),
+                Ok(Err(e)) => Err(BlobError::Unavailable(format!("{digest} is held by another site, which could not be reached: {e}"))),
+                Err(e) => Err(BlobError::Storage(format!("the copy task failed: {e}"))),
+            },
+        }
+    }
+}
+
 #[async_trait]
 impl BlobStore for ThroughStore {
     async fn stat(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
@@ -62,6 +97,11 @@ impl BlobStore for ThroughStore {
 
     async fn read(&self, digest: &Digest, range: Option<(u64, u64)>) -> Result<ByteStream, BlobError> {
         match self.local.read(digest, range).await {
+            // A whole blob is streamed to the reader while it is copied.
+            Err(BlobError::NotFound) if range.is_none() => match self.fetch_streaming(digest).await? {
+                Some(stream) => Ok(stream),
+                None => self.local.read(digest, range).await,
+            },
             Err(BlobError::NotFound) if self.fetch(digest).await? => self.local.read(digest, range).await,
             other => other,
         }
