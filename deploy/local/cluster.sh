@@ -253,6 +253,15 @@ up() {
   for n in $(seq 1 "$voters"); do
     wait_http "${https[n-1]}" "$dir/node$n/log"
   done
+  frontends_and_balancer "$peers" "${https[@]}"
+  echo "cluster up: $voters voters, $frontends frontends; load balancer at $(cat "$dir/lb")"
+}
+
+# Starts the frontends (node ids after the $voters others; metadata to the gRPC addresses in
+# PEERS), then nginx in front of HTTP_ADDR... and them; writes DIR/nodes and DIR/lb.
+frontends_and_balancer() {
+  local peers="$1"; shift
+  local https=("$@")
   for f in $(seq 1 "$frontends"); do
     local hp
     free_port hp
@@ -270,7 +279,6 @@ up() {
   (exec nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" >>"$dir/nginx/error.log" 2>&1) &
   echo "http://127.0.0.1:$port" >"$dir/lb"
   wait_http "127.0.0.1:$port" "$dir/nginx/error.log"
-  echo "cluster up: $voters voters, $frontends frontends; load balancer at $(cat "$dir/lb")"
 }
 
 # A secondary site: learners that join the voters of the cluster in $follow, and frontends
@@ -293,23 +301,7 @@ up_learners() {
   done
   local peers
   peers="$(IFS=,; echo "${grpcs[*]}")"
-  for f in $(seq 1 "$frontends"); do
-    local hp
-    free_port hp
-    local n=$((voters + f)) h="127.0.0.1:$hp" pid
-    write_config "$n" frontend "$h" "-" "$peers"
-    pid="$(launch "$n")"
-    wait_http "$h" "$dir/node$n/log"
-    echo "$n frontend $pid $h -" >>"$dir/nodes.tmp"
-    https+=("$h")
-  done
-  mv "$dir/nodes.tmp" "$dir/nodes"
-  local port
-  free_port port
-  write_nginx "$port" "${https[@]}"
-  (exec nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" >>"$dir/nginx/error.log" 2>&1) &
-  echo "http://127.0.0.1:$port" >"$dir/lb"
-  wait_http "127.0.0.1:$port" "$dir/nginx/error.log"
+  frontends_and_balancer "$peers" "${https[@]}"
   echo "site ${site:-secondary} up: $voters learners following $follow, $frontends frontends; load balancer at $(cat "$dir/lb")"
 }
 
@@ -379,5 +371,6 @@ case "$cmd" in
   kill) kill_node ;;
   start) start_node ;;
   down) down ;;
+  bin) echo "$bin" ;;
   *) die "usage: cluster.sh up|status|kill|start|down --dir DIR [...]" ;;
 esac

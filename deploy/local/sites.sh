@@ -16,14 +16,6 @@ set -euo pipefail
 die() { echo "sites.sh: $*" >&2; exit 1; }
 here="$(cd "$(dirname "$0")" && pwd)"
 cluster="$here/cluster.sh"
-root="$(cd "$here/../.." && pwd)"
-bin="${BERTH_BIN:-}"
-if [[ -z "$bin" ]]; then
-  for b in "$root/target/release/berth" "$root/target/debug/berth"; do
-    [[ -x "$b" ]] && { bin="$b"; break; }
-  done
-fi
-bin="${bin:-$(command -v berth || true)}"
 
 cmd="${1:-}"; shift || true
 dir=""; voters=3; learners=2; frontends=0; which=""
@@ -40,6 +32,7 @@ done
 [[ -n "$dir" ]] || die "usage: sites.sh up|status|kill-site|start-site|down --dir DIR [...]"
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
+bin="$("$cluster" bin --dir "$dir")"
 
 site_dir() {
   case "$1" in
