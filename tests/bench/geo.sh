@@ -53,7 +53,7 @@ start=$(date +%s.%N)
 deploy/local/cluster.sh up --dir "$sites/secondary" --site secondary --follow "$sites/primary" --voters 1 --frontends 0 >/dev/null
 grpc1="$(awk '$1 == 1 { print $5 }' "$sites/primary/nodes")"
 while :; do
-  line="$("$BERTH_BIN" geo status --json --node "$grpc1" | python3 -c 'import json,sys; s=[x for x in json.load(sys.stdin) if x["site"]=="secondary"]; print(f"{s[0][\"held\"]} {s[0][\"missing\"]} {s[0][\"backfilled\"]}" if s else "0 0 False")')"
+  line="$("$BERTH_BIN" geo status --json --node "$grpc1" | python3 -c 'import json,sys; s=[x for x in json.load(sys.stdin) if x["site"]=="secondary"]; x=s[0] if s else {"held": 0, "missing": 0, "backfilled": False}; print(x["held"], x["missing"], x["backfilled"])')"
   read -r held missing done <<<"$line"
   [[ "$done" == True && "$missing" == 0 ]] && break
   sleep 0.2
