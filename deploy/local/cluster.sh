@@ -153,7 +153,7 @@ write_config() {
     else
       echo "  peers: $peers"
     fi
-    if [[ -n "$site" && "$role" != frontend ]]; then
+    if [[ -n "$site" ]]; then
       echo "  geo:"
       echo "    site: $site"
     fi

@@ -291,10 +291,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             (meta, Some(handover))
         }
         Role::Frontend => {
-            if geo_settings.is_some() {
-                anyhow::bail!("invalid configuration value at berth.geo.site: a frontend holds no Raft state; name the site on its site's voters and learners");
-            }
             let voters = cfg.berth.peers.clone().unwrap_or_default().0;
+            // A frontend of a site asks the site's nodes (its peers, which share its store) to
+            // bring in content the site lacks.
+            if let Some(g) = &geo_settings {
+                through.arm_remote(g.site.clone(), peers.clone(), voters.clone());
+            }
             tracing::info!(?voters, "frontend: metadata is served by the voters");
             let remote = metadata::frontend::RemoteMetadata::new(peers, voters, &registry)?;
             let meta = Arc::new(ClusterMetadata::new(Arc::new(remote)));

@@ -198,6 +198,30 @@ async fn a_pull_at_the_secondary_fetches_through_what_is_not_copied_yet() {
     let r = reqwest::get(format!("{}/v2/big/app/blobs/{stranger}", s.node.url)).await.unwrap();
     assert_eq!(r.status(), 404);
 
+    // A frontend of the secondary site (no state of its own) has a node of its site bring
+    // committed content into the store they share.
+    let store_s = s.store.to_str().unwrap().to_string();
+    let fe = berth_tests::frontend(
+        dir.path(),
+        "frontend",
+        std::slice::from_ref(&s.node),
+        &[("REGISTRY_BERTH_GEO_SITE", "secondary"), ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", store_s.as_str())],
+    );
+    let fresh = random_bytes(10, 1 << 20);
+    let fd = preg.push_blob("big/app", &fresh).await.unwrap();
+    let freg = Registry::new(&fe.url);
+    let started = Instant::now();
+    let got = loop {
+        match freg.get_blob("big/app", &fd).await {
+            Ok(b) => break b,
+            Err(e) => assert!(started.elapsed() < Duration::from_secs(20), "through the frontend: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got, fresh);
+    assert!(holds(&s.store, &fd), "brought into the secondary's store");
+    drop(fe);
+
     // A source whose copy is damaged: the reader's stream ends in an error once the copy fails
     // its digest (never a clean end with wrong bytes), and nothing is stored.
     let rotten = preg.push_blob("big/app", &random_bytes(9, 3 << 20)).await.unwrap();

@@ -13,7 +13,8 @@ use super::duration_at;
 #[serde(default, deny_unknown_fields)]
 pub struct GeoConfig {
     /// The site: the nodes sharing this node's blob store. Unset (the default): the cluster
-    /// has no sites, and nothing is replicated between stores.
+    /// has no sites, and nothing is replicated between stores. On a frontend: the site whose
+    /// store it shares (its `peers` are that site's nodes, which fetch content through for it).
     pub site: Option<String>,
     /// Copies in flight at once (default 4).
     pub concurrency: Option<usize>,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use berth_api::{BlobError, BlobStore};
 use berth_proto::rpc::geo_service_server::GeoService;
-use berth_proto::rpc::{BlobChunk, ReadBlobRequest, VerifyProgress, VerifyRequest};
+use berth_proto::rpc::{BlobChunk, EnsureReply, EnsureRequest, ReadBlobRequest, VerifyProgress, VerifyRequest};
 use berth_proto::Digest;
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
@@ -33,6 +33,32 @@ type ProgressStream = tokio_stream::wrappers::ReceiverStream<Result<VerifyProgre
 impl GeoService for GeoRpc {
     type ReadBlobStream = ChunkStream;
     type VerifyStream = ProgressStream;
+
+    async fn ensure(&self, req: Request<EnsureRequest>) -> Result<Response<EnsureReply>, Status> {
+        let r = req.into_inner();
+        let digest = Digest::parse(&r.digest).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let Some(verifier) = self.verifier.get().cloned() else {
+            return Err(Status::failed_precondition("this node names no site (berth.geo.site)"));
+        };
+        let fetcher = &verifier.fetcher;
+        if fetcher.site != r.site {
+            return Err(Status::failed_precondition(format!("this node is of site {}, not {}", fetcher.site, r.site)));
+        }
+        let Some(placement) = fetcher.placement(&digest).map_err(status)? else {
+            return Ok(Response::new(EnsureReply { content: false, copied: false }));
+        };
+        match fetcher.ensure(&digest, &placement.sites).await {
+            Ok((_, copied)) => {
+                fetcher.counted_through(if copied { "copied" } else { "present" });
+                Ok(Response::new(EnsureReply { content: true, copied }))
+            }
+            Err(super::fetch::FetchError::NoSource(_)) => Ok(Response::new(EnsureReply { content: false, copied: false })),
+            Err(e) => {
+                fetcher.counted_through("failed");
+                Err(Status::unavailable(e.to_string()))
+            }
+        }
+    }
 
     async fn verify(&self, req: Request<VerifyRequest>) -> Result<Response<ProgressStream>, Status> {
         let r = req.into_inner();

@@ -17,12 +17,39 @@ pub struct ThroughStore {
     local: Arc<dyn BlobStore>,
     /// Set once Raft has started and this node has a site.
     fetcher: OnceLock<Arc<Fetcher>>,
+    /// On a frontend of a site: the site and its nodes (gRPC addresses), asked to bring
+    /// content into the store this frontend shares with them.
+    remote: OnceLock<(String, crate::peers::Peers, Vec<String>)>,
 }
 
 impl ThroughStore {
     /// Wraps this site's store; it fetches nothing until [`ThroughStore::arm`].
     pub fn new(local: Arc<dyn BlobStore>) -> Arc<Self> {
-        Arc::new(ThroughStore { local, fetcher: OnceLock::new() })
+        Arc::new(ThroughStore { local, fetcher: OnceLock::new(), remote: OnceLock::new() })
+    }
+
+    /// On a frontend of `site`: fetches through by asking `nodes` (the site's voters or
+    /// learners, which share this store) to bring content here.
+    pub fn arm_remote(&self, site: String, peers: crate::peers::Peers, nodes: Vec<String>) {
+        let _ = self.remote.set((site, peers, nodes));
+    }
+
+    /// [`ThroughStore::fetch`] on a frontend: the first node of the site that answers.
+    async fn fetch_remote(&self, digest: &Digest) -> Result<bool, BlobError> {
+        use berth_proto::rpc::geo_service_client::GeoServiceClient;
+        use berth_proto::rpc::EnsureRequest;
+        let Some((site, peers, nodes)) = self.remote.get() else { return Ok(false) };
+        let mut last = String::from("no node of the site is configured");
+        for addr in nodes {
+            let Ok(channel) = peers.channel(addr) else { continue };
+            let mut req = tonic::Request::new(EnsureRequest { digest: digest.to_string(), site: site.clone() });
+            req.set_timeout(std::time::Duration::from_secs(3600));
+            match GeoServiceClient::new(channel).ensure(req).await {
+                Ok(r) => return Ok(r.into_inner().content),
+                Err(s) => last = format!("{addr}: {}", s.message()),
+            }
+        }
+        Err(BlobError::Unavailable(format!("{digest} may be held by another site; no node of this site could fetch it: {last}")))
     }
 
     /// Starts fetching through `fetcher`.
@@ -33,7 +60,7 @@ impl ThroughStore {
     /// After a local miss: copies `digest` here if it is committed content another site
     /// holds. Ok(false) when it is not committed content (a true miss).
     async fn fetch(&self, digest: &Digest) -> Result<bool, BlobError> {
-        let Some(fetcher) = self.fetcher.get() else { return Ok(false) };
+        let Some(fetcher) = self.fetcher.get() else { return self.fetch_remote(digest).await };
         let Some(placement) = fetcher.placement(digest)? else { return Ok(false) };
         match fetcher.ensure(digest, &placement.sites).await {
             Ok((_, copied)) => {
@@ -55,7 +82,10 @@ impl ThroughStore {
     /// another site holds, handing the bytes over as they arrive. `None` when the bytes are
     /// (now) in this site's store; `NotFound` when it is not committed content.
     async fn fetch_streaming(&self, digest: &Digest) -> Result<Option<ByteStream>, BlobError> {
-        let Some(fetcher) = self.fetcher.get().cloned() else { return Err(BlobError::NotFound) };
+        let Some(fetcher) = self.fetcher.get().cloned() else {
+            // A frontend has the copy made, then reads it.
+            return if self.fetch_remote(digest).await? { Ok(None) } else { Err(BlobError::NotFound) };
+        };
         let Some(placement) = fetcher.placement(digest)? else { return Err(BlobError::NotFound) };
         let (bytes, rx) = tokio::sync::mpsc::channel(8);
         let (started, told) = tokio::sync::oneshot::channel();
