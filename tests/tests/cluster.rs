@@ -658,7 +658,7 @@ async fn manifest_bodies_leave_the_log_once_every_member_reads_protocol_3() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = voter_cluster(dir.path(), 3, &[("REGISTRY_HTTP_DEBUG_ADDR", "127.0.0.1:0")]);
     let status = berth_cluster(&["status", "--node", &nodes[0].grpc_addr]);
-    assert_eq!(status.matches("protocol=5").count(), 3, "{status}");
+    assert_eq!(status.matches(&format!("protocol={}", berth_proto::PROTOCOL)).count(), 3, "{status}");
     tracing::info!("node 3 goes down before the leader has asked it anything");
     nodes[2].kill9();
     let reg = Registry::new(&nodes[1].url);

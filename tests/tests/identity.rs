@@ -399,7 +399,7 @@ async fn newer_commands_wait_until_every_member_reads_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = voter_cluster(dir.path(), 3, &issuer_env());
     let status = run(berth_command().args(["cluster", "status", "--node", &nodes[0].grpc_addr]));
-    assert_eq!(status.matches("protocol=5").count(), 3, "{status}");
+    assert_eq!(status.matches(&format!("protocol={}", berth_proto::PROTOCOL)).count(), 3, "{status}");
     tracing::info!("node 3 goes down before the leader has asked it anything");
     nodes[2].kill9();
     let root = V4 { http: reqwest::Client::new(), base: nodes[1].url.clone(), token: admin_token(&nodes[0]) };
