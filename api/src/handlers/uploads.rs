@@ -17,7 +17,8 @@ use crate::upload_state::UploadState;
 use crate::auth::Grant;
 use crate::Api;
 
-fn new_upload_id() -> String {
+/// A fresh upload id: 128 random bits, hex (the form every store accepts).
+pub fn new_upload_id() -> String {
     let mut b = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut b);
     hex::encode(b)

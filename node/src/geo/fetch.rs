@@ -179,7 +179,7 @@ impl Fetcher {
         // A whole blob may take long; a stalled stream is caught by HTTP/2 keepalive.
         req.set_timeout(Duration::from_secs(3600));
         let stream = client.read_blob(req).await.map_err(|s| FetchError::Failed(format!("{}: {}", s.code(), s.message())))?.into_inner();
-        let id = upload_id();
+        let id = berth_api::handlers::uploads::new_upload_id();
         self.store.create_upload(&id).await?;
         let reader = tee.take().and_then(|t| t.started.send(true).ok().map(|()| t.bytes));
         let started = Instant::now();
@@ -248,12 +248,4 @@ impl Fetcher {
             Err(e) => Err(FetchError::Store(e)),
         }
     }
-}
-
-/// A fresh upload id for a copy's staging area (hex, as the stores want).
-fn upload_id() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_api::Metadata;
-use berth_proto::geo::{GeoChange, Placement, BACKFILL_DONE};
+use berth_proto::geo::{GeoChange, GeoState, Placement, BACKFILL_DONE};
 use berth_proto::{Command, Digest, Outcome};
 use berth_raft_store::SharedState;
 use futures::StreamExt;
@@ -90,8 +90,9 @@ impl Replicator {
             if *stop.borrow() {
                 return;
             }
-            self.metrics.export(&self.state.geo());
-            let worked = self.step(&mut failing, &mut after, &mut oldest_in_pass).await;
+            let geo = self.state.geo();
+            self.metrics.export(&geo);
+            let worked = self.step(geo, &mut failing, &mut after, &mut oldest_in_pass).await;
             let pause = match worked {
                 Ok(true) => Duration::ZERO,
                 Ok(false) => IDLE,
@@ -114,8 +115,7 @@ impl Replicator {
 
     /// One step: register, then copy one page of the queue and one of the backfill. True if
     /// it did anything.
-    async fn step(&self, failing: &mut HashMap<Digest, Failing>, after: &mut Option<Digest>, oldest: &mut Option<u64>) -> Result<bool, String> {
-        let geo = self.state.geo();
+    async fn step(&self, geo: GeoState, failing: &mut HashMap<Digest, Failing>, after: &mut Option<Digest>, oldest: &mut Option<u64>) -> Result<bool, String> {
         let registered = geo.sites.get(self.site()).and_then(|s| s.nodes.get(&self.node_id));
         if registered != Some(&self.advertise) {
             let join = GeoChange::Join { site: self.site().to_string(), node_id: self.node_id, grpc_addr: self.advertise.clone() };

@@ -61,13 +61,13 @@ pub async fn sites(admin: &Admin, node: &str) -> anyhow::Result<Vec<SiteStatus>>
             after = page.last().map(|p| p.digest.clone());
         }
         out.push(SiteStatus {
+            backfilled: s.backfilled(),
             behind_seconds: oldest.map_or(0.0, |o| now.saturating_sub(o) as f64 / 1000.0),
             site: name,
             nodes: s.nodes.into_iter().collect(),
             held: s.held,
             missing: s.missing,
             missing_bytes: s.missing_bytes,
-            backfilled: s.backfill_through.as_deref() == Some(berth_proto::geo::BACKFILL_DONE),
         });
     }
     Ok(out)

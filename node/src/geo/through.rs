@@ -12,6 +12,11 @@ use bytes::Bytes;
 
 use super::fetch::{FetchError, Fetcher};
 
+/// The answer when committed content is held only by sites that cannot be reached now.
+fn unreachable(digest: &Digest, e: &FetchError) -> BlobError {
+    BlobError::Unavailable(format!("{digest} is held by another site, which could not be reached: {e}"))
+}
+
 /// A site's store that fetches committed content it lacks from other sites.
 pub struct ThroughStore {
     local: Arc<dyn BlobStore>,
@@ -71,7 +76,7 @@ impl ThroughStore {
             Err(FetchError::Store(e)) => Err(e),
             Err(e @ FetchError::Failed(_)) => {
                 fetcher.counted_through("failed");
-                Err(BlobError::Unavailable(format!("{digest} is held by another site, which could not be reached: {e}")))
+                Err(unreachable(digest, &e))
             }
         }
     }
@@ -108,7 +113,7 @@ impl ThroughStore {
                 Ok(Ok(_)) => Ok(None),
                 Ok(Err(FetchError::NoSource(_))) => Err(BlobError::NotFound),
                 Ok(Err(FetchError::Store(e))) => Err(e),
-                Ok(Err(e)) => Err(BlobError::Unavailable(format!("{digest} is held by another site, which could not be reached: {e}"))),
+                Ok(Err(e)) => Err(unreachable(digest, &e)),
                 Err(e) => Err(BlobError::Storage(format!("the copy task failed: {e}"))),
             },
         }
